@@ -1,0 +1,29 @@
+"""edgeliquid: liquid time-constant networks (ncps LTC / NCP) on robots.
+
+``load`` a model file and ``step`` it; ``export_module`` / ``export_checkpoint``
+(trainer side, needs the ``export`` extra) write model files.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (BackendError, CheckpointError, ConfigError, EdgeliquidError,  # noqa: E402
+                     FrameError, InputError, ModelFormatError, UnsupportedModelError)
+from .runtime import Policy, from_model, load  # noqa: E402
+
+__all__ = [
+    # runtime
+    "load", "from_model", "Policy",
+    # trainer side (torch imported lazily)
+    "export_module", "export_checkpoint",
+    # errors
+    "EdgeliquidError", "ModelFormatError", "CheckpointError", "UnsupportedModelError",
+    "InputError", "BackendError", "ConfigError", "FrameError",
+]
+
+
+def __getattr__(name: str):
+    if name in ("export_module", "export_checkpoint"):
+        from . import export
+
+        return getattr(export, name)
+    raise AttributeError(f"module 'edgeliquid' has no attribute {name!r}")

@@ -1,0 +1,111 @@
+"""The ``edgeliquid`` command line: thin subcommands over library functions.
+
+Each subcommand parses its arguments, calls one library function, prints, and
+returns an exit code; ``main(argv)`` lets tests drive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from .errors import EdgeliquidError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+@command
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    model = export_checkpoint(args.checkpoint, args.output, trust_pickle=args.trust_pickle,
+                              key=args.key, spec=args.spec)
+    c = model.config
+    print(f"wrote {args.output}: LTC {c.units} units, {c.n_inputs} inputs, {c.n_outputs} outputs, "
+          f"{c.ode_unfolds} unfolds, positivity {c.positivity}, mixed memory {c.mixed_memory}")
+    return 0
+
+
+@command
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import describe, format_text, to_json
+    from .modelfile import read
+
+    d = describe(read(args.model))
+    print(to_json(d) if args.json else format_text(d))
+    return 0
+
+
+@command
+def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .bench import bench_model, format_table
+    from .modelfile import read
+
+    if args.backend == "cuda":
+        from .cuda_backend import bench_cuda
+
+        print(json.dumps(bench_cuda(read(args.model), batches=args.cuda_batches), indent=2))
+        return 0
+    dtype = np.float64 if args.float64 else np.float32
+    r = bench_model(read(args.model), args.model, steps=args.steps, batch=args.batch, dtype=dtype)
+    print(json.dumps(r, indent=2) if args.json else format_table(args.model, r))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="edgeliquid", formatter_class=fmt,
+                                description="Liquid neural networks on robots.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("export", formatter_class=fmt,
+                       help="convert an ncps torch checkpoint to an edgeliquid .onnx file")
+    s.add_argument("checkpoint")
+    s.add_argument("-o", "--output", required=True, help="model file to write (.onnx)")
+    s.add_argument("--trust-pickle", action="store_true",
+                   help="allow unpickling a whole module (runs code from the file)")
+    s.add_argument("--key", help="entry of a dict checkpoint holding the state_dict")
+    s.add_argument("--spec", help="YAML of ncps constructor arguments a state_dict lacks")
+
+    s = sub.add_parser("inspect", formatter_class=fmt, help="sizes, wiring and LTC bounds of a model")
+    s.add_argument("model")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    s = sub.add_parser("bench", formatter_class=fmt, help="step latency of every backend side by side")
+    s.add_argument("model")
+    s.add_argument("--steps", type=int, default=5000, help="timed steps for the cpu backend")
+    s.add_argument("--batch", type=int, default=1024, help="batch size for throughput (0: skip)")
+    s.add_argument("--float64", action="store_true", help="run the backends in float64")
+    s.add_argument("--backend", default="all", choices=["all", "cuda"],
+                   help="'cuda': batched GPU timing sweep instead")
+    s.add_argument("--cuda-batches", type=int, nargs="*", default=[1, 64, 1024, 65536])
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    from . import node_cli  # the node, simulator and demo add their subcommands
+
+    node_cli.add_parsers(sub, fmt)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgeliquidError as exc:
+        print(f"edgeliquid {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
