@@ -85,10 +85,8 @@ def check_masks(params: dict[str, np.ndarray], source: str) -> None:
 def check_positive(model: LTCModel, source: str) -> None:
     """Time constants must be positive and conductances non-negative after the constraint."""
     eff = effective_parameters(model)
-    if not np.all(eff["cm"] > 0):
-        raise ModelFormatError(f"{source}: membrane capacitance cm must be > 0 after the "
-                               f"{model.config.positivity!r} constraint; min is {eff['cm'].min()!r}")
-    for name, mask in (("gleak", None), ("w", "sparsity_mask"),
+    # ncps' ReLU clip can leave cm or gleak at exactly 0, which its solver accepts.
+    for name, mask in (("cm", None), ("gleak", None), ("w", "sparsity_mask"),
                        ("sensory_w", "sensory_sparsity_mask")):
         vals = eff[name] if mask is None else eff[name][eff[mask] != 0]
         if vals.size and vals.min() < 0:

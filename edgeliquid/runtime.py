@@ -53,7 +53,8 @@ class Policy:
         rows = 1 if self.batch is None else self.batch
         self._xshape = (self.n_inputs,) if self.batch is None else (rows, self.n_inputs)
         self._xbuf = np.zeros(self._xshape, self.dtype)
-        self._ebuf = np.ones(rows, self.dtype)
+        # elapsed stays float64 on every path so step, run and batch round alike.
+        self._ebuf = np.ones(rows, np.float64)
 
     # -- validation shared by every backend (cheap checks; finiteness is the kernel's)
     def _coerce_x(self, x: Any) -> np.ndarray:
@@ -93,7 +94,7 @@ class Policy:
         try:
             e = np.ascontiguousarray(np.broadcast_to(e.reshape(e.shape + (1,) * (len(lead) - e.ndim))
                                                      if e.ndim < len(lead) else e, lead),
-                                     dtype=self.dtype)
+                                     dtype=np.float64)
         except ValueError:
             raise InputError(f"elapsed: expected a scalar or shape {lead[:1]} or {lead}, "
                              f"got {np.shape(elapsed)}") from None

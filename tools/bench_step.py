@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Step-latency benchmark at the fixed sizes of BENCHMARKS.md (needs the export extra).
+
+Models: AutoNCP 19 units / 8 inputs / 1 output (the driving-NCP size), and
+FullyConnected 64 and 256 units with 32 inputs. Every peer runs in this one
+process, so the ratios are comparable even on a noisy shared machine.
+
+    python tools/bench_step.py [--steps N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from ncps.torch import LTC
+from ncps.wirings import AutoNCP, FullyConnected
+
+from edgeliquid.bench import bench_model, format_table
+from edgeliquid.export import export_module
+from edgeliquid.modelfile import read
+
+SIZES = {
+    "driving-ncp-19": (8, lambda: AutoNCP(19, 1)),
+    "fc-64": (32, lambda: FullyConnected(64)),
+    "fc-256": (32, lambda: FullyConnected(256)),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--json", help="also write all results here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.processor()}",
+           "results": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (n_in, wiring) in SIZES.items():
+            path = Path(tmp) / f"{name}.onnx"
+            export_module(LTC(n_in, wiring()), path)
+            steps = args.steps if name != "fc-256" else max(200, args.steps // 20)
+            r = bench_model(read(path), str(path), steps=steps, batch=args.batch,
+                            batch_steps=50 if name == "fc-256" else 200)
+            out["results"][name] = r
+            print(format_table(name, r), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
