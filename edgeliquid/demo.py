@@ -1,0 +1,118 @@
+"""``edgeliquid demo``: simulator + node over a pty pair, a live status line, a summary.
+
+The simulated device runs in its own process (as a microcontroller would), the
+node in this one; nothing needs hardware or root.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import sys
+import threading
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import load_config
+from .node import MODE_NAMES, Node
+
+BALANCED_RAD = 0.2
+
+
+def default_config_path() -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "configs" / "cartpole_demo.yaml", here / "data" / "cartpole_demo.yaml"):
+        if cand.exists():
+            return cand
+    raise FileNotFoundError("cartpole_demo.yaml not found")
+
+
+def _device_main(conn, shared, kwargs, seconds):
+    from .sim import Device
+
+    dev = Device(conn.recv(), **kwargs)  # the PtyMaster comes over the fork
+    dev.record = True
+
+    def mirror():
+        while not dev._stop.is_set():
+            shared[0] = dev.plant.angle
+            shared[1] = float(dev.command[0])
+            time.sleep(0.05)
+    threading.Thread(target=mirror, daemon=True).start()
+    st = dev.run(seconds)
+    rtt = np.array(st.rtt_us) if st.rtt_us else np.array([np.nan])
+    conn.send({"max_abs_angle": st.max_abs_angle, "sent": st.sent, "actuations": st.actuations,
+               "rtt_us": {"p50": float(np.nanpercentile(rtt, 50)), "p99": float(np.nanpercentile(rtt, 99)),
+                          "max": float(np.nanmax(rtt))},
+               "statuses": st.statuses, "commands": st.commands})
+
+
+def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
+             plant: str = "cartpole", fault: str | None = None, protocol: str = "cobs",
+             noise: float = 0.002, jitter: float = 0.2, seed: int = 0, config: str | None = None,
+             live: bool = True, out=sys.stdout) -> dict[str, Any]:
+    """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
+    from .sim import PtyMaster
+
+    cfg = load_config(config or default_config_path())
+    pty = PtyMaster()
+    cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = pty.node_port, False, mode, rate_hz, protocol
+    cfg.stats_every_s = max(seconds, 1.0) * 10  # the demo prints its own status line
+    node = Node(cfg)  # loads and warms the policy before anything moves
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    shared = ctx.Array("d", 2)
+    kwargs = dict(plant=plant, rate_hz=rate_hz, protocol=protocol, noise=noise, jitter=jitter,
+                  seed=seed, fault=fault, fault_at_s=seconds * 0.4, fault_len_s=0.3)
+    proc = ctx.Process(target=_device_main, args=(child, shared, kwargs, seconds), daemon=True)
+    proc.start()
+    parent.send(pty)
+    t = threading.Thread(target=node.run, args=(seconds + 0.5,), daemon=True)
+    t0 = time.monotonic()
+    t.start()
+    while t.is_alive():
+        t.join(0.25)
+        if live:
+            lat = node.stats.latency_us()
+            out.write(f"\r t={time.monotonic() - t0:5.1f}s  angle={shared[0]:+.3f} rad  "
+                      f"force={shared[1]:+6.2f} N  latency p50={lat['p50']:5.0f} µs  "
+                      f"mode={MODE_NAMES[node.mode]:4s}  steps={node.stats.steps}   ")
+            out.flush()
+    if live:
+        out.write("\n")
+    dev = parent.recv() if parent.poll(5) else {"max_abs_angle": float("nan"), "rtt_us": {}}
+    proc.join(2)
+    pty.close()
+    lat = node.stats.latency_us()
+    return {
+        "steps": node.stats.steps, "seconds": seconds, "rate_hz": rate_hz, "mode": mode,
+        "fault": fault, "balanced": bool(dev["max_abs_angle"] < BALANCED_RAD),
+        "max_abs_angle": dev["max_abs_angle"], "latency_us": lat,
+        "device_rtt_us": dev.get("rtt_us", {}), "deadline_misses": node.stats.deadline_misses,
+        "frame_errors": node.rx.total_errors, "frames_lost": node.rx.lost,
+        "failsafe_events": node.stats.failsafe_events, "policy_errors": node.stats.policy_errors,
+        "_device": dev,
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lat = s["latency_us"]
+    rtt = s.get("device_rtt_us") or {}
+    return "\n".join([
+        f"demo: {s['seconds']:.0f} s at {s['rate_hz']:.0f} Hz ({s['mode']} loop), fault={s['fault']}",
+        f"  pole {'BALANCED' if s['balanced'] else 'FELL'}: max |theta| = {s['max_abs_angle']:.3f} rad",
+        f"  steps {s['steps']}, node latency p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, "
+        f"max {lat['max']:.0f} µs",
+        f"  device round trip p50 {rtt.get('p50', float('nan')):.0f} µs, p99 "
+        f"{rtt.get('p99', float('nan')):.0f} µs",
+        f"  deadline misses {s['deadline_misses']}, frame errors {s['frame_errors']}, "
+        f"fail-safe events {s['failsafe_events']}",
+    ])
+
+
+def quiet_logging() -> None:
+    logging.getLogger("edgeliquid").setLevel(logging.ERROR)
