@@ -1,8 +1,7 @@
 """Policies: a model plus its recurrent state, stepped by one backend.
 
 ``load(path)`` -> :class:`Policy`. Backends: ``cpu`` (numba kernels, the fast
-path), ``reference`` (numpy, the spec) and ``cuda`` (numba-cuda, see
-:mod:`edgeliquid.cuda_backend`). All share this API and the same input checks:
+path) and ``reference`` (numpy, the spec). Both share this API and the same input checks:
 a bad input raises :class:`~edgeliquid.errors.InputError` and leaves the state
 untouched.
 
@@ -23,7 +22,7 @@ from .model import LTCModel
 from .packing import W_Y, Packed
 from .reference import ReferenceCell
 
-BACKENDS = ("cpu", "reference", "cuda")
+BACKENDS = ("cpu", "reference")
 
 
 class Policy:
@@ -292,26 +291,22 @@ def model_metadata(model: LTCModel) -> dict[str, str]:
 
 
 def from_model(model: LTCModel, backend: str = "cpu", dtype=np.float32,
-               batch: int | None = None, **options: Any) -> Policy:
+               batch: int | None = None) -> Policy:
     """Make a policy from an in-memory :class:`LTCModel` (see :func:`load`)."""
     if backend == "cpu":
         return CpuPolicy(model, dtype, batch)
     if backend == "reference":
         return ReferencePolicy(model, dtype, batch)
-    if backend == "cuda":
-        from .cuda_backend import CudaPolicy
-
-        return CudaPolicy(model, dtype, batch, **options)
     raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
 def load(path: str | os.PathLike, backend: str = "cpu", dtype=np.float32,
-         batch: int | None = None, **options: Any) -> Policy:
+         batch: int | None = None) -> Policy:
     """Load an edgeliquid model file and return a warmed-up policy.
 
     Args:
         path: the ``.onnx`` model file.
-        backend: ``"cpu"`` (numba), ``"reference"`` (numpy spec) or ``"cuda"``.
+        backend: ``"cpu"`` (numba) or ``"reference"`` (numpy spec).
         dtype: ``np.float32`` or ``np.float64``.
         batch: None for one instance, or the number of instances stepped together.
 
@@ -321,4 +316,4 @@ def load(path: str | os.PathLike, backend: str = "cpu", dtype=np.float32,
     """
     from .modelfile import read
 
-    return from_model(read(path), backend=backend, dtype=dtype, batch=batch, **options)
+    return from_model(read(path), backend=backend, dtype=dtype, batch=batch)
