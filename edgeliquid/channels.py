@@ -1,4 +1,8 @@
-"""Physical units <-> model units for the node's inputs and outputs (see config.py)."""
+"""Physical units <-> model units for the node's inputs and outputs (see config.py).
+
+Both maps are packed into one float64 array so the cpu backend's fused kernel
+(:func:`edgeliquid.kernels.control_step`) runs map -> policy -> map in one call.
+"""
 
 from __future__ import annotations
 
@@ -7,54 +11,52 @@ import numpy as np
 from .config import InputChannel, OutputChannel
 
 
-class InputMap:
-    """raw sensor values -> model inputs: ``(clip(raw) - offset) * scale``, into a fixed buffer."""
+class ChannelMaps:
+    """Both maps packed for :func:`edgeliquid.kernels.control_step` (the node's fast path).
 
-    def __init__(self, chans: list[InputChannel]):
-        self.lo = np.array([c.clip[0] for c in chans])
-        self.hi = np.array([c.clip[1] for c in chans])
-        self.offset = np.array([c.offset for c in chans])
-        self.scale = np.array([c.scale for c in chans])
-        self.out = np.zeros(len(chans), np.float32)
-        self._tmp = np.zeros(len(chans))
+    ``last`` and ``u`` live inside ``chan`` so the kernel updates the rate limiter itself.
+    """
 
-    def __call__(self, raw) -> np.ndarray:
-        t = self._tmp
-        t[:] = raw
-        np.clip(t, self.lo, self.hi, out=t)
-        t -= self.offset
-        t *= self.scale
-        self.out[:] = t
-        return self.out
+    def __init__(self, inputs: list[InputChannel], outputs: list[OutputChannel], dtype=np.float32):
+        n, m = len(inputs), len(outputs)
+        blocks = [[c.clip[0] for c in inputs], [c.clip[1] for c in inputs],
+                  [c.offset for c in inputs], [c.scale for c in inputs],
+                  [c.scale for c in outputs], [c.offset for c in outputs],
+                  [c.clip[0] for c in outputs], [c.clip[1] for c in outputs],
+                  [c.max_rate for c in outputs], [c.failsafe for c in outputs],
+                  [c.failsafe for c in outputs]]
+        self.chan = np.array([v for b in blocks for v in b], np.float64)
+        self.failsafe = np.array([c.failsafe for c in outputs])
+        self.n, self.m = n, m
+        self.last = self.chan[4 * n + 5 * m: 4 * n + 6 * m]
+        self.u = self.chan[4 * n + 6 * m: 4 * n + 7 * m]
+        self.xbuf = np.zeros(n, dtype)
 
+    def apply_numpy(self, policy, raw, elapsed: float, dt_s: float) -> int:
+        """What :func:`~edgeliquid.kernels.control_step` does, for non-numba backends."""
+        from .errors import InputError
+        from .kernels import STATUS_BAD_INPUT, STATUS_BAD_OUTPUT, STATUS_OK
 
-class OutputMap:
-    """model outputs -> commands: ``clip(y * scale + offset)``, then a rate limit per second."""
-
-    def __init__(self, chans: list[OutputChannel]):
-        self.lo = np.array([c.clip[0] for c in chans])
-        self.hi = np.array([c.clip[1] for c in chans])
-        self.offset = np.array([c.offset for c in chans])
-        self.scale = np.array([c.scale for c in chans])
-        self.max_rate = np.array([c.max_rate for c in chans])
-        self.failsafe = np.array([c.failsafe for c in chans])
-        self.last = self.failsafe.copy()
-        self.out = np.zeros(len(chans))
-        self._step = np.zeros(len(chans))
-
-    def __call__(self, y, dt_s: float) -> np.ndarray:
-        u = self.out
-        u[:] = y
-        u *= self.scale
-        u += self.offset
-        np.clip(u, self.lo, self.hi, out=u)
-        np.multiply(self.max_rate, max(dt_s, 0.0), out=self._step)
-        np.clip(u, self.last - self._step, self.last + self._step, out=u)
+        n, m, c = self.n, self.m, self.chan
+        raw = np.asarray(raw, np.float64)
+        if not np.all(np.isfinite(raw)):
+            return STATUS_BAD_INPUT
+        x = (np.clip(raw, c[:n], c[n:2 * n]) - c[2 * n:3 * n]) * c[3 * n:4 * n]
+        try:
+            y = np.asarray(policy.step(x, elapsed), np.float64)
+        except InputError:
+            return STATUS_BAD_OUTPUT
+        if not np.all(np.isfinite(y)):
+            return STATUS_BAD_OUTPUT
+        o = 4 * n
+        u = np.clip(y * c[o:o + m] + c[o + m:o + 2 * m], c[o + 2 * m:o + 3 * m], c[o + 3 * m:o + 4 * m])
+        step_max = c[o + 4 * m:o + 5 * m] * max(dt_s, 0.0)
+        u = np.clip(u, self.last - step_max, self.last + step_max)
         self.last[:] = u
-        return u
+        self.u[:] = u
+        return STATUS_OK
 
     def command_failsafe(self) -> np.ndarray:
-        """The fail-safe command; also resets the rate limiter to start from it."""
         self.last[:] = self.failsafe
-        self.out[:] = self.failsafe
-        return self.out
+        self.u[:] = self.failsafe
+        return self.u

@@ -20,7 +20,8 @@ import numpy as np
 from .config import load_config
 from .node import MODE_NAMES, Node
 
-BALANCED_RAD = 0.2
+BALANCED_RAD = 0.2   # pole within this angle ...
+BALANCED_X_M = 2.4   # ... and the cart within this distance (no drifting away to keep it up)
 
 
 def default_config_path() -> Path:
@@ -45,10 +46,40 @@ def _device_main(conn, shared, kwargs, seconds):
     threading.Thread(target=mirror, daemon=True).start()
     st = dev.run(seconds)
     rtt = np.array(st.rtt_us) if st.rtt_us else np.array([np.nan])
-    conn.send({"max_abs_angle": st.max_abs_angle, "sent": st.sent, "actuations": st.actuations,
+    conn.send({"max_abs_angle": st.max_abs_angle, "max_abs_x": st.max_abs_x, "sent": st.sent, "actuations": st.actuations,
                "rtt_us": {"p50": float(np.nanpercentile(rtt, 50)), "p99": float(np.nanpercentile(rtt, 99)),
                           "max": float(np.nanmax(rtt))},
                "statuses": st.statuses, "commands": st.commands})
+
+
+class DeviceRig:
+    """The simulated device in its own process on a fresh pty; ``node_port`` is the node's end."""
+
+    def __init__(self, **device_kwargs):
+        from .sim import PtyMaster
+
+        self.pty = PtyMaster()
+        self.node_port = self.pty.node_port
+        self.kwargs = device_kwargs
+        ctx = mp.get_context("fork")
+        self._ctx = ctx
+        self.shared = ctx.Array("d", 2)
+        self._parent, self._child = ctx.Pipe()
+        self.proc = None
+
+    def start(self, seconds: float) -> None:
+        self.proc = self._ctx.Process(target=_device_main,
+                                      args=(self._child, self.shared, self.kwargs, seconds), daemon=True)
+        self.proc.start()
+        self._parent.send(self.pty)
+
+    def finish(self, timeout: float = 5.0) -> dict[str, Any]:
+        """Wait for the device's summary (max angle, round trips, statuses...)."""
+        dev = self._parent.recv() if self._parent.poll(timeout) else {
+            "max_abs_angle": float("nan"), "rtt_us": {}}
+        self.proc.join(2)
+        self.pty.close()
+        return dev
 
 
 def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
@@ -56,21 +87,14 @@ def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
              noise: float = 0.002, jitter: float = 0.2, seed: int = 0, config: str | None = None,
              live: bool = True, out=sys.stdout) -> dict[str, Any]:
     """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
-    from .sim import PtyMaster
-
     cfg = load_config(config or default_config_path())
-    pty = PtyMaster()
-    cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = pty.node_port, False, mode, rate_hz, protocol
+    rig = DeviceRig(plant=plant, rate_hz=rate_hz, protocol=protocol, noise=noise, jitter=jitter,
+                    seed=seed, fault=fault, fault_at_s=seconds * 0.4, fault_len_s=0.3)
+    cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = (
+        rig.node_port, False, mode, rate_hz, protocol)
     cfg.stats_every_s = max(seconds, 1.0) * 10  # the demo prints its own status line
     node = Node(cfg)  # loads and warms the policy before anything moves
-    ctx = mp.get_context("fork")
-    parent, child = ctx.Pipe()
-    shared = ctx.Array("d", 2)
-    kwargs = dict(plant=plant, rate_hz=rate_hz, protocol=protocol, noise=noise, jitter=jitter,
-                  seed=seed, fault=fault, fault_at_s=seconds * 0.4, fault_len_s=0.3)
-    proc = ctx.Process(target=_device_main, args=(child, shared, kwargs, seconds), daemon=True)
-    proc.start()
-    parent.send(pty)
+    rig.start(seconds)
     t = threading.Thread(target=node.run, args=(seconds + 0.5,), daemon=True)
     t0 = time.monotonic()
     t.start()
@@ -78,20 +102,19 @@ def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
         t.join(0.25)
         if live:
             lat = node.stats.latency_us()
-            out.write(f"\r t={time.monotonic() - t0:5.1f}s  angle={shared[0]:+.3f} rad  "
-                      f"force={shared[1]:+6.2f} N  latency p50={lat['p50']:5.0f} µs  "
+            out.write(f"\r t={time.monotonic() - t0:5.1f}s  angle={rig.shared[0]:+.3f} rad  "
+                      f"force={rig.shared[1]:+6.2f} N  latency p50={lat['p50']:5.0f} µs  "
                       f"mode={MODE_NAMES[node.mode]:4s}  steps={node.stats.steps}   ")
             out.flush()
     if live:
         out.write("\n")
-    dev = parent.recv() if parent.poll(5) else {"max_abs_angle": float("nan"), "rtt_us": {}}
-    proc.join(2)
-    pty.close()
+    dev = rig.finish()
     lat = node.stats.latency_us()
     return {
         "steps": node.stats.steps, "seconds": seconds, "rate_hz": rate_hz, "mode": mode,
-        "fault": fault, "balanced": bool(dev["max_abs_angle"] < BALANCED_RAD),
-        "max_abs_angle": dev["max_abs_angle"], "latency_us": lat,
+        "fault": fault,
+        "balanced": bool(dev["max_abs_angle"] < BALANCED_RAD and dev.get("max_abs_x", 0) < BALANCED_X_M),
+        "max_abs_angle": dev["max_abs_angle"], "max_abs_x": dev.get("max_abs_x", float("nan")), "latency_us": lat,
         "device_rtt_us": dev.get("rtt_us", {}), "deadline_misses": node.stats.deadline_misses,
         "frame_errors": node.rx.total_errors, "frames_lost": node.rx.lost,
         "failsafe_events": node.stats.failsafe_events, "policy_errors": node.stats.policy_errors,
@@ -104,7 +127,8 @@ def format_summary(s: dict[str, Any]) -> str:
     rtt = s.get("device_rtt_us") or {}
     return "\n".join([
         f"demo: {s['seconds']:.0f} s at {s['rate_hz']:.0f} Hz ({s['mode']} loop), fault={s['fault']}",
-        f"  pole {'BALANCED' if s['balanced'] else 'FELL'}: max |theta| = {s['max_abs_angle']:.3f} rad",
+        f"  pole {'BALANCED' if s['balanced'] else 'FELL'}: max |theta| = {s['max_abs_angle']:.3f} rad, "
+        f"max |x| = {s['max_abs_x']:.2f} m",
         f"  steps {s['steps']}, node latency p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, "
         f"max {lat['max']:.0f} µs",
         f"  device round trip p50 {rtt.get('p50', float('nan')):.0f} µs, p99 "

@@ -21,12 +21,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import get_thread_id, njit, prange
 
 from .fastexp import logistic
 from .packing import (CM, EPS, GLEAK, GLEAK_VLEAK, IN_B, IN_W, LSTM_BI, LSTM_WI, LSTM_WR,
                       MIXED, MOTORS, N_IN, NNZ, OUT_B, OUT_W, SNNZ, SSYN, SSYN_DENSE,
-                      SSYN_PTR, SSYN_SRC, SYN, SYN_DENSE, SYN_PTR, SYN_SRC, UNFOLDS, UNITS,
+                      SSYN_DST, SSYN_PTR, SSYN_SRC, SYN, SYN_DENSE, SYN_DST, SYN_PTR,
+                      SYN_SRC, UNFOLDS, UNITS,
                       W_ACT, W_CMT, W_DENS, W_NUMR, W_NUMS, W_STATE, W_V, W_VNEXT, W_XM,
                       W_Y, W_Z)
 
@@ -72,14 +73,18 @@ def _sparse_activations(pre, fp, ip, base, nnz, src_off, act, rev):
     ms = fp[base + 2 * nnz: base + 3 * nnz]
     es = fp[base + 3 * nnz: base + 4 * nnz]
     src = ip[src_off: src_off + nnz]
+    # Gather first (scalar), so the exp loop below reads only contiguous arrays
+    # and vectorises; with the gather inside it, LLVM left the whole loop scalar.
     for k in range(nnz):
-        a = ws[k] * logistic(ss[k] * (pre[src[k]] - ms[k]))
+        act[k] = pre[src[k]]
+    for k in range(nnz):
+        a = ws[k] * logistic(ss[k] * (act[k] - ms[k]))
         act[k] = a
         rev[k] = a * es[k]
 
 
 @njit(inline="always", **_OPTS)
-def _layer(pre, fp, ip, base, nnz, ptr_off, src_off, dense, u, act, rev, nums, dens):
+def _layer(pre, fp, ip, base, nnz, ptr_off, src_off, dst_off, dense, u, act, rev, nums, dens):
     """nums[j], dens[j] = synaptic sums into each neuron j from the presynaptic ``pre``."""
     if dense:
         n = ip[ptr_off + 1] - ip[ptr_off]
@@ -87,14 +92,15 @@ def _layer(pre, fp, ip, base, nnz, ptr_off, src_off, dense, u, act, rev, nums, d
             nums[j], dens[j] = _dense_sums(pre, fp, base, nnz, ip[ptr_off + j], n)
     else:
         _sparse_activations(pre, fp, ip, base, nnz, src_off, act, rev)
+        # Scatter-add by destination: branch-free, unlike per-neuron loops of 1-8 synapses.
+        zero = fp.dtype.type(0.0)
         for j in range(u):
-            num = fp.dtype.type(0.0)
-            den = fp.dtype.type(0.0)
-            for k in range(ip[ptr_off + j], ip[ptr_off + j + 1]):
-                num += rev[k]
-                den += act[k]
-            nums[j] = num
-            dens[j] = den
+            nums[j] = zero
+            dens[j] = zero
+        dst = ip[dst_off: dst_off + nnz]
+        for k in range(nnz):
+            nums[dst[k]] += rev[k]
+            dens[dst[k]] += act[k]
 
 
 @njit(inline="always", **_OPTS)
@@ -160,7 +166,7 @@ def _cell(x, elapsed, fp, ip, w):
     numr = w[ip[W_NUMR]: ip[W_NUMR] + u]
     denr = w[ip[W_NUMR] + u: ip[W_NUMR] + 2 * u]
     # Sensory synapses do not depend on v: computed once per step, not per unfold.
-    _layer(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_PTR], ip[SSYN_SRC], ip[SSYN_DENSE], u,
+    _layer(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_PTR], ip[SSYN_SRC], ip[SSYN_DST], ip[SSYN_DENSE], u,
            act, rev, nums, dens)
     dt = elapsed / ip[UNFOLDS]
     for j in range(u):
@@ -169,7 +175,7 @@ def _cell(x, elapsed, fp, ip, w):
     gl = fp[ip[GLEAK]: ip[GLEAK] + u]
     glvl = fp[ip[GLEAK_VLEAK]: ip[GLEAK_VLEAK] + u]
     for _ in range(ip[UNFOLDS]):
-        _layer(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_PTR], ip[SYN_SRC], ip[SYN_DENSE], u,
+        _layer(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_PTR], ip[SYN_SRC], ip[SYN_DST], ip[SYN_DENSE], u,
                act, rev, numr, denr)
         for j in range(u):
             numerator = cmt[j] * v[j] + glvl[j] + (numr[j] + nums[j])
@@ -223,20 +229,123 @@ def run(xs, elapsed, fp, ip, work, ys):
     return STATUS_OK, -1
 
 
+#: Instances per SIMD chunk of the batch kernel (lanes run across instances).
+CHUNK = 64
+_SCR_FIELDS = 8  # V, VNEXT, NUMS, DENS, NUMR, DENR, CMT, XM(rows = max(U, I))
+
+
+def batch_scratch_size(units: int, n_in: int) -> int:
+    """Floats of scratch one thread needs for :func:`step_batch`."""
+    return _SCR_FIELDS * max(units, n_in) * CHUNK
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_synapses(pre, fp, ip, base, nnz, src_off, dst_off, nums, dens, nb):
+    """For every synapse k (src i -> dst j): nums[j, :] += a*erev, dens[j, :] += a, a over lanes."""
+    src = ip[src_off: src_off + nnz]
+    dst = ip[dst_off: dst_off + nnz]
+    for k in range(nnz):
+        w = fp[base + k]
+        sg = fp[base + nnz + k]
+        mu = fp[base + 2 * nnz + k]
+        er = fp[base + 3 * nnz + k]
+        pr = pre[src[k]]
+        nr = nums[dst[k]]
+        dr = dens[dst[k]]
+        for lane in range(nb):
+            a = w * logistic(sg * (pr[lane] - mu))
+            nr[lane] += a * er
+            dr[lane] += a
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_step(xs, elapsed, fp, ip, work, bad, scr, b0, nb):
+    """Step instances b0 .. b0+nb-1 together, SIMD across instances (non-mixed models)."""
+    u = ip[UNITS]
+    n_in = ip[N_IN]
+    rows = max(u, n_in)
+    v = scr[0 * rows: 0 * rows + u]
+    vn = scr[1 * rows: 1 * rows + u]
+    nums = scr[2 * rows: 2 * rows + u]
+    dens = scr[3 * rows: 3 * rows + u]
+    numr = scr[4 * rows: 4 * rows + u]
+    denr = scr[5 * rows: 5 * rows + u]
+    cmt = scr[6 * rows: 6 * rows + u]
+    xm = scr[7 * rows: 7 * rows + n_in]
+    st = ip[W_STATE]
+    zero = fp.dtype.type(0.0)
+    for lane in range(nb):
+        for j in range(u):
+            v[j, lane] = work[b0 + lane, st + j]
+        for i in range(n_in):
+            xm[i, lane] = xs[b0 + lane, i] * fp[ip[IN_W] + i] + fp[ip[IN_B] + i]
+        dt = elapsed[b0 + lane] / ip[UNFOLDS]
+        for j in range(u):
+            cmt[j, lane] = fp[ip[CM] + j] / dt
+    for j in range(u):
+        for lane in range(nb):
+            nums[j, lane] = zero
+            dens[j, lane] = zero
+    _chunk_synapses(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_SRC], ip[SSYN_DST], nums, dens, nb)
+    eps = fp[ip[EPS]]
+    for _ in range(ip[UNFOLDS]):
+        for j in range(u):
+            for lane in range(nb):
+                numr[j, lane] = nums[j, lane]
+                denr[j, lane] = dens[j, lane]
+        _chunk_synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb)
+        for j in range(u):
+            g = fp[ip[GLEAK] + j]
+            gv = fp[ip[GLEAK_VLEAK] + j]
+            vr, vnr, nr, dr, cr = v[j], vn[j], numr[j], denr[j], cmt[j]
+            for lane in range(nb):
+                vnr[lane] = (cr[lane] * vr[lane] + gv + nr[lane]) / (cr[lane] + g + dr[lane] + eps)
+        for j in range(u):
+            for lane in range(nb):
+                v[j, lane] = vn[j, lane]
+    y = ip[W_Y]
+    for lane in range(nb):
+        ok = True
+        for j in range(u):
+            if not math.isfinite(v[j, lane]):
+                ok = False
+        if not ok:
+            bad[b0 + lane] = STATUS_BAD_OUTPUT
+            continue
+        bad[b0 + lane] = STATUS_OK
+        row = work[b0 + lane]
+        for j in range(u):
+            row[st + j] = v[j, lane]
+        for k in range(ip[MOTORS]):
+            row[y + k] = v[k, lane] * fp[ip[OUT_W] + k] + fp[ip[OUT_B] + k]
+
+
 @njit(parallel=True, **_OPTS)
-def step_batch(xs, elapsed, fp, ip, work, bad):
+def step_batch(xs, elapsed, fp, ip, work, bad, scratch):
     """One step for B instances [B, I], each with its own elapsed [B]; parallel over B.
 
-    Returns (status, b) with b the first offending row (or -1); all rows are
-    validated before any state changes. ``bad`` [B] int64 is scratch.
+    Non-mixed models run in chunks of :data:`CHUNK` instances with the SIMD lanes
+    across instances (same synapse, different instance: no gathers); mixed-memory
+    models step instance by instance. ``scratch`` [threads, batch_scratch_size] and
+    ``bad`` [B] int64 are caller-owned. Returns (status, b) with b the first
+    offending row (or -1); all rows are validated before any state changes.
     """
     b_count = xs.shape[0]
     for b in range(b_count):
         status = _check(xs[b], elapsed[b])
         if status != STATUS_OK:
             return status, b
-    for b in prange(b_count):
-        bad[b] = step(xs[b], elapsed[b], fp, ip, work[b])
+    if ip[MIXED]:
+        for b in prange(b_count):
+            bad[b] = step(xs[b], elapsed[b], fp, ip, work[b])
+    else:
+        n_chunks = (b_count + CHUNK - 1) // CHUNK
+        rows = max(ip[UNITS], ip[N_IN])
+        for c in prange(n_chunks):
+            b0 = c * CHUNK
+            nb = min(CHUNK, b_count - b0)
+            scr = scratch[get_thread_id()].reshape((_SCR_FIELDS * rows, CHUNK))
+            _chunk_step(xs, elapsed, fp, ip, work, bad, scr, b0, nb)
     for b in range(b_count):
         if bad[b] != STATUS_OK:
             return bad[b], b
@@ -267,3 +376,44 @@ def run_batch(xs, elapsed, fp, ip, work, ys, bad):
         if bad[b] != STATUS_OK:
             return bad[b], b
     return STATUS_OK, -1
+
+
+# Channel-map layout for control_step (float64 array ``chan``), n = inputs, m = outputs:
+#   [0:n) in_lo  [n:2n) in_hi  [2n:3n) in_offset  [3n:4n) in_scale
+#   then per output (m each): out_scale, out_offset, out_lo, out_hi, max_rate, last, u
+CH_OUT_SCALE, CH_OUT_OFFSET, CH_OUT_LO, CH_OUT_HI, CH_RATE, CH_LAST, CH_U = range(7)
+
+
+@njit(**_OPTS)
+def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
+    """The node's whole compute for one cycle, in one call.
+
+    raw sensors -> clip/offset/scale -> policy step -> scale/offset/clip -> rate limit;
+    the command lands in ``chan`` (u block) and becomes the rate limiter's ``last``.
+    Returns a kernel status; on failure neither the state nor ``last`` change.
+    """
+    n = raw.shape[0]
+    for i in range(n):
+        r = raw[i]
+        if not math.isfinite(r):
+            return STATUS_BAD_INPUT
+        r = min(max(r, chan[i]), chan[n + i])
+        xbuf[i] = (r - chan[2 * n + i]) * chan[3 * n + i]
+    status = step(xbuf, elapsed, fp, ip, work)
+    if status != STATUS_OK:
+        return status
+    m = ip[MOTORS]
+    base = 4 * n
+    y0 = ip[W_Y]
+    for k in range(m):
+        y = work[y0 + k]
+        if not math.isfinite(y):
+            return STATUS_BAD_OUTPUT
+        u = y * chan[base + CH_OUT_SCALE * m + k] + chan[base + CH_OUT_OFFSET * m + k]
+        u = min(max(u, chan[base + CH_OUT_LO * m + k]), chan[base + CH_OUT_HI * m + k])
+        last = chan[base + CH_LAST * m + k]
+        step_max = chan[base + CH_RATE * m + k] * max(dt_s, 0.0)
+        u = min(max(u, last - step_max), last + step_max)
+        chan[base + CH_LAST * m + k] = u
+        chan[base + CH_U * m + k] = u
+    return STATUS_OK

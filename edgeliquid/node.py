@@ -16,6 +16,7 @@ import gc
 import logging
 import math
 import os
+import select
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ import numpy as np
 import serial
 
 from . import protocol as P
-from .channels import InputMap, OutputMap
+from . import kernels
+from .channels import ChannelMaps
 from .config import NodeConfig
-from .errors import EdgeliquidError, InputError
+from .errors import EdgeliquidError
 from .textproto import LineSplitter, decode_line, encode_line
 
 log = logging.getLogger("edgeliquid.node")
@@ -86,7 +88,8 @@ class Node:
             raise EdgeliquidError(
                 f"{cfg.source}: config has {n_in} inputs / {n_out} outputs but model {cfg.model} "
                 f"has {self.policy.n_inputs} / {self.policy.n_outputs}")
-        self.inmap, self.outmap = InputMap(cfg.inputs), OutputMap(cfg.outputs)
+        self.maps = ChannelMaps(cfg.inputs, cfg.outputs, self.policy.dtype)
+        self._bind_policy()
         self.rx = P.RxCounters()
         self.stats = NodeStats()
         self.mode = P.MODE_SAFE
@@ -133,6 +136,17 @@ class Node:
 
     # ------------------------------------------------------------------ output
     def _write(self, data: bytes) -> None:
+        fd = getattr(self.port, "fd", None)
+        if fd is not None:
+            # pyserial opens device paths O_NONBLOCK; a direct write skips its per-call
+            # Timeout/select bookkeeping (~20 µs). A partial write falls back to pyserial.
+            try:
+                n = os.write(fd, data)
+            except BlockingIOError:
+                n = 0
+            if n == len(data):
+                return
+            data = data[n:]
         self.port.write(data)
 
     def _send(self, ptype: int, values, ref_seq: int = 0) -> None:
@@ -151,7 +165,7 @@ class Node:
                         logging.INFO if mode == P.MODE_RUN else logging.WARNING)
             self.mode, self.reason = mode, reason
             if mode == P.MODE_SAFE:
-                self._send(P.ACTUATE, self.outmap.command_failsafe().tolist())
+                self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
             self._send_status()
 
     def _send_status(self) -> None:
@@ -194,7 +208,9 @@ class Node:
             self.stats.wrong_size += 1
             self.rx.count_error("length")
             return False
-        if not all(math.isfinite(v) for v in pkt.values):
+        # One C-level sum instead of a per-value check: NaN/Inf anywhere makes it
+        # non-finite (so would an overflow of float32-sized values, also rejected).
+        if not math.isfinite(sum(pkt.values)):
             self.rx.count_error("nonfinite")
             return False
         return True
@@ -247,27 +263,58 @@ class Node:
         else:
             self._set_mode(P.MODE_SAFE, reason)
 
-    def _infer_and_send(self, raw: np.ndarray, elapsed: float, ref_seq: int, t_ready: int) -> None:
-        now = time.monotonic_ns()
-        try:
-            y = self.policy.step(self.inmap(raw), elapsed)
-            if not np.all(np.isfinite(y)):
-                raise InputError("non-finite output")
-        except InputError as exc:
+    def _compute(self, raw: np.ndarray, elapsed: float, dt_s: float) -> int:
+        """Inputs -> command in ``self.maps.u``; a kernel status (see kernels.STATUS_*)."""
+        if self._fast is not None:
+            fp, ip, work = self._fast
+            m = self.maps
+            return kernels.control_step(raw, elapsed, dt_s, m.chan, m.xbuf, fp, ip, work)
+        return self.maps.apply_numpy(self.policy, raw, elapsed, dt_s)
+
+    def _finish(self, status: int, ref_seq: int, t_ready: int, now: int) -> None:
+        """Send the computed command, or the fail-safe when the policy failed."""
+        if status != kernels.STATUS_OK:
             self.stats.policy_errors += 1
             self.policy.reset()
-            self._event(f"policy error ({exc}); fail-safe command sent, state reset", logging.ERROR)
+            self._event("policy produced a non-finite output; fail-safe command sent, state reset",
+                        logging.ERROR)
             self._set_mode(P.MODE_SAFE, R_POLICY)
             return
-        u = self.outmap(y, (now - self._last_cmd_ns) / 1e9)
         self._last_cmd_ns = now
-        self._send(P.ACTUATE, u.tolist(), ref_seq)
+        self._send(P.ACTUATE, self.maps.u.tolist(), ref_seq)
         self.stats.steps += 1
         self.stats.add_latency(time.monotonic_ns() - t_ready)
+
+    def _infer_and_send(self, raw: np.ndarray, elapsed: float, ref_seq: int, t_ready: int) -> None:
+        now = time.monotonic_ns()
+        status = self._compute(raw, elapsed, (now - self._last_cmd_ns) / 1e9)
+        self._finish(status, ref_seq, t_ready, now)
+
+    def _bind_policy(self) -> None:
+        """Cache the cpu kernel's arrays for the fused fast path (None: numpy path)."""
+        p = self.policy
+        self._fast = (p._fp, p._ip, p._work) if p.backend == "cpu" and p.batch is None else None
+        if self._fast is not None:
+            # Compile/load the fused kernel now, on copies, so the first tick pays no JIT.
+            fp, ip, work = self._fast
+            kernels.control_step(np.zeros(len(self.cfg.inputs)), 1.0, 0.0, self.maps.chan.copy(),
+                                 self.maps.xbuf.copy(), fp, ip, work.copy())
 
     # ------------------------------------------------------------------ loop
     def _read_some(self, wait_s: float) -> bytes:
         port = self.port
+        fd = getattr(port, "fd", None)
+        if fd is not None:
+            # Wait with select(); pyserial's timeout setter reconfigures the tty (tcsetattr).
+            if not select.select([fd], [], [], max(0.0, wait_s))[0]:
+                return b""
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return b""
+            if not data:  # readable but empty: the device went away
+                raise serial.SerialException("device reports readiness to read but returned no data")
+            return data
         port.timeout = max(0.0, wait_s)
         first = port.read(1)
         if not first:
@@ -352,7 +399,7 @@ class Node:
                 self._send(P.HELLO, [float(len(self.cfg.inputs)), float(len(self.cfg.outputs)),
                                      float(self.cfg.rate_hz)])
                 self.mode = P.MODE_SAFE
-                self._send(P.ACTUATE, self.outmap.command_failsafe().tolist())
+                self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
                 self._send_status()
                 return
             except (serial.SerialException, OSError) as exc:
@@ -382,6 +429,7 @@ class Node:
             self._event(f"model reload rejected, keeping the old model: {exc}", logging.ERROR)
             return
         self.policy = new
+        self._bind_policy()
         self.stats.reloads += 1
         self._event(f"model reloaded from {self.cfg.model}", logging.INFO)
 
@@ -423,7 +471,7 @@ class Node:
                     if self.mode != P.MODE_RUN and now - self._last_status_ns > 1e9:
                         self._send_status()
                         if self.mode == P.MODE_SAFE:
-                            self._send(P.ACTUATE, self.outmap.command_failsafe().tolist())
+                            self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
                     if now >= next_stats:
                         log.info("%s", self.stats_line())
                         next_stats = now + int(self.cfg.stats_every_s * 1e9)

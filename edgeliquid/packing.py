@@ -28,7 +28,8 @@ EPS = 26                                                           # fp offset o
 # work layout (offsets into one instance's work row)
 (W_STATE, W_V, W_VNEXT, W_XM, W_NUMS, W_DENS, W_CMT, W_Y, W_Z, W_NUMR, W_ACT,
  W_SIZE) = range(27, 39)
-HEADER = 39
+SYN_DST, SSYN_DST = 39, 40                                         # ip: destination per synapse
+HEADER = 41
 
 
 class Packed:
@@ -71,7 +72,7 @@ class Packed:
         ip[OUT_W], ip[OUT_B] = put_f(p["output_w"]), put_f(p["output_b"])
 
         def put_synapses(w, sigma, mu, erev, mask, keys):
-            base, nnz, ptr, src, dense = keys
+            base, nnz, ptr, src, dense, dst = keys
             exists = mask.T != 0  # [dest, src]
             ptrs = np.concatenate([[0], np.cumsum(exists.sum(axis=1))])
             dst_idx, src_idx = np.nonzero(exists)
@@ -84,12 +85,13 @@ class Packed:
             put_f(erev.T[dst_idx, src_idx])
             ip[ptr] = put_i(ptrs)
             ip[src] = put_i(src_idx)
+            ip[dst] = put_i(dst_idx)
             ip[dense] = int(exists.all())
 
         put_synapses(p["w"], p["sigma"], p["mu"], p["erev"], p["sparsity_mask"],
-                     (SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE))
+                     (SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE, SYN_DST))
         put_synapses(p["sensory_w"], p["sensory_sigma"], p["sensory_mu"], p["sensory_erev"],
-                     p["sensory_sparsity_mask"], (SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE))
+                     p["sensory_sparsity_mask"], (SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE, SSYN_DST))
         if cfg.mixed_memory:
             ip[LSTM_WI] = put_f(p["lstm.input_map.weight"])
             ip[LSTM_BI] = put_f(p["lstm.input_map.bias"])

@@ -143,6 +143,11 @@ class CpuPolicy(Policy):
             self._y = self._work2d[:, y0: y0 + self.n_outputs]
             self._state_view = self._work2d[:, : self.n_state]
         self._bad = np.zeros(rows, np.int64)
+        import numba
+
+        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS,
+                                  kernels.batch_scratch_size(model.config.units,
+                                                             model.config.n_inputs)), self.dtype)
         self._kstep = kernels.step
         self._warm_up()
 
@@ -154,7 +159,8 @@ class CpuPolicy(Policy):
         kernels.run(np.zeros((1, self.n_inputs), self.dtype), np.ones(1, self.dtype),
                     self._fp, self._ip, scratch[0], np.zeros((1, self.n_outputs), self.dtype))
         if self.batch is not None:
-            kernels.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad)
+            kernels.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad,
+                               self._scratch)
             kernels.run_batch(x[None], self._ebuf[None], self._fp, self._ip, scratch,
                               np.zeros((1, self.batch, self.n_outputs), self.dtype), self._bad)
 
@@ -184,7 +190,8 @@ class CpuPolicy(Policy):
                 or not x.flags.c_contiguous:
             x = self._coerce_x(x)
         e = self._coerce_elapsed(elapsed)
-        status, row = kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad)
+        status, row = kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad,
+                                             self._scratch)
         if status:
             raise self._status_error(status, x[row], e[row], f" (batch row {row})")
         return self._y

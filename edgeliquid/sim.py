@@ -109,6 +109,7 @@ class SimStats:
     statuses: list = field(default_factory=list)
     hello: tuple | None = None
     max_abs_angle: float = 0.0
+    max_abs_x: float = 0.0
     angles: list = field(default_factory=list)
     commands: list = field(default_factory=list)
     rx_errors: int = 0
@@ -216,6 +217,7 @@ class Device:
                 t_prev = now
                 angle = self.plant.angle
                 self.stats.max_abs_angle = max(self.stats.max_abs_angle, abs(angle))
+                self.stats.max_abs_x = max(self.stats.max_abs_x, abs(float(self.plant.s[0])))
                 if self.record:
                     self.stats.angles.append((now, angle))
                 stalled = self.fault == "stall" and self._in_fault()

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("seed", range(5))
 def test_policy_keeps_pole_up(mode, seed):
     s = run_demo(seconds=20, mode=mode, seed=seed, noise=0.002, jitter=0.2, live=False)
-    assert s["max_abs_angle"] < 0.2, s
+    assert s["max_abs_angle"] < 0.2 and s["max_abs_x"] < 2.4, s
+    assert s["balanced"]
     assert s["steps"] > 0.9 * 20 * 100 and s["policy_errors"] == 0
 
 
@@ -32,7 +33,7 @@ def test_broken_policy_fails_the_same_test(tmp_path):
     p = tmp_path / "broken.yaml"
     p.write_text(yaml.safe_dump(data))
     s = run_demo(seconds=5, seed=1, noise=0.002, jitter=0.2, config=str(p), live=False)
-    assert s["max_abs_angle"] >= 0.2
+    assert s["max_abs_angle"] >= 0.2 and not s["balanced"]
 
 
 def test_stall_fault_sends_failsafe_and_recovers():

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Closed-loop benchmark: the node against the naive loop a user would write, same device.
+
+Both run against the simulated cart-pole device (its own process) over a pty pair:
+* node: ``edgeliquid`` node, event and fixed mode;
+* naive: pyserial + hand-rolled COBS/CRC framing + ncps torch ``LTCCell`` step per frame
+  (the same model, rebuilt in ncps from the model file).
+
+Reported: node latency (SENSOR frame readable -> ACTUATE written) p50/p99/max, the device's
+round trip, deadline misses, CPU use (process CPU time / wall time), whether the pole stayed up.
+
+    python tools/bench_loop.py [--rate 1000] [--seconds 60] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import time
+
+import numpy as np
+import serial
+from cobs import cobs
+
+from edgeliquid import protocol as P
+from edgeliquid.config import load_config
+from edgeliquid.demo import DeviceRig, default_config_path, run_demo
+
+
+def _cpu_wall(fn):
+    c0, w0 = os.times(), time.monotonic()
+    out = fn()
+    c1, w1 = os.times(), time.monotonic()
+    return out, ((c1.user - c0.user) + (c1.system - c0.system)) / (w1 - w0)
+
+
+def naive_loop(rate_hz: float, seconds: float, seed: int = 0) -> dict:
+    """What a user without edgeliquid writes: read, unframe, torch step, frame, write."""
+    import torch
+
+    from edgeliquid.export import to_ncps
+    from edgeliquid.modelfile import read
+
+    cfg = load_config(default_config_path())
+    cell = to_ncps(read(cfg.model)).rnn_cell.eval()
+    scale = torch.tensor([[c.scale for c in cfg.inputs]])
+    rig = DeviceRig(rate_hz=rate_hz, noise=0.002, jitter=0.2, seed=seed)
+    ser = serial.Serial(rig.node_port, 921600, timeout=0.01)
+    rig.start(seconds)
+    h = torch.zeros(1, cell.state_size)
+    lat, buf, seq, last_t = [], b"", 0, None
+    end = time.monotonic() + seconds + 0.3
+    while time.monotonic() < end:
+        data = ser.read(ser.in_waiting or 1)
+        if not data:
+            continue
+        t_ready = time.monotonic_ns()
+        buf += data
+        while b"\x00" in buf:
+            frame, buf = buf.split(b"\x00", 1)
+            if not frame:
+                continue
+            try:
+                pkt = cobs.decode(frame)
+            except cobs.DecodeError:
+                continue
+            if len(pkt) < 14 or P.crc16(pkt[:-2]) != struct.unpack("<H", pkt[-2:])[0]:
+                continue
+            _, ptype, _, count, rseq, t_us, _ = struct.unpack_from("<BBBBHIH", pkt)
+            if ptype != P.SENSOR:
+                continue
+            vals = struct.unpack_from(f"<{count}f", pkt, 12)
+            dt = 0.01 if last_t is None else ((t_us - last_t) & 0xFFFFFFFF) / 1e6
+            last_t = t_us
+            with torch.no_grad():
+                x = torch.tensor([vals], dtype=torch.float32) * scale
+                y, h = cell(x, h, torch.tensor([[dt / cfg.model_dt]]))
+            u = float(np.clip(float(y[0, 0]) * 10.0, -10, 10))
+            seq = (seq + 1) & 0xFFFF
+            body = struct.pack("<BBBBHIHf", 1, P.ACTUATE, 0, 1, seq, 0, rseq, u)
+            ser.write(cobs.encode(body + struct.pack("<H", P.crc16(body))) + b"\x00")
+            lat.append((time.monotonic_ns() - t_ready) / 1000.0)
+    ser.close()
+    dev = rig.finish()
+    a = np.array(lat) if lat else np.array([np.nan])
+    return {"steps": len(lat), "latency_us": {"p50": float(np.percentile(a, 50)),
+                                              "p99": float(np.percentile(a, 99)), "max": float(a.max())},
+            "device_rtt_us": dev.get("rtt_us", {}), "max_abs_angle": dev["max_abs_angle"],
+            "balanced": bool(dev["max_abs_angle"] < 0.2), "deadline_misses": None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", type=float, default=1000.0)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    results = {}
+    for mode in ("event", "fixed"):
+        r, cpu = _cpu_wall(lambda: run_demo(seconds=args.seconds, rate_hz=args.rate, mode=mode,
+                                            live=False, noise=0.002, jitter=0.2))
+        r.pop("_device", None)
+        r["cpu_use"] = cpu
+        results[f"node-{mode}"] = r
+    if not args.no_naive:
+        r, cpu = _cpu_wall(lambda: naive_loop(args.rate, args.seconds))
+        r["cpu_use"] = cpu
+        results["naive-torch"] = r
+    print(f"closed loop at {args.rate:.0f} Hz for {args.seconds:.0f} s over a pty pair")
+    print(f"  {'loop':12} {'steps':>7} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8} {'rtt p50':>8} "
+          f"{'misses':>7} {'cpu':>6} {'pole':>9}")
+    for name, r in results.items():
+        lat, rtt = r["latency_us"], r.get("device_rtt_us") or {}
+        print(f"  {name:12} {r['steps']:7d} {lat['p50']:8.1f} {lat['p99']:8.1f} {lat['max']:8.1f} "
+              f"{rtt.get('p50', float('nan')):8.1f} {str(r['deadline_misses']):>7} "
+              f"{100 * r['cpu_use']:5.0f}% {'balanced' if r['balanced'] else 'FELL':>9}")
+    if "naive-torch" in results:
+        ratio = results["naive-torch"]["latency_us"]["p50"] / results["node-event"]["latency_us"]["p50"]
+        print(f"  naive p50 / node (event) p50 = {ratio:.1f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
