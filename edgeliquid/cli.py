@@ -50,6 +50,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_model, format_table
     from .modelfile import read
 
+    if args.backend == "cuda":
+        from .cuda_backend import bench_cuda
+
+        print(json.dumps(bench_cuda(read(args.model), batches=args.cuda_batches), indent=2))
+        return 0
     dtype = np.float64 if args.float64 else np.float32
     r = bench_model(read(args.model), args.model, steps=args.steps, batch=args.batch, dtype=dtype)
     print(json.dumps(r, indent=2) if args.json else format_table(args.model, r))
@@ -80,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=5000, help="timed steps for the cpu backend")
     s.add_argument("--batch", type=int, default=1024, help="batch size for throughput (0: skip)")
     s.add_argument("--float64", action="store_true", help="run the backends in float64")
+    s.add_argument("--backend", default="all", choices=["all", "cuda"],
+                   help="'cuda': batched GPU throughput sweep instead of the side-by-side table")
+    s.add_argument("--cuda-batches", type=int, nargs="*", default=[1, 64, 1024, 65536])
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     from . import node_cli  # the node, simulator and demo add their subcommands

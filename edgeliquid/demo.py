@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import sys
 import threading
 import time
@@ -35,6 +36,12 @@ def default_config_path() -> Path:
 def _device_main(conn, shared, kwargs, seconds):
     from .sim import Device
 
+    if kwargs.pop("realtime", False):  # the device plays a microcontroller: give it a core
+        try:
+            os.sched_setaffinity(0, {0})
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(40))
+        except (OSError, AttributeError):
+            pass
     dev = Device(conn.recv(), **kwargs)  # the PtyMaster comes over the fork
     dev.record = True
 
@@ -85,11 +92,14 @@ class DeviceRig:
 def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
              plant: str = "cartpole", fault: str | None = None, protocol: str = "cobs",
              noise: float = 0.002, jitter: float = 0.2, seed: int = 0, config: str | None = None,
-             live: bool = True, out=sys.stdout) -> dict[str, Any]:
+             live: bool = True, out=sys.stdout, realtime: bool = False) -> dict[str, Any]:
     """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
     cfg = load_config(config or default_config_path())
     rig = DeviceRig(plant=plant, rate_hz=rate_hz, protocol=protocol, noise=noise, jitter=jitter,
-                    seed=seed, fault=fault, fault_at_s=seconds * 0.4, fault_len_s=0.3)
+                    seed=seed, fault=fault, fault_at_s=seconds * 0.4, fault_len_s=0.3,
+                    realtime=realtime)
+    if realtime:  # node thread on CPU 1 at SCHED_FIFO 50; warnings if the OS refuses
+        cfg.cpu, cfg.sched_fifo = (1 if (os.cpu_count() or 1) > 1 else 0), 50
     cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = (
         rig.node_port, False, mode, rate_hz, protocol)
     cfg.stats_every_s = max(seconds, 1.0) * 10  # the demo prints its own status line

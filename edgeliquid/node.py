@@ -382,8 +382,11 @@ class Node:
             except (OSError, AttributeError) as exc:
                 log.warning("realtime.mlockall refused: %s", exc)
         if c.gc_freeze:
+            # Freeze what exists, and keep the collector out of the loop: a generation-2
+            # pass can take milliseconds. Young objects are collected at stats time.
             gc.collect()
             gc.freeze()
+            gc.disable()
 
     def _connect(self) -> None:
         delay = self.cfg.reconnect_min_s
@@ -473,6 +476,8 @@ class Node:
                         if self.mode == P.MODE_SAFE:
                             self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
                     if now >= next_stats:
+                        if self.cfg.gc_freeze:
+                            gc.collect(0)
                         log.info("%s", self.stats_line())
                         next_stats = now + int(self.cfg.stats_every_s * 1e9)
                 except (serial.SerialException, OSError) as exc:
@@ -488,6 +493,7 @@ class Node:
             self._shutdown()
             if self.cfg.gc_freeze:
                 gc.unfreeze()
+                gc.enable()
         log.info("final: %s", self.stats_line())
         return self.stats
 

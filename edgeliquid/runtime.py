@@ -1,7 +1,8 @@
 """Policies: a model plus its recurrent state, stepped by one backend.
 
 ``load(path)`` -> :class:`Policy`. Backends: ``cpu`` (numba kernels, the fast
-path) and ``reference`` (numpy, the spec). Both share this API and the same input checks:
+path), ``reference`` (numpy, the spec) and ``cuda`` (numba-cuda, thread per
+instance; :mod:`edgeliquid.cuda_backend`). All share this API and the same input checks:
 a bad input raises :class:`~edgeliquid.errors.InputError` and leaves the state
 untouched.
 
@@ -22,7 +23,7 @@ from .model import LTCModel
 from .packing import W_Y, Packed
 from .reference import ReferenceCell
 
-BACKENDS = ("cpu", "reference")
+BACKENDS = ("cpu", "reference", "cuda")
 
 
 class Policy:
@@ -304,6 +305,10 @@ def from_model(model: LTCModel, backend: str = "cpu", dtype=np.float32,
         return CpuPolicy(model, dtype, batch)
     if backend == "reference":
         return ReferencePolicy(model, dtype, batch)
+    if backend == "cuda":
+        from .cuda_backend import CudaPolicy
+
+        return CudaPolicy(model, dtype, batch)
     raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
@@ -313,7 +318,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", dtype=np.float32,
 
     Args:
         path: the ``.onnx`` model file.
-        backend: ``"cpu"`` (numba) or ``"reference"`` (numpy spec).
+        backend: ``"cpu"`` (numba), ``"reference"`` (numpy spec) or ``"cuda"`` (numba-cuda).
         dtype: ``np.float32`` or ``np.float64``.
         batch: None for one instance, or the number of instances stepped together.
 

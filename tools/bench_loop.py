@@ -96,12 +96,15 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--realtime", action="store_true",
+                    help="node on CPU 1 at SCHED_FIFO 50, device on CPU 0 at SCHED_FIFO 40")
     ap.add_argument("--json")
     args = ap.parse_args()
     results = {}
     for mode in ("event", "fixed"):
         r, cpu = _cpu_wall(lambda: run_demo(seconds=args.seconds, rate_hz=args.rate, mode=mode,
-                                            live=False, noise=0.002, jitter=0.2))
+                                            live=False, noise=0.002, jitter=0.2,
+                                            realtime=args.realtime))
         r.pop("_device", None)
         r["cpu_use"] = cpu
         results[f"node-{mode}"] = r
@@ -109,7 +112,8 @@ def main() -> int:
         r, cpu = _cpu_wall(lambda: naive_loop(args.rate, args.seconds))
         r["cpu_use"] = cpu
         results["naive-torch"] = r
-    print(f"closed loop at {args.rate:.0f} Hz for {args.seconds:.0f} s over a pty pair")
+    print(f"closed loop at {args.rate:.0f} Hz for {args.seconds:.0f} s over a pty pair"
+          f"{' (realtime: pinned, SCHED_FIFO)' if args.realtime else ''}")
     print(f"  {'loop':12} {'steps':>7} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8} {'rtt p50':>8} "
           f"{'misses':>7} {'cpu':>6} {'pole':>9}")
     for name, r in results.items():
