@@ -61,6 +61,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_firmware(args: argparse.Namespace) -> int:
+    from firmware_export import export_firmware
+
+    m = export_firmware(args.model, args.output, args.name, fixed_point=args.fixed_point,
+                        fast_sigmoid=args.fast_sigmoid, min_elapsed=args.min_elapsed)
+    print(f"wrote {args.output}/{args.name}.h, {args.name}.c, edgeliquid_proto.h/.c, manifest.json "
+          f"({m['variant']}; ~{m['flash_params_bytes_estimate']} B of weights in flash, "
+          f"{m['state_bytes_caller_owned']} B state)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(prog="edgeliquid", formatter_class=fmt,
@@ -89,6 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'cuda': batched GPU throughput sweep instead of the side-by-side table")
     s.add_argument("--cuda-batches", type=int, nargs="*", default=[1, 64, 1024, 65536])
     s.add_argument("--json", action="store_true", help="print one JSON object")
+
+    s = sub.add_parser("firmware", formatter_class=fmt, help="generate C99 for microcontrollers")
+    s.add_argument("model")
+    s.add_argument("-o", "--output", required=True, help="directory for NAME.h/.c and the codec")
+    s.add_argument("--name", default="policy", help="C prefix (NAME_step, NAME_N_INPUTS, ...)")
+    s.add_argument("--fixed-point", action="store_true", help="int32 Q-format variant (no FPU)")
+    s.add_argument("--fast-sigmoid", action="store_true",
+                   help="float variant: polynomial exp, |error| <= 1e-6, no libm call")
+    s.add_argument("--min-elapsed", type=float, default=0.01,
+                   help="fixed point: smallest elapsed time (model units) the Q format must cover")
 
     from . import node_cli  # the node, simulator and demo add their subcommands
 

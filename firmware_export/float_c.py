@@ -1,0 +1,199 @@
+"""The float32 variant: C99, no malloc, no mutable globals; weights as static const (flash)."""
+
+from __future__ import annotations
+
+from string import Template
+
+import numpy as np
+
+from .cgen import banner, c_array, c_float
+from .layout import FirmwareModel
+
+HEADER = Template("""$banner
+#ifndef ${UP}_H
+#define ${UP}_H
+
+#define ${UP}_N_INPUTS $n_in
+#define ${UP}_N_OUTPUTS $n_out
+#define ${UP}_STATE_SIZE $n_state
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Zero the state (ncps' initial state). state: ${UP}_STATE_SIZE floats, owned by the caller. */
+void ${name}_reset(float *state);
+
+/* One LTC step: x[${UP}_N_INPUTS] raw inputs (finite), elapsed > 0 in model time units
+ * (ncps: 1.0 per sample), state updated in place, y[${UP}_N_OUTPUTS] written. */
+void ${name}_step(const float *x, float *state, float elapsed, float *y);
+$extra_decl
+#ifdef __cplusplus
+}
+#endif
+#endif
+""")
+
+SOURCE = Template("""$banner
+#include "$name.h"
+#include <math.h>
+#include <stdint.h>
+
+#define U $units
+#define NI $n_in
+#define NM $n_out
+#define UNFOLDS $unfolds
+#define NNZ $nnz
+#define SNNZ $snnz
+
+$arrays
+$sigmoid
+
+void ${name}_reset(float *state)
+{
+    int i;
+    for (i = 0; i < ${UP}_STATE_SIZE; ++i) {
+        state[i] = 0.0f;
+    }
+}
+
+void ${name}_step(const float *x, float *state, float elapsed, float *y)
+{
+    float v[U], vn[U], xm[NI], ns[U], ds[U], nr[U], dr[U], cmt[U];
+$lstm_decl    float dt;
+    int i, j, k, t;
+
+$lstm_body    for (i = 0; i < NI; ++i) {
+        xm[i] = x[i] * $in_w + $in_b;
+    }
+    for (j = 0; j < U; ++j) {
+        ns[j] = 0.0f;
+        ds[j] = 0.0f;
+    }
+    /* sensory synapses do not depend on v: once per step */
+    for (k = 0; k < SNNZ; ++k) {
+        float a = s_w[k] * ${name}_sigmoid(s_sigma[k] * (xm[s_src[k]] - s_mu[k]));
+        ns[s_dst[k]] += a * s_erev[k];
+        ds[s_dst[k]] += a;
+    }
+    /* cm / dt is loop invariant */
+    dt = elapsed / (float)UNFOLDS;
+    for (j = 0; j < U; ++j) {
+        cmt[j] = cm[j] / dt;
+    }
+    for (t = 0; t < UNFOLDS; ++t) {
+        for (j = 0; j < U; ++j) {
+            nr[j] = 0.0f;
+            dr[j] = 0.0f;
+        }
+        for (k = 0; k < NNZ; ++k) {
+            float a = r_w[k] * ${name}_sigmoid(r_sigma[k] * (v[r_src[k]] - r_mu[k]));
+            nr[r_dst[k]] += a * r_erev[k];
+            dr[r_dst[k]] += a;
+        }
+        for (j = 0; j < U; ++j) {
+            vn[j] = (cmt[j] * v[j] + gleak_vleak[j] + (nr[j] + ns[j]))
+                    / (cmt[j] + gleak[j] + (dr[j] + ds[j]) + EPSILON);
+        }
+        for (j = 0; j < U; ++j) {
+            v[j] = vn[j];
+        }
+    }
+    for (j = 0; j < U; ++j) {
+        state[j] = v[j];
+    }
+$lstm_commit    for (k = 0; k < NM; ++k) {
+        y[k] = v[k] * $out_w + $out_b;
+    }
+}
+""")
+
+SIGMOID_EXACT = Template("""static float ${name}_sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+""")
+
+# Fast sigmoid: exp by range reduction and a degree-5 polynomial, 2^n from the exponent bits.
+# Truncation error r^6/720 <= 2.4e-6 relative for |r| <= ln2/2, so the sigmoid's absolute
+# error is <= 1e-6 (tests/test_firmware.py measures it); no libm call, about 15 flops.
+SIGMOID_FAST = Template("""static float ${name}_exp(float x)
+{
+    union { float f; uint32_t u; } s;
+    float n, r, p;
+    int32_t e;
+    if (x > 88.0f) { x = 88.0f; }
+    if (x < -87.0f) { x = -87.0f; }
+    n = (float)(int32_t)(x * 1.44269504f + (x >= 0.0f ? 0.5f : -0.5f));
+    r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+    p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * 0.00833333377f))));
+    e = (int32_t)n + 127;
+    s.u = (uint32_t)e << 23;
+    return p * s.f;
+}
+
+static float ${name}_sigmoid(float x)
+{
+    return 1.0f / (1.0f + ${name}_exp(-x));
+}
+""")
+
+
+def generate_float(fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = False) -> tuple[str, str]:
+    cfg, p = fm.cfg, fm.p
+    up = name.upper()
+    idx = fm.index_type()
+    arrays = [
+        f"#define EPSILON {c_float(cfg.epsilon)}\n",
+        c_array("float", "cm", p["cm"]), c_array("float", "gleak", p["gleak"]),
+        c_array("float", "gleak_vleak", p["gleak"] * p["vleak"]),
+    ]
+    affine = {}
+    for side, n in (("in", cfg.n_inputs), ("out", cfg.motor_size)):
+        w, b = p[f"{side}put_w"], p[f"{side}put_b"]
+        var = "i" if side == "in" else "k"
+        if np.all(w == 1.0) and np.all(b == 0.0):
+            affine[f"{side}_w"], affine[f"{side}_b"] = "1.0f", "0.0f"
+        else:
+            arrays += [c_array("float", f"{side}_w", w), c_array("float", f"{side}_b", b)]
+            affine[f"{side}_w"], affine[f"{side}_b"] = f"{side}_w[{var}]", f"{side}_b[{var}]"
+    for prefix, syn in (("s", fm.sens), ("r", fm.rec)):
+        arrays += [c_array(idx, f"{prefix}_src", syn.src), c_array(idx, f"{prefix}_dst", syn.dst),
+                   c_array("float", f"{prefix}_w", syn.w), c_array("float", f"{prefix}_sigma", syn.sigma),
+                   c_array("float", f"{prefix}_mu", syn.mu), c_array("float", f"{prefix}_erev", syn.erev)]
+    lstm_decl = lstm_body = lstm_commit = ""
+    if cfg.mixed_memory:
+        arrays += [c_array("float", "lstm_wi", p["lstm.input_map.weight"]),
+                   c_array("float", "lstm_bi", p["lstm.input_map.bias"]),
+                   c_array("float", "lstm_wr", p["lstm.recurrent_map.weight"])]
+        lstm_decl = "    float z[4 * U], cn[U];\n"
+        lstm_body = f"""    /* mixed memory: ncps LSTMCell on the raw inputs, h -> v, new c -> cn */
+    for (i = 0; i < 4 * U; ++i) {{
+        float a = 0.0f, r = 0.0f;
+        for (k = 0; k < NI; ++k) {{
+            a += lstm_wi[i * NI + k] * x[k];
+        }}
+        for (k = 0; k < U; ++k) {{
+            r += lstm_wr[i * U + k] * state[k];
+        }}
+        z[i] = (a + lstm_bi[i]) + r;
+    }}
+    for (j = 0; j < U; ++j) {{
+        cn[j] = state[U + j] * {name}_sigmoid(z[2 * U + j] + 1.0f)
+                + tanhf(z[j]) * {name}_sigmoid(z[U + j]);
+        v[j] = tanhf(cn[j]) * {name}_sigmoid(z[3 * U + j]);
+    }}
+"""
+        lstm_commit = "    for (j = 0; j < U; ++j) {\n        state[U + j] = cn[j];\n    }\n"
+    else:
+        lstm_body = "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
+    sig = (SIGMOID_FAST if fast_sigmoid else SIGMOID_EXACT).substitute(name=name)
+    what = f"{name}: LTC policy, float32{' (fast sigmoid)' if fast_sigmoid else ''}"
+    header = HEADER.substitute(banner=banner(sha, what), UP=up, name=name, n_in=cfg.n_inputs,
+                               n_out=cfg.n_outputs, n_state=cfg.n_state, extra_decl="")
+    source = SOURCE.substitute(banner=banner(sha, what), name=name, UP=up, units=cfg.units,
+                               n_in=cfg.n_inputs, n_out=cfg.n_outputs, unfolds=cfg.ode_unfolds,
+                               nnz=fm.rec.count, snnz=fm.sens.count, arrays="\n".join(arrays),
+                               sigmoid=sig, lstm_decl=lstm_decl, lstm_body=lstm_body,
+                               lstm_commit=lstm_commit, **affine)
+    return header, source

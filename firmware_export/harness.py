@@ -1,0 +1,195 @@
+"""Build and run generated C against the reference: host gcc, and Cortex-M4 under qemu.
+
+Test vectors are embedded as a generated header; the driver prints every output
+(and the final state) as the hex of its float32 bits, so no decimal rounding
+stands between the C and the comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from .cgen import c_array
+
+HOST_FLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-Wdouble-promotion", "-Wconversion"]
+M4_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard", "-Os"]
+M0_FLAGS = ["-mcpu=cortex-m0", "-mthumb", "-mfloat-abi=soft", "-Os"]
+
+DRIVER = """#include "{name}.h"
+#include "vectors.h"
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+
+static void put(float f)
+{{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    printf("%08lx\\n", (unsigned long)u);
+}}
+
+int main(void)
+{{
+    float state[{UP}_STATE_SIZE];
+    float y[{UP}_N_OUTPUTS];
+    int t, k;
+    memcpy(state, init_state, sizeof state);
+    for (t = 0; t < T_STEPS; ++t) {{
+        if (t == RESET_AT) {{
+            {name}_reset(state);
+        }}
+        {name}_step(&xs[t * {UP}_N_INPUTS], state, el[t], y);
+        for (k = 0; k < {UP}_N_OUTPUTS; ++k) {{
+            put(y[k]);
+        }}
+    }}
+    for (k = 0; k < {UP}_STATE_SIZE; ++k) {{
+        put(state[k]);
+    }}
+    return 0;
+}}
+"""
+
+# Cortex-M4 (qemu mps2-an386): vector table, FPU on, newlib's semihosting crt0 does the rest.
+STARTUP = """#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+extern uint32_t __stack_top, __etext, __data_start__, __data_end__, __bss_start__, __bss_end__;
+extern void initialise_monitor_handles(void);
+extern int main(void);
+void reset_handler(void);
+void reset_handler(void)
+{
+    volatile uint32_t *cpacr = (volatile uint32_t *)0xE000ED88u;
+    *cpacr |= (0xFu << 20);  /* CP10/CP11 full access: enable the FPU */
+    __asm volatile ("dsb");
+    __asm volatile ("isb");
+    memcpy(&__data_start__, &__etext, (size_t)((char *)&__data_end__ - (char *)&__data_start__));
+    memset(&__bss_start__, 0, (size_t)((char *)&__bss_end__ - (char *)&__bss_start__));
+    initialise_monitor_handles();  /* semihosting stdio */
+    exit(main());                  /* semihosting SYS_EXIT ends qemu */
+}
+void _init(void);
+void _fini(void);
+void _init(void) { }  /* no C++ constructors here; crti/crtn are not linked (-nostartfiles) */
+void _fini(void) { }
+static void fault(void) { for (;;) { } }
+__attribute__((section(".isr_vector"), used))
+const void *const vectors[16] = {
+    &__stack_top, (const void *)reset_handler, (const void *)fault, (const void *)fault,
+    (const void *)fault, (const void *)fault, (const void *)fault, 0, 0, 0, 0,
+    (const void *)fault, (const void *)fault, 0, (const void *)fault, (const void *)fault,
+};
+"""
+
+LINKER = """MEMORY
+{
+  FLASH (rx)  : ORIGIN = 0x00000000, LENGTH = 4M
+  RAM   (rwx) : ORIGIN = 0x20000000, LENGTH = 4M
+}
+ENTRY(reset_handler)
+SECTIONS
+{
+  .text : { KEEP(*(.isr_vector)) *(.text*) *(.rodata*) KEEP(*(.init)) KEEP(*(.fini))
+            . = ALIGN(4); } > FLASH
+  .ARM.exidx : { *(.ARM.exidx*) } > FLASH
+  __etext = .;
+  .data : { __data_start__ = .; *(.data*) . = ALIGN(4); __data_end__ = .; } > RAM AT > FLASH
+  .bss : { __bss_start__ = .; __bss_start = .; *(.bss*) *(COMMON) . = ALIGN(4);
+           __bss_end__ = .; _end = .; end = .; __end__ = .; } > RAM
+  __stack_top = ORIGIN(RAM) + LENGTH(RAM);
+  __HeapLimit = __stack_top - 0x10000;
+}
+"""
+
+
+def write_vectors(out: Path, xs: np.ndarray, el: np.ndarray, init_state: np.ndarray,
+                  reset_at: int) -> None:
+    t = xs.shape[0]
+    text = (f"#define T_STEPS {t}\n#define RESET_AT {reset_at}\n"
+            + c_array("float", "xs", xs.astype(np.float32), per_line=8)
+            + c_array("float", "el", el.astype(np.float32), per_line=8)
+            + c_array("float", "init_state", init_state.astype(np.float32), per_line=8))
+    (out / "vectors.h").write_text(text)
+
+
+def write_driver(out: Path, name: str) -> None:
+    (out / "driver.c").write_text(DRIVER.format(name=name, UP=name.upper()))
+
+
+def tool(name: str) -> str | None:
+    return shutil.which(name)
+
+
+def build_host(out: Path, name: str, extra: list[str] | None = None, exe: str = "host_test") -> Path:
+    cc = os.environ.get("CC", "gcc")
+    cmd = [cc, *HOST_FLAGS, *(extra or []), "-o", str(out / exe), str(out / "driver.c"),
+           str(out / f"{name}.c"), "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out / exe
+
+
+def build_m4(out: Path, name: str) -> Path:
+    (out / "startup.c").write_text(STARTUP)
+    (out / "mps2.ld").write_text(LINKER)
+    elf = out / "m4_test.elf"
+    cmd = ["arm-none-eabi-gcc", *M4_FLAGS, "-std=c99", "-Wall", "-Wextra", "-Werror",
+           "-Wdouble-promotion", "--specs=rdimon.specs", "-nostartfiles", "-T", str(out / "mps2.ld"),
+           "-o", str(elf), str(out / "startup.c"), str(out / "driver.c"), str(out / f"{name}.c"),
+           "-lm"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return elf
+
+
+def run_qemu(elf: Path, timeout: float = 300) -> str:
+    cmd = ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
+           "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+    return r.stdout
+
+
+def object_size(obj_cmd: list[str], out: Path, src: Path, flags: list[str]) -> dict[str, int]:
+    """Compile one generated .c for a target and read text/data/bss with arm-none-eabi-size."""
+    obj = out / (src.stem + "_" + flags[0].split("=")[-1] + ".o")
+    subprocess.run([*obj_cmd, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", "-o", str(obj),
+                    str(src)], check=True, capture_output=True, text=True)
+    r = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], check=True, capture_output=True, text=True)
+    sizes = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            sec = parts[0]
+            for key in sizes:
+                if sec == f".{key}" or sec.startswith(f".{key}."):
+                    sizes[key] += int(parts[1])
+    sizes["flash"] = sizes["text"] + sizes["rodata"] + sizes["data"]
+    sizes["ram"] = sizes["data"] + sizes["bss"]
+    return sizes
+
+
+def parse_hex(stdout: str, steps: int, n_out: int, n_state: int) -> tuple[np.ndarray, np.ndarray]:
+    vals = [int(w, 16) for w in stdout.split() if len(w) == 8]
+    need = steps * n_out + n_state
+    if len(vals) < need:
+        raise RuntimeError(f"expected {need} values from the test program, got {len(vals)}")
+    f = np.array(vals[:need], np.uint32).view(np.float32).astype(np.float64)
+    return f[: steps * n_out].reshape(steps, n_out), f[steps * n_out:]
+
+
+def reference_outputs(model, xs, el, init_state, reset_at):
+    """The numpy reference (float64) on the same vectors: ys [T, M], final state."""
+    from edgeliquid.runtime import from_model
+
+    ref = from_model(model, "reference", np.float64)
+    ref.state = init_state
+    ys = []
+    for t in range(xs.shape[0]):
+        if t == reset_at:
+            ref.reset()
+        ys.append(ref.step(np.asarray(xs[t], np.float32), float(np.float32(el[t]))).copy())
+    return np.array(ys), ref.state
