@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Firmware numbers: flash/RAM per target, host ns/step against numba, M4 instructions/step.
+
+Models: driving-size NCP (AutoNCP 19 units, 8 inputs, 1 output) and FullyConnected 64
+(32 inputs); variants float32 and fixed point. Needs gcc, arm-none-eabi-gcc, qemu-system-arm
+and the export extra (torch, ncps).
+
+    python tools/bench_firmware.py [--json out.json]
+
+Instruction count: qemu runs the M4 build one instruction per translation block with
+``-d exec``; (lines for 21 steps - lines for 1 step) / 20 = instructions per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ncps.torch import LTC
+from ncps.wirings import AutoNCP, FullyConnected
+
+import edgeliquid
+from edgeliquid.export import export_module
+from firmware_export import export_firmware
+from firmware_export import harness as H
+
+BENCH_MAIN = """#define _POSIX_C_SOURCE 199309L
+#include "{name}.h"
+#include <stdint.h>
+#include <time.h>
+#include <stdio.h>
+int main(int argc, char **argv)
+{{
+    float s[{UP}_STATE_SIZE], x[{UP}_N_INPUTS], y[{UP}_N_OUTPUTS];
+    long n = {steps}, t;
+    int i;
+    (void)argv;
+    {name}_reset(s);
+    for (i = 0; i < {UP}_N_INPUTS; ++i) x[i] = 0.1f * (float)(i + argc);
+#ifdef TIMED
+    {{
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (t = 0; t < n; ++t) {{ x[0] = (float)(t & 7) * 0.05f; {name}_step(x, s, 1.0f, y); }}
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.1f\\n", ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n);
+    }}
+#else
+    for (t = 0; t < n; ++t) {{ x[0] = (float)(t & 7) * 0.05f; {name}_step(x, s, 1.0f, y); }}
+#endif
+    return y[0] > 1e30f;
+}}
+"""
+
+
+def insn_per_step(out: Path, name: str) -> float:
+    counts = []
+    for steps in (1, 21):
+        (out / "bench_main.c").write_text(BENCH_MAIN.format(name=name, UP=name.upper(), steps=steps))
+        (out / "startup.c").write_text(H.STARTUP)
+        (out / "mps2.ld").write_text(H.LINKER)
+        elf = out / f"insn{steps}.elf"
+        subprocess.run(["arm-none-eabi-gcc", *H.M4_FLAGS, "-std=c99", "--specs=rdimon.specs",
+                        "-nostartfiles", "-T", str(out / "mps2.ld"), "-o", str(elf),
+                        str(out / "startup.c"), str(out / "bench_main.c"), str(out / f"{name}.c"),
+                        "-lm"], check=True, capture_output=True)
+        log = out / f"exec{steps}.log"
+        subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
+                        "-serial", "none", "-semihosting-config", "enable=on,target=native",
+                        "-singlestep", "-d", "exec,nochain", "-D", str(log), "-kernel", str(elf)],
+                       capture_output=True, timeout=600)
+        with open(log, "rb") as f:
+            counts.append(sum(chunk.count(b"Trace ") for chunk in iter(lambda: f.read(1 << 20), b"")))
+        log.unlink()
+    return (counts[1] - counts[0]) / 20
+
+
+def host_ns(out: Path, name: str) -> float:
+    (out / "bench_main.c").write_text(BENCH_MAIN.format(name=name, UP=name.upper(), steps=200000))
+    exe = out / "bench_host"
+    subprocess.run(["gcc", "-std=c99", "-O2", "-DTIMED", "-o", str(exe), str(out / "bench_main.c"),
+                    str(out / f"{name}.c"), "-lm"], check=True)
+    return float(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout)
+
+
+def numba_ns(path: Path) -> float:
+    pol = edgeliquid.load(path)
+    x = np.full(pol.n_inputs, 0.1, np.float32)
+    for _ in range(1000):
+        pol.step(x, 1.0)
+    n = 20000
+    t = time.perf_counter_ns()
+    for _ in range(n):
+        pol.step(x, 1.0)
+    return (time.perf_counter_ns() - t) / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for label, n_in, wiring in (("driving-ncp-19", 8, AutoNCP(19, 1)), ("fc-64", 32, FullyConnected(64))):
+            path = tmp / f"{label}.onnx"
+            export_module(LTC(n_in, wiring), path)
+            nb = numba_ns(path)
+            for variant in ("float32", "fixed"):
+                out = tmp / f"{label}-{variant}"
+                m = export_firmware(path, out, "pol", fixed_point=variant == "fixed")
+                src = out / "pol.c"
+                m4 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M4_FLAGS)
+                m0 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M0_FLAGS)
+                row = {"model": label, "variant": variant, "m4f_flash": m4["flash"], "m4f_ram": m4["ram"],
+                       "m0_flash": m0["flash"], "m0_ram": m0["ram"], "state_bytes": m["state_bytes_caller_owned"],
+                       "stack_bytes_estimate": m["stack_bytes_estimate"], "host_ns_step": host_ns(out, "pol"),
+                       "numba_ns_step": nb, "m4_insn_per_step": insn_per_step(out, "pol")}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    print(f"\n{'model':15} {'variant':8} {'M4F flash':>9} {'M0 flash':>9} {'RAM':>4} {'state B':>7} "
+          f"{'stack B':>7} {'host ns':>8} {'numba ns':>9} {'M4 insn/step':>12}")
+    for r in rows:
+        print(f"{r['model']:15} {r['variant']:8} {r['m4f_flash']:9d} {r['m0_flash']:9d} {r['m4f_ram']:4d} "
+              f"{r['state_bytes']:7d} {r['stack_bytes_estimate']:7d} {r['host_ns_step']:8.0f} "
+              f"{r['numba_ns_step']:9.0f} {r['m4_insn_per_step']:12.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
