@@ -42,6 +42,7 @@ class ChannelMaps:
         if not np.all(np.isfinite(raw)):
             return STATUS_BAD_INPUT
         x = (np.clip(raw, c[:n], c[n:2 * n]) - c[2 * n:3 * n]) * c[3 * n:4 * n]
+        self.xbuf[:] = x
         try:
             y = np.asarray(policy.step(x, elapsed), np.float64)
         except InputError:

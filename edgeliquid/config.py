@@ -154,7 +154,7 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
         reconnect_min_s=r.num(rc, "min_s", "reconnect.min_s", 0.05, 0, strict_lo=True),
         reconnect_max_s=r.num(rc, "max_s", "reconnect.max_s", 2.0, 0, strict_lo=True),
         backend=r.choice(data, "backend", "backend", "cpu", ("cpu", "reference")),
-        telemetry=data.get("telemetry"),
+        telemetry=_telemetry(r, data),
     )
     for key, cls in (("inputs", InputChannel), ("outputs", OutputChannel)):
         chans = data.get(key)
@@ -182,6 +182,18 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
             out.append(cls(**kw))
         setattr(cfg, key, out)
     return cfg
+
+
+def _telemetry(r: _Reader, data: dict) -> dict[str, Any] | None:
+    if data.get("telemetry") is None:
+        return None
+    t = r.section(data, "telemetry", {"path", "rotate_mb", "rotate_s", "keep"})
+    if not isinstance(t.get("path"), str) or not t["path"]:
+        raise r.fail("telemetry.path", "required: the .mcap file to write")
+    return {"path": t["path"],
+            "rotate_mb": r.num(t, "rotate_mb", "telemetry.rotate_mb", 64.0, 0, strict_lo=True),
+            "rotate_s": r.num(t, "rotate_s", "telemetry.rotate_s", 3600.0, 0, strict_lo=True),
+            "keep": r.num(t, "keep", "telemetry.keep", 5, 1, kind=int)}
 
 
 def load_config(path: str | Path) -> NodeConfig:

@@ -92,7 +92,8 @@ class DeviceRig:
 def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
              plant: str = "cartpole", fault: str | None = None, protocol: str = "cobs",
              noise: float = 0.002, jitter: float = 0.2, seed: int = 0, config: str | None = None,
-             live: bool = True, out=sys.stdout, realtime: bool = False) -> dict[str, Any]:
+             live: bool = True, out=sys.stdout, realtime: bool = False,
+             record: str | None = None) -> dict[str, Any]:
     """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
     cfg = load_config(config or default_config_path())
     rig = DeviceRig(plant=plant, rate_hz=rate_hz, protocol=protocol, noise=noise, jitter=jitter,
@@ -103,6 +104,8 @@ def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
     cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = (
         rig.node_port, False, mode, rate_hz, protocol)
     cfg.stats_every_s = max(seconds, 1.0) * 10  # the demo prints its own status line
+    if record:
+        cfg.telemetry = {"path": record, "rotate_mb": 256.0, "rotate_s": 1e9, "keep": 1}
     node = Node(cfg)  # loads and warms the policy before anything moves
     rig.start(seconds)
     t = threading.Thread(target=node.run, args=(seconds + 0.5,), daemon=True)
@@ -128,6 +131,7 @@ def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
         "device_rtt_us": dev.get("rtt_us", {}), "deadline_misses": node.stats.deadline_misses,
         "frame_errors": node.rx.total_errors, "frames_lost": node.rx.lost,
         "failsafe_events": node.stats.failsafe_events, "policy_errors": node.stats.policy_errors,
+        "recording": str(node.recorder.files[0]) if node.recorder and node.recorder.files else None,
         "_device": dev,
     }
 
@@ -145,7 +149,8 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{rtt.get('p99', float('nan')):.0f} µs",
         f"  deadline misses {s['deadline_misses']}, frame errors {s['frame_errors']}, "
         f"fail-safe events {s['failsafe_events']}",
-    ])
+    ] + ([f"  flight recording: {s['recording']}  (edgeliquid replay / edgeliquid profile it)"]
+         if s.get("recording") else []))
 
 
 def quiet_logging() -> None:

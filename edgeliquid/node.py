@@ -20,6 +20,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import serial
@@ -65,6 +66,24 @@ class NodeStats:
         a = self.latency_ns[:n] / 1000.0
         return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
                 "max": float(a.max())}
+
+
+def make_recorder(cfg: NodeConfig, policy):
+    """The flight recorder for ``cfg.telemetry`` (model sha256 and config in its metadata)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from .recorder import FlightRecorder
+
+    t = cfg.telemetry
+    sha = hashlib.sha256(Path(cfg.model).read_bytes()).hexdigest()
+    conf = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
+    meta = {"model": str(Path(cfg.model).resolve()), "model_sha256": sha, "backend": policy.backend,
+            "dtype": policy.dtype.name, "config": json.dumps(conf, default=str),
+            "rate_hz": cfg.rate_hz, "mode": cfg.mode}
+    return FlightRecorder(t["path"], policy.n_inputs, policy.n_outputs, len(cfg.outputs), meta,
+                          rotate_mb=t["rotate_mb"], rotate_s=t["rotate_s"], keep=t["keep"])
 
 
 def open_port(cfg: NodeConfig) -> serial.SerialBase:
@@ -115,6 +134,12 @@ class Node:
         self._period_ns = int(1e9 / cfg.rate_hz)
         self._timeout_ns = int(cfg.sensor_timeout_ms * 1e6)
         self.events: list[tuple[float, str]] = []
+        self._t_decoded = 0
+        self._rec_elapsed, self._rec_t_us = 0.0, 0
+        self._reset_pending = False
+        self.recorder = None
+        if cfg.telemetry:
+            self.recorder = make_recorder(cfg, self.policy)
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -129,10 +154,12 @@ class Node:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
-    def _event(self, text: str, level=logging.WARNING) -> None:
+    def _event(self, text: str, level=logging.WARNING, kind: str = "node") -> None:
         self.events.append((time.time(), text))
         del self.events[:-1000]
         log.log(level, text)
+        if self.recorder is not None:
+            self.recorder.event(kind, text)
 
     # ------------------------------------------------------------------ output
     def _write(self, data: bytes) -> None:
@@ -162,7 +189,8 @@ class Node:
             if mode == P.MODE_SAFE and self.mode != P.MODE_SAFE:
                 self.stats.failsafe_events += 1
             self._event(f"mode {MODE_NAMES[self.mode]} -> {MODE_NAMES[mode]} ({REASONS[reason]})",
-                        logging.INFO if mode == P.MODE_RUN else logging.WARNING)
+                        logging.INFO if mode == P.MODE_RUN else logging.WARNING,
+                        kind="failsafe" if mode == P.MODE_SAFE else ("arm" if mode == P.MODE_RUN else "hold"))
             self.mode, self.reason = mode, reason
             if mode == P.MODE_SAFE:
                 self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
@@ -247,9 +275,9 @@ class Node:
                     return
             else:
                 if self.mode == P.MODE_SAFE and self.cfg.on_recovery == "reset_state":
-                    self.policy.reset()
+                    self._reset_policy("recovery (on_recovery: reset_state)")
                 self._set_mode(P.MODE_RUN, R_NONE)
-        self._infer_and_send(self._last_raw, e, pkt.seq, t_ready)
+        self._infer_and_send(self._last_raw, e, pkt.seq, t_ready, pkt.t_us)
 
     def _degrade(self, reason: int, ref_seq: int, t_ready: int, t_us: int | None) -> None:
         """Missing or bad inputs: HOLD (reuse the last good inputs) then SAFE."""
@@ -275,24 +303,49 @@ class Node:
         """Send the computed command, or the fail-safe when the policy failed."""
         if status != kernels.STATUS_OK:
             self.stats.policy_errors += 1
-            self.policy.reset()
+            self._reset_policy("policy error")
             self._event("policy produced a non-finite output; fail-safe command sent, state reset",
                         logging.ERROR)
             self._set_mode(P.MODE_SAFE, R_POLICY)
             return
         self._last_cmd_ns = now
-        self._send(P.ACTUATE, self.maps.u.tolist(), ref_seq)
+        t_inferred = time.monotonic_ns()
+        u = self.maps.u
+        self._tx_seq = (self._tx_seq + 1) & 0xFFFF
+        if self._text:
+            data = encode_line(P.ACTUATE, self._tx_seq, u.tolist(), ref_seq)
+        else:
+            data = P.encode_frame(P.ACTUATE, self._tx_seq, (t_inferred // 1000) & 0xFFFFFFFF,
+                                  u.tolist(), ref_seq)
+        t_encoded = time.monotonic_ns()
+        self._write(data)
+        t_written = time.monotonic_ns()
         self.stats.steps += 1
-        self.stats.add_latency(time.monotonic_ns() - t_ready)
+        self.stats.add_latency(t_written - t_ready)
+        if self.recorder is not None:
+            self.recorder.record_step(ref_seq, self._rec_t_us, self._rec_elapsed, self.mode,
+                                      self._reset_pending, self.maps.xbuf, self._yview, u,
+                                      (t_ready, max(self._t_decoded, t_ready), t_inferred, t_encoded,
+                                       t_written))
+        self._reset_pending = False
 
-    def _infer_and_send(self, raw: np.ndarray, elapsed: float, ref_seq: int, t_ready: int) -> None:
+    def _infer_and_send(self, raw: np.ndarray, elapsed: float, ref_seq: int, t_ready: int,
+                        t_us: int = 0) -> None:
         now = time.monotonic_ns()
+        self._rec_elapsed, self._rec_t_us = elapsed, t_us
         status = self._compute(raw, elapsed, (now - self._last_cmd_ns) / 1e9)
         self._finish(status, ref_seq, t_ready, now)
+
+    def _reset_policy(self, why: str) -> None:
+        self.policy.reset()
+        self._reset_pending = True
+        if self.recorder is not None:
+            self.recorder.event("reset", why)
 
     def _bind_policy(self) -> None:
         """Cache the cpu kernel's arrays for the fused fast path (None: numpy path)."""
         p = self.policy
+        self._yview = p._y
         self._fast = (p._fp, p._ip, p._work) if p.backend == "cpu" and p.batch is None else None
         if self._fast is not None:
             # Compile/load the fused kernel now, on copies, so the first tick pays no JIT.
@@ -341,6 +394,7 @@ class Node:
                     self._bad_streak += 1
                     self._degrade(R_BAD_SENSOR, 0, t_ready, None)
                 continue
+            self._t_decoded = time.monotonic_ns()
             self._handle(pkt, t_ready)
         overflow = getattr(self._splitter, "overflows", 0)
         if overflow:
@@ -429,12 +483,14 @@ class Node:
                 raise EdgeliquidError(f"new model has {new.n_inputs}/{new.n_outputs} inputs/outputs,"
                                       f" expected {self.policy.n_inputs}/{self.policy.n_outputs}")
         except EdgeliquidError as exc:
-            self._event(f"model reload rejected, keeping the old model: {exc}", logging.ERROR)
+            self._event(f"model reload rejected, keeping the old model: {exc}", logging.ERROR,
+                        kind="reload_rejected")
             return
         self.policy = new
         self._bind_policy()
+        self._reset_pending = True  # a new model starts from a zero state
         self.stats.reloads += 1
-        self._event(f"model reloaded from {self.cfg.model}", logging.INFO)
+        self._event(f"model reloaded from {self.cfg.model}", logging.INFO, kind="reload")
 
     def stats_line(self) -> str:
         lat = self.stats.latency_us()
@@ -445,6 +501,8 @@ class Node:
 
     def run(self, duration_s: float | None = None) -> NodeStats:
         """Run the loop until stopped (or for ``duration_s``); always ends in SAFE."""
+        if self.recorder is not None:
+            self.recorder.start()
         self._apply_realtime()
         t_end = None if duration_s is None else time.monotonic_ns() + int(duration_s * 1e9)
         self._connect()
@@ -482,7 +540,8 @@ class Node:
                         next_stats = now + int(self.cfg.stats_every_s * 1e9)
                 except (serial.SerialException, OSError) as exc:
                     self.stats.reconnects += 1
-                    self._event(f"serial error ({exc}); fail-safe, reconnecting", logging.ERROR)
+                    self._event(f"serial error ({exc}); fail-safe, reconnecting", logging.ERROR,
+                                kind="reconnect")
                     try:
                         self._set_mode(P.MODE_SAFE, R_RECONNECT)
                     except (serial.SerialException, OSError):
@@ -494,6 +553,8 @@ class Node:
             if self.cfg.gc_freeze:
                 gc.unfreeze()
                 gc.enable()
+        if self.recorder is not None:
+            self.recorder.close()
         log.info("final: %s", self.stats_line())
         return self.stats
 

@@ -1,0 +1,414 @@
+"""``edgeliquid profile``: latency the way control engineers read it.
+
+Four views, each a terminal table, ``--json`` (percentiles under p50/p90/p99/p99.9/max,
+in µs), ``--plot out.png`` (matplotlib, optional extra) and ``--baseline old.json``
+(ratio per percentile, so a regression shows at a glance):
+
+* a policy file: step latency per backend side by side (cold first call, warm steady
+  state), optionally while other processes load every core (``--load``);
+* a recording (.mcap): per-stage breakdown, loop period and jitter, deadline misses
+  over time, end-to-end latency from the sensor's timestamp, events on a timeline;
+* a live link (``--link PORT``): this tool plays the device and measures the round trip
+  by ``ref_seq``, with coordinated omission corrected (HdrHistogram);
+* ``--trace-tau``: each neuron's liquid time constant over an input sequence, against
+  the Theorem 1 bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+PCTS = (50, 90, 99, 99.9, 99.99)
+KEYS = ("p50", "p90", "p99", "p99.9", "p99.99", "max")
+
+
+def percentiles(us: np.ndarray) -> dict[str, float]:
+    """p50 ... p99.99 and max of a sample (µs), nearest-rank (no interpolation beyond data)."""
+    a = np.sort(np.asarray(us, np.float64))
+    if a.size == 0:
+        return {k: math.nan for k in KEYS}
+    out = {}
+    for p in PCTS:
+        rank = max(1, math.ceil(p * a.size / 100 - 1e-9))  # nearest rank; guard 0.999*n rounding
+        out[f"p{p:g}"] = float(a[rank - 1])
+    out["max"] = float(a[-1])
+    return out
+
+
+def _busy(stop_at: float) -> None:
+    x = 0
+    while time.time() < stop_at:
+        x += 1
+
+
+class CpuLoad:
+    """Keep every core busy with spinning processes while the block runs (``--load``)."""
+
+    def __init__(self, procs: int | None = None):
+        self.n = procs or os.cpu_count() or 1
+        self.ps: list = []
+
+    def __enter__(self):
+        ctx = mp.get_context("fork")
+        stop_at = time.time() + 3600
+        self.ps = [ctx.Process(target=_busy, args=(stop_at,), daemon=True) for _ in range(self.n)]
+        for p in self.ps:
+            p.start()
+        time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.ps:
+            p.terminate()
+        for p in self.ps:
+            p.join(2)
+
+
+# ----------------------------------------------------------------------------- a policy
+
+def profile_policy(path: str, backends=("cpu", "reference"), steps: int = 20000, batch: int | None = None,
+                   load: bool = False) -> dict[str, Any]:
+    from .runtime import load as load_policy
+
+    out: dict[str, Any] = {"model": str(path), "steps": steps, "batch": batch, "load": load,
+                           "backends": {}}
+
+    def measure():
+        for be in backends:
+            pol = load_policy(path, backend=be, batch=batch)
+            rows = batch or 1
+            x = np.random.default_rng(0).uniform(-1, 1, (rows, pol.n_inputs) if batch else pol.n_inputs)
+            x = x.astype(pol.dtype)
+            t0 = time.perf_counter_ns()
+            pol.step(x, 1.0)
+            cold = (time.perf_counter_ns() - t0) / 1000
+            n = steps if be != "reference" else max(200, steps // 20)
+            for _ in range(min(1000, n)):
+                pol.step(x, 1.0)
+            lat = np.empty(n)
+            clock = time.perf_counter_ns
+            t_all = clock()
+            for i in range(n):
+                t = clock()
+                pol.step(x, 1.0)
+                lat[i] = clock() - t
+            total = (clock() - t_all) / 1e9
+            lat /= 1000.0
+            r = percentiles(lat)
+            r.update(cold_first_call=cold, mean=float(lat.mean()), jitter_std=float(lat.std()),
+                     steps_per_s=n / total, instance_steps_per_s=n * rows / total)
+            out["backends"][be] = r
+            out.setdefault("_samples", {})[be] = lat
+    if load:
+        with CpuLoad():
+            measure()
+    else:
+        measure()
+    return out
+
+
+# ---------------------------------------------------------------------------- a recording
+
+def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]:
+    from .recorder import read_recording
+
+    rec = read_recording(path)
+    steps, meta = rec["steps"], rec["metadata"]
+    if not steps:
+        raise ValueError(f"{path}: no steps recorded")
+    t = {k: np.array([s[f"t_{k}_ns"] for s in steps], np.int64)
+         for k in ("ready", "decoded", "inferred", "encoded", "written")}
+    stages = {"decode": (t["decoded"] - t["ready"]) / 1e3, "infer": (t["inferred"] - t["decoded"]) / 1e3,
+              "encode": (t["encoded"] - t["inferred"]) / 1e3, "write": (t["written"] - t["encoded"]) / 1e3,
+              "total": (t["written"] - t["ready"]) / 1e3}
+    rate = float(rate_hz or meta.get("rate_hz", 100.0))
+    period = np.diff(t["ready"]) / 1e3
+    nominal = 1e6 / rate
+    late = period > 1.5 * nominal
+    # Device and node clocks are not synchronised: the smallest (arrival - sampling) time is
+    # taken as pure clock offset (transport latency ~0), as NTP does; the rest is latency.
+    seqs = np.array([s["seq"] for s in steps])
+    t_us = np.array([s["t_us"] for s in steps], np.int64)
+    valid = seqs != 0
+    e2e = None
+    if valid.sum() > 1:
+        dev_ns = np.unwrap(t_us[valid].astype(np.float64), period=2 ** 32) * 1e3
+        off = t["ready"][valid] - dev_ns
+        e2e = (off - off.min() + (t["written"][valid] - t["ready"][valid])) / 1e3
+    t0 = t["ready"][0]
+    misses_over_time = [(float((t["ready"][1:][late][i] - t0) / 1e9)) for i in range(int(late.sum()))]
+    out = {"recording": str(path), "steps": len(steps), "rate_hz": rate,
+           "stages": {k: percentiles(v) for k, v in stages.items()},
+           "period": {**percentiles(period), "nominal": nominal, "jitter_std": float(period.std())},
+           "deadline_misses": int(late.sum()), "miss_times_s": misses_over_time[:1000],
+           "end_to_end": percentiles(e2e) if e2e is not None else None,
+           "events": [{"t_s": (e["_log_ns"] - t0) / 1e9, "kind": e["kind"], "text": e["text"]}
+                      for e in rec["events"]],
+           "_samples": {"total": stages["total"], "period": period, "t_s": (t["ready"] - t0) / 1e9}}
+    out.update(percentiles(stages["total"]))
+    return out
+
+
+# ----------------------------------------------------------------------------- a live link
+
+def profile_link(port: str, rate_hz: float = 1000.0, seconds: float = 10.0, n_in: int | None = None,
+                 late_factor: float = 10.0) -> dict[str, Any]:
+    """Play the device against a node on ``port``; round trips by ref_seq, CO-corrected."""
+    import serial
+    from hdrh.histogram import HdrHistogram
+
+    from . import protocol as P
+    from .sim import PtyMaster  # noqa: F401  (ports: any pyserial URL or path)
+
+    ser = serial.serial_for_url(port, baudrate=921600, timeout=0)
+    split = P.Packetizer()
+    seq = 0
+
+    def send(ptype, values, t_us=0):
+        nonlocal seq
+        seq = (seq + 1) & 0xFFFF
+        ser.write(P.encode_frame(ptype, seq, t_us, values))
+        return seq
+
+    def drain(wait):
+        end = time.monotonic() + wait
+        got = []
+        while True:
+            data = ser.read(4096)
+            if data:
+                now = time.monotonic_ns()
+                for fr in split.feed(data):
+                    try:
+                        got.append((now, P.decode_frame(fr)))
+                    except P.DecodeError:
+                        pass
+            elif time.monotonic() >= end:
+                return got
+            else:
+                time.sleep(0.0002)
+
+    sizes = None
+    if n_in is None:  # learn the sizes from the node's HELLO (it answers any HELLO)
+        send(P.HELLO, [0.0, 0.0, rate_hz])
+        for _, pkt in drain(1.0):
+            if pkt.type == P.HELLO and len(pkt.values) >= 2:
+                sizes = (int(pkt.values[0]), int(pkt.values[1]))
+        if sizes is None:
+            raise TimeoutError(f"no HELLO from a node on {port} within 1 s")
+        n_in = sizes[0]
+    send(P.HELLO, [float(n_in), float(sizes[1] if sizes else 1), rate_hz])
+    drain(0.2)
+    period_ns = int(1e9 / rate_hz)
+    hist = HdrHistogram(1, 60_000_000, 3)  # µs
+    raw_hist = HdrHistogram(1, 60_000_000, 3)
+    sent: dict[int, int] = {}
+    rtts: list[float] = []
+    late = 0
+    x = [0.0] * n_in
+    t_start = time.monotonic_ns()
+    next_send = t_start
+    t_end = t_start + int(seconds * 1e9)
+    n_sent = 0
+    while True:
+        now = time.monotonic_ns()
+        if now >= t_end:
+            break
+        if now >= next_send:
+            s = send(P.SENSOR, x, (now // 1000) & 0xFFFFFFFF)
+            sent[s] = now
+            n_sent += 1
+            next_send += period_ns
+        data = ser.read(4096)
+        if data:
+            t_rx = time.monotonic_ns()
+            for fr in split.feed(data):
+                try:
+                    pkt = P.decode_frame(fr)
+                except P.DecodeError:
+                    continue
+                if pkt.type == P.ACTUATE and pkt.ref_seq in sent:
+                    rtt_us = (t_rx - sent.pop(pkt.ref_seq)) / 1e3
+                    rtts.append(rtt_us)
+                    hist.record_corrected_value(max(1, int(rtt_us)), int(period_ns / 1e3))
+                    raw_hist.record_value(max(1, int(rtt_us)))
+                    if rtt_us > late_factor * period_ns / 1e3:
+                        late += 1
+        else:
+            wait = (next_send - time.monotonic_ns()) / 1e9
+            if wait > 0.0002:
+                time.sleep(min(wait, 0.0005))
+    for t_rx, pkt in drain(0.2):
+        if pkt.type == P.ACTUATE and pkt.ref_seq in sent:
+            sent.pop(pkt.ref_seq)
+            late += 1
+    ser.close()
+    lost = len(sent)
+    corrected = {f"p{p:g}": float(hist.get_value_at_percentile(p)) for p in PCTS}
+    corrected["max"] = float(hist.get_max_value())
+    out = {"port": port, "rate_hz": rate_hz, "seconds": seconds, "sent": n_sent, "answered": len(rtts),
+           "corrected_count": int(hist.get_total_count()),
+           "lost": lost, "late": late, **corrected, "uncorrected": percentiles(np.array(rtts)),
+           "_samples": {"rtt": np.array(rtts)}}
+    out["warnings"] = usb_latency_warnings(np.array(rtts))
+    return out
+
+
+def usb_latency_warnings(rtt_us: np.ndarray) -> list[str]:
+    """The signature of a USB-serial adapter's 16 ms latency timer: round trips bunched at ~16 ms."""
+    if rtt_us.size < 20:
+        return []
+    near16 = np.mean((rtt_us > 14_000) & (rtt_us < 18_500))
+    if near16 > 0.3 or 14_000 < np.median(rtt_us) < 33_000:
+        return ["round trips cluster near 16 ms: the USB-serial adapter's latency timer is probably "
+                "at its default (FTDI: echo 1 > /sys/bus/usb-serial/devices/ttyUSB0/latency_timer, "
+                "or setserial /dev/ttyUSB0 low_latency)"]
+    return []
+
+
+# ------------------------------------------------------------------------- trace the taus
+
+def trace_tau(model_path: str, recording: str | None = None, steps: int = 500, seed: int = 0) -> dict[str, Any]:
+    """tau_sys_i(t) = cm_i / (gleak_i + sum_j w_ji s_ji(t)) along an input sequence."""
+    from .guarantees import guarantees
+    from .model import effective_parameters
+    from .modelfile import read
+    from .reference import map_inputs, synapse_sigmoid
+    from .runtime import from_model
+
+    model = read(model_path)
+    cfg = model.config
+    p = effective_parameters(model)
+    if recording:
+        from .recorder import read_recording
+
+        st = read_recording(recording)["steps"]
+        xs = np.array([s["x"] for s in st], np.float64)
+        el = np.array([s["elapsed"] for s in st], np.float64)
+    else:
+        rng = np.random.default_rng(seed)
+        xs = rng.normal(0, 1, (steps, cfg.n_inputs))
+        el = np.ones(steps)
+    pol = from_model(model, "reference", np.float64)
+    u = cfg.units
+    taus = np.empty((len(xs), u))
+    ys = np.empty((len(xs), cfg.n_outputs))
+    for k in range(len(xs)):
+        v = pol.state[:u][None]
+        xm = map_inputs(p, xs[k][None])
+        g_syn = (p["w"] * p["sparsity_mask"] * synapse_sigmoid(v, p["mu"], p["sigma"])).sum(axis=1)
+        g_sen = (p["sensory_w"] * p["sensory_sparsity_mask"]
+                 * synapse_sigmoid(xm, p["sensory_mu"], p["sensory_sigma"])).sum(axis=1)
+        taus[k] = p["cm"] / (p["gleak"] + g_syn[0] + g_sen[0])
+        ys[k] = pol.step(xs[k], float(el[k]))
+    g = guarantees(model)
+    inside = bool(np.all(taus >= g.tau_min - 1e-12) & np.all(taus <= g.tau_max + 1e-12))
+    return {"model": str(model_path), "steps": len(xs), "within_theorem1_bounds": inside,
+            "neurons": [{"id": i, "role": model.roles[i], "tau_min_bound": float(g.tau_min[i]),
+                         "tau_max_bound": float(g.tau_max[i]) if np.isfinite(g.tau_max[i]) else None,
+                         "tau_observed_min": float(taus[:, i].min()),
+                         "tau_observed_max": float(taus[:, i].max()),
+                         "tau_observed_mean": float(taus[:, i].mean())} for i in range(u)],
+            "_samples": {"tau": taus, "y": ys, "bounds": (g.tau_min, g.tau_max)}}
+
+
+# ------------------------------------------------------------------------------- output
+
+def with_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Ratio new/old per percentile for every block that has percentile keys in both."""
+    ratios = {}
+
+    def blocks(d, prefix=""):
+        if any(k in d for k in KEYS):
+            yield prefix or "result", d
+        for k, v in d.items():
+            if isinstance(v, dict) and not k.startswith("_"):
+                yield from blocks(v, f"{prefix}.{k}" if prefix else k)
+
+    old = dict(blocks(baseline))
+    for name, block in blocks(result):
+        if name in old:
+            ratios[name] = {k: block[k] / old[name][k] for k in KEYS
+                            if k in block and k in old[name] and old[name][k]}
+    return ratios
+
+
+def public(d: Any) -> Any:
+    """Drop the raw samples (keys starting with '_') for JSON output."""
+    if isinstance(d, dict):
+        return {k: public(v) for k, v in d.items() if not k.startswith("_")}
+    if isinstance(d, list):
+        return [public(v) for v in d]
+    return d
+
+
+def table(title: str, rows: dict[str, dict[str, float]]) -> str:
+    lines = [title, f"  {'':18}" + "".join(f"{k:>10}" for k in KEYS)]
+    for name, r in rows.items():
+        lines.append(f"  {name:18}" + "".join(f"{r.get(k, math.nan):10.1f}" for k in KEYS))
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Histogram (log axis), percentile curve and timeline of the samples, as one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'edgeliquid[plot]'") from None
+    samples = result.get("_samples", {})
+    if "tau" in samples:
+        tau, y = samples["tau"], samples["y"]
+        lo, hi = samples["bounds"]
+        fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+        for i in range(tau.shape[1]):
+            axes[0].plot(tau[:, i], lw=0.8)
+        axes[0].hlines([lo.min(), np.nanmax(np.where(np.isfinite(hi), hi, np.nan))], 0, len(tau),
+                       colors="k", linestyles="--", label="Theorem 1 bounds (extremes)")
+        axes[0].set_ylabel("tau_sys (model time units)")
+        axes[0].set_yscale("log")
+        axes[0].legend()
+        axes[1].plot(y)
+        axes[1].set_ylabel("outputs")
+        axes[1].set_xlabel("step")
+    else:
+        series = {k: v for k, v in samples.items() if isinstance(v, np.ndarray) and v.ndim == 1
+                  and k not in ("t_s", "period")}
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for name, v in series.items():
+            v = v[np.isfinite(v) & (v > 0)]
+            if not v.size:
+                continue
+            bins = np.logspace(np.log10(v.min()), np.log10(v.max() * 1.01 + 1e-9), 60)
+            axes[0].hist(v, bins=bins, histtype="step", label=name)
+            q = np.linspace(0, 99.99, 400)
+            axes[1].plot(q, np.percentile(v, q), label=name)
+            axes[2].plot(samples.get("t_s", np.arange(v.size))[: v.size], v, lw=0.5, label=name)
+        axes[0].set_xscale("log")
+        axes[0].set_yscale("log")
+        axes[0].set_xlabel("latency (µs)")
+        axes[0].set_title("histogram")
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("percentile")
+        axes[1].set_ylabel("µs")
+        axes[1].set_title("percentile curve")
+        axes[2].set_yscale("log")
+        axes[2].set_xlabel("time (s)" if "t_s" in samples else "sample")
+        axes[2].set_title("timeline")
+        for ax in axes:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def dumps(result: dict[str, Any]) -> str:
+    return json.dumps(public(result), indent=2, default=float)
