@@ -6,18 +6,35 @@
 
 __version__ = "0.1.0"
 
-from .errors import (BackendError, CheckpointError, ConfigError, EdgeliquidError,  # noqa: E402
-                     FrameError, InputError, ModelFormatError, UnsupportedModelError)
+from .errors import (  # noqa: E402
+    BackendError,
+    CheckpointError,
+    ConfigError,
+    EdgeliquidError,
+    FrameError,
+    InputError,
+    ModelFormatError,
+    UnsupportedModelError,
+)
 from .runtime import Policy, from_model, load  # noqa: E402
 
 __all__ = [
     # runtime
-    "load", "from_model", "Policy",
+    "load",
+    "from_model",
+    "Policy",
     # trainer side (torch imported lazily)
-    "export_module", "export_checkpoint",
+    "export_module",
+    "export_checkpoint",
     # errors
-    "EdgeliquidError", "ModelFormatError", "CheckpointError", "UnsupportedModelError",
-    "InputError", "BackendError", "ConfigError", "FrameError",
+    "EdgeliquidError",
+    "ModelFormatError",
+    "CheckpointError",
+    "UnsupportedModelError",
+    "InputError",
+    "BackendError",
+    "ConfigError",
+    "FrameError",
 ]
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,16 +61,19 @@ def _peers(model: LTCModel, path: str | None, dtype) -> dict[str, Callable[[np.n
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-            st = {"state": np.zeros((1, model.config.n_state), np.float32),
-                  "elapsed": np.ones((1, 1), np.float32)}
+            st = {
+                "state": np.zeros((1, model.config.n_state), np.float32),
+                "elapsed": np.ones((1, 1), np.float32),
+            }
 
             def ort_step(x):
                 y, st["state"] = sess.run(None, {"x": x[None], **st})
                 return y
+
             peers["onnxruntime"] = ort_step
     try:
-        import torch  # noqa: F401
         import ncps  # noqa: F401
+        import torch  # noqa: F401
     except ImportError:
         return peers
     from .export import to_ncps
@@ -86,13 +90,20 @@ def _peers(model: LTCModel, path: str | None, dtype) -> dict[str, Callable[[np.n
                 hs["h"], hs["c"] = lstm(xt, (hs["h"], hs["c"]))
             y, hs["h"] = cell(xt, hs["h"], 1.0)
         return y
+
     peers["ncps_torch"] = torch_step
     return peers
 
 
-def bench_model(model: LTCModel, path: str | None = None, steps: int = 5000,
-                batch: int = 1024, batch_steps: int = 200, dtype=np.float32,
-                seed: int = 0) -> dict[str, Any]:
+def bench_model(
+    model: LTCModel,
+    path: str | None = None,
+    steps: int = 5000,
+    batch: int = 1024,
+    batch_steps: int = 200,
+    dtype=np.float32,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Latency per peer (µs), batch throughput of the cpu backend, ratios to cpu."""
     from .runtime import from_model
 
@@ -101,26 +112,35 @@ def bench_model(model: LTCModel, path: str | None = None, steps: int = 5000,
     results: dict[str, Any] = {"peers": {}, "steps": steps}
     for name, fn in _peers(model, path, dtype).items():
         n = steps if name in ("cpu",) else max(200, steps // 10)
-        results["peers"][name] = _summary(_timings(lambda: fn(x), n))
+        results["peers"][name] = _summary(_timings(lambda fn=fn: fn(x), n))
     base = results["peers"]["cpu"]["p50"]
     results["ratios_p50_vs_cpu"] = {k: v["p50"] / base for k, v in results["peers"].items()}
     if batch:
         pol = from_model(model, "cpu", dtype, batch=batch)
         xb = rng.uniform(-1, 1, (batch, model.config.n_inputs)).astype(np.float32)
         us = _timings(lambda: pol.step(xb, 1.0), batch_steps, warmup=5)
-        results["batch"] = {"size": batch, "p50_us": float(np.median(us)),
-                            "instance_steps_per_s": float(batch / np.median(us) * 1e6)}
+        results["batch"] = {
+            "size": batch,
+            "p50_us": float(np.median(us)),
+            "instance_steps_per_s": float(batch / np.median(us) * 1e6),
+        }
     return results
 
 
 def format_table(name: str, r: dict[str, Any]) -> str:
-    lines = [f"{name}: per-step latency, batch 1, µs (ratio = peer p50 / cpu p50)",
-             f"  {'backend':12} {'p50':>9} {'p99':>9} {'p99.9':>9} {'max':>9} {'ratio':>8}"]
+    lines = [
+        f"{name}: per-step latency, batch 1, µs (ratio = peer p50 / cpu p50)",
+        f"  {'backend':12} {'p50':>9} {'p99':>9} {'p99.9':>9} {'max':>9} {'ratio':>8}",
+    ]
     for peer, s in r["peers"].items():
-        lines.append(f"  {peer:12} {s['p50']:9.2f} {s['p99']:9.2f} {s['p99.9']:9.2f} "
-                     f"{s['max']:9.1f} {r['ratios_p50_vs_cpu'][peer]:8.1f}")
+        lines.append(
+            f"  {peer:12} {s['p50']:9.2f} {s['p99']:9.2f} {s['p99.9']:9.2f} "
+            f"{s['max']:9.1f} {r['ratios_p50_vs_cpu'][peer]:8.1f}"
+        )
     if "batch" in r:
         b = r["batch"]
-        lines.append(f"  cpu batch {b['size']}: {b['p50_us']:.1f} µs/step, "
-                     f"{b['instance_steps_per_s'] / 1e6:.2f} M instance-steps/s")
+        lines.append(
+            f"  cpu batch {b['size']}: {b['p50_us']:.1f} µs/step, "
+            f"{b['instance_steps_per_s'] / 1e6:.2f} M instance-steps/s"
+        )
     return "\n".join(lines)

@@ -19,17 +19,24 @@ class ChannelMaps:
 
     def __init__(self, inputs: list[InputChannel], outputs: list[OutputChannel], dtype=np.float32):
         n, m = len(inputs), len(outputs)
-        blocks = [[c.clip[0] for c in inputs], [c.clip[1] for c in inputs],
-                  [c.offset for c in inputs], [c.scale for c in inputs],
-                  [c.scale for c in outputs], [c.offset for c in outputs],
-                  [c.clip[0] for c in outputs], [c.clip[1] for c in outputs],
-                  [c.max_rate for c in outputs], [c.failsafe for c in outputs],
-                  [c.failsafe for c in outputs]]
+        blocks = [
+            [c.clip[0] for c in inputs],
+            [c.clip[1] for c in inputs],
+            [c.offset for c in inputs],
+            [c.scale for c in inputs],
+            [c.scale for c in outputs],
+            [c.offset for c in outputs],
+            [c.clip[0] for c in outputs],
+            [c.clip[1] for c in outputs],
+            [c.max_rate for c in outputs],
+            [c.failsafe for c in outputs],
+            [c.failsafe for c in outputs],
+        ]
         self.chan = np.array([v for b in blocks for v in b], np.float64)
         self.failsafe = np.array([c.failsafe for c in outputs])
         self.n, self.m = n, m
-        self.last = self.chan[4 * n + 5 * m: 4 * n + 6 * m]
-        self.u = self.chan[4 * n + 6 * m: 4 * n + 7 * m]
+        self.last = self.chan[4 * n + 5 * m : 4 * n + 6 * m]
+        self.u = self.chan[4 * n + 6 * m : 4 * n + 7 * m]
         self.xbuf = np.zeros(n, dtype)
 
     def apply_numpy(self, policy, raw, elapsed: float, dt_s: float) -> int:
@@ -41,7 +48,7 @@ class ChannelMaps:
         raw = np.asarray(raw, np.float64)
         if not np.all(np.isfinite(raw)):
             return STATUS_BAD_INPUT
-        x = (np.clip(raw, c[:n], c[n:2 * n]) - c[2 * n:3 * n]) * c[3 * n:4 * n]
+        x = (np.clip(raw, c[:n], c[n : 2 * n]) - c[2 * n : 3 * n]) * c[3 * n : 4 * n]
         self.xbuf[:] = x
         try:
             y = np.asarray(policy.step(x, elapsed), np.float64)
@@ -50,8 +57,10 @@ class ChannelMaps:
         if not np.all(np.isfinite(y)):
             return STATUS_BAD_OUTPUT
         o = 4 * n
-        u = np.clip(y * c[o:o + m] + c[o + m:o + 2 * m], c[o + 2 * m:o + 3 * m], c[o + 3 * m:o + 4 * m])
-        step_max = c[o + 4 * m:o + 5 * m] * max(dt_s, 0.0)
+        u = np.clip(
+            y * c[o : o + m] + c[o + m : o + 2 * m], c[o + 2 * m : o + 3 * m], c[o + 3 * m : o + 4 * m]
+        )
+        step_max = c[o + 4 * m : o + 5 * m] * max(dt_s, 0.0)
         u = np.clip(u, self.last - step_max, self.last + step_max)
         self.last[:] = u
         self.u[:] = u

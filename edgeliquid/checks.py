@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ModelFormatError
-from .model import MAPPINGS, POSITIVITY, CellConfig, effective_parameters, LTCModel, expected_shapes
+from .model import MAPPINGS, POSITIVITY, CellConfig, LTCModel, effective_parameters, expected_shapes
 
 FORMAT_VERSION = 1
 ROLES = ("motor", "command", "inter")
@@ -18,11 +18,13 @@ ROLES = ("motor", "command", "inter")
 def check_format_version(meta: dict[str, str], source: str) -> None:
     raw = meta.get("format_version")
     if raw is None:
-        raise ModelFormatError(f"{source}: not an edgeliquid model (no edgeliquid.format_version "
-                               "in metadata_props)")
+        raise ModelFormatError(
+            f"{source}: not an edgeliquid model (no edgeliquid.format_version in metadata_props)"
+        )
     if raw != str(FORMAT_VERSION):
-        raise ModelFormatError(f"{source}: unknown format version {raw!r}; this edgeliquid reads "
-                               f"version {FORMAT_VERSION}")
+        raise ModelFormatError(
+            f"{source}: unknown format version {raw!r}; this edgeliquid reads version {FORMAT_VERSION}"
+        )
 
 
 def check_cell(meta: dict[str, str], source: str) -> None:
@@ -32,8 +34,9 @@ def check_cell(meta: dict[str, str], source: str) -> None:
         raise ModelFormatError(f"{source}: edgeliquid.cell is {meta.get('cell')!r}; expected 'ltc'")
     solver = meta.get("solver", "fused_semi_implicit_euler")
     if solver not in SOLVERS:
-        raise ModelFormatError(f"{source}: edgeliquid.solver {solver!r} unknown; expected one of "
-                               f"{sorted(SOLVERS)}")
+        raise ModelFormatError(
+            f"{source}: edgeliquid.solver {solver!r} unknown; expected one of {sorted(SOLVERS)}"
+        )
 
 
 def check_config(cfg: CellConfig, source: str) -> None:
@@ -58,13 +61,17 @@ def check_parameters(cfg: CellConfig, params: dict[str, np.ndarray], source: str
             raise ModelFormatError(f"{source}: missing parameter {name!r} (expected shape {shape})")
         got = tuple(params[name].shape)
         if got != shape:
-            raise ModelFormatError(f"{source}: parameter {name!r} has shape {got}, expected {shape} "
-                                   f"(units={cfg.units}, inputs={cfg.n_inputs}, motors={cfg.motor_size})")
+            raise ModelFormatError(
+                f"{source}: parameter {name!r} has shape {got}, expected {shape} "
+                f"(units={cfg.units}, inputs={cfg.n_inputs}, motors={cfg.motor_size})"
+            )
     extra = sorted(set(params) - set(want))
     if extra:
-        raise ModelFormatError(f"{source}: unexpected parameters {extra} for this config "
-                               f"(input_mapping={cfg.input_mapping!r}, output_mapping="
-                               f"{cfg.output_mapping!r}, mixed_memory={cfg.mixed_memory})")
+        raise ModelFormatError(
+            f"{source}: unexpected parameters {extra} for this config "
+            f"(input_mapping={cfg.input_mapping!r}, output_mapping="
+            f"{cfg.output_mapping!r}, mixed_memory={cfg.mixed_memory})"
+        )
 
 
 def check_finite(params: dict[str, np.ndarray], source: str) -> None:
@@ -78,22 +85,29 @@ def check_masks(params: dict[str, np.ndarray], source: str) -> None:
     for name in ("sparsity_mask", "sensory_sparsity_mask"):
         bad = ~np.isin(params[name], (0.0, 1.0))
         if bad.any():
-            raise ModelFormatError(f"{source}: {name} must hold only 0 and 1 (ncps stores |adjacency|), "
-                                   f"found {params[name][bad][0]!r}")
+            raise ModelFormatError(
+                f"{source}: {name} must hold only 0 and 1 (ncps stores |adjacency|), "
+                f"found {params[name][bad][0]!r}"
+            )
 
 
 def check_positive(model: LTCModel, source: str) -> None:
     """Time constants must be positive and conductances non-negative after the constraint."""
     eff = effective_parameters(model)
     # ncps' ReLU clip can leave cm or gleak at exactly 0, which its solver accepts.
-    for name, mask in (("cm", None), ("gleak", None), ("w", "sparsity_mask"),
-                       ("sensory_w", "sensory_sparsity_mask")):
+    for name, mask in (
+        ("cm", None),
+        ("gleak", None),
+        ("w", "sparsity_mask"),
+        ("sensory_w", "sensory_sparsity_mask"),
+    ):
         vals = eff[name] if mask is None else eff[name][eff[mask] != 0]
         if vals.size and vals.min() < 0:
             raise ModelFormatError(
                 f"{source}: {name} must be >= 0 after the {model.config.positivity!r} constraint, "
                 f"min is {vals.min()!r} (train with implicit_param_constraints=True or call "
-                "apply_weight_constraints() after each optimiser step)")
+                "apply_weight_constraints() after each optimiser step)"
+            )
 
 
 def check_roles(model: LTCModel, source: str) -> None:

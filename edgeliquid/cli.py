@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import EdgeliquidError
 
@@ -25,11 +25,14 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_checkpoint
 
-    model = export_checkpoint(args.checkpoint, args.output, trust_pickle=args.trust_pickle,
-                              key=args.key, spec=args.spec)
+    model = export_checkpoint(
+        args.checkpoint, args.output, trust_pickle=args.trust_pickle, key=args.key, spec=args.spec
+    )
     c = model.config
-    print(f"wrote {args.output}: LTC {c.units} units, {c.n_inputs} inputs, {c.n_outputs} outputs, "
-          f"{c.ode_unfolds} unfolds, positivity {c.positivity}, mixed memory {c.mixed_memory}")
+    print(
+        f"wrote {args.output}: LTC {c.units} units, {c.n_inputs} inputs, {c.n_outputs} outputs, "
+        f"{c.ode_unfolds} unfolds, positivity {c.positivity}, mixed memory {c.mixed_memory}"
+    )
     return 0
 
 
@@ -65,26 +68,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_firmware(args: argparse.Namespace) -> int:
     from firmware_export import export_firmware
 
-    m = export_firmware(args.model, args.output, args.name, fixed_point=args.fixed_point,
-                        fast_sigmoid=args.fast_sigmoid, min_elapsed=args.min_elapsed)
-    print(f"wrote {args.output}/{args.name}.h, {args.name}.c, edgeliquid_proto.h/.c, manifest.json "
-          f"({m['variant']}; ~{m['flash_params_bytes_estimate']} B of weights in flash, "
-          f"{m['state_bytes_caller_owned']} B state)")
+    m = export_firmware(
+        args.model,
+        args.output,
+        args.name,
+        fixed_point=args.fixed_point,
+        fast_sigmoid=args.fast_sigmoid,
+        min_elapsed=args.min_elapsed,
+    )
+    print(
+        f"wrote {args.output}/{args.name}.h, {args.name}.c, edgeliquid_proto.h/.c, manifest.json "
+        f"({m['variant']}; ~{m['flash_params_bytes_estimate']} B of weights in flash, "
+        f"{m['state_bytes_caller_owned']} B state)"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(prog="edgeliquid", formatter_class=fmt,
-                                description="Liquid neural networks on robots.")
+    p = argparse.ArgumentParser(
+        prog="edgeliquid", formatter_class=fmt, description="Liquid neural networks on robots."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("export", formatter_class=fmt,
-                       help="convert an ncps torch checkpoint to an edgeliquid .onnx file")
+    s = sub.add_parser(
+        "export", formatter_class=fmt, help="convert an ncps torch checkpoint to an edgeliquid .onnx file"
+    )
     s.add_argument("checkpoint")
     s.add_argument("-o", "--output", required=True, help="model file to write (.onnx)")
-    s.add_argument("--trust-pickle", action="store_true",
-                   help="allow unpickling a whole module (runs code from the file)")
+    s.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow unpickling a whole module (runs code from the file)",
+    )
     s.add_argument("--key", help="entry of a dict checkpoint holding the state_dict")
     s.add_argument("--spec", help="YAML of ncps constructor arguments a state_dict lacks")
 
@@ -97,8 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=5000, help="timed steps for the cpu backend")
     s.add_argument("--batch", type=int, default=1024, help="batch size for throughput (0: skip)")
     s.add_argument("--float64", action="store_true", help="run the backends in float64")
-    s.add_argument("--backend", default="all", choices=["all", "cuda"],
-                   help="'cuda': batched GPU throughput sweep instead of the side-by-side table")
+    s.add_argument(
+        "--backend",
+        default="all",
+        choices=["all", "cuda"],
+        help="'cuda': batched GPU throughput sweep instead of the side-by-side table",
+    )
     s.add_argument("--cuda-batches", type=int, nargs="*", default=[1, 64, 1024, 65536])
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -107,10 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="directory for NAME.h/.c and the codec")
     s.add_argument("--name", default="policy", help="C prefix (NAME_step, NAME_N_INPUTS, ...)")
     s.add_argument("--fixed-point", action="store_true", help="int32 Q-format variant (no FPU)")
-    s.add_argument("--fast-sigmoid", action="store_true",
-                   help="float variant: polynomial exp, |error| <= 1e-6, no libm call")
-    s.add_argument("--min-elapsed", type=float, default=0.01,
-                   help="fixed point: smallest elapsed time (model units) the Q format must cover")
+    s.add_argument(
+        "--fast-sigmoid",
+        action="store_true",
+        help="float variant: polynomial exp, |error| <= 1e-6, no libm call",
+    )
+    s.add_argument(
+        "--min-elapsed",
+        type=float,
+        default=0.01,
+        help="fixed point: smallest elapsed time (model units) the Q format must cover",
+    )
 
     from . import node_cli  # the node, simulator and demo add their subcommands
 

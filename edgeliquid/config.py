@@ -64,8 +64,19 @@ class NodeConfig:
     source: str = "<dict>"
 
 
-_TOP = {"model", "serial", "loop", "inputs", "outputs", "failsafe", "realtime", "stats_every_s",
-        "reconnect", "backend", "telemetry"}
+_TOP = {
+    "model",
+    "serial",
+    "loop",
+    "inputs",
+    "outputs",
+    "failsafe",
+    "realtime",
+    "stats_every_s",
+    "reconnect",
+    "backend",
+    "telemetry",
+}
 
 
 class _Reader:
@@ -84,8 +95,9 @@ class _Reader:
             raise self.fail(f"{key}.{extra[0]}", f"unknown key; allowed: {sorted(allowed)}")
         return sec
 
-    def num(self, sec: dict, key: str, path: str, default, lo=-math.inf, hi=math.inf, kind=float,
-            strict_lo=False):
+    def num(
+        self, sec: dict, key: str, path: str, default, lo=-math.inf, hi=math.inf, kind=float, strict_lo=False
+    ):
         if key not in sec or sec[key] is None:
             return default
         v = sec[key]
@@ -107,8 +119,14 @@ class _Reader:
         c = ch.get("clip")
         if c is None:
             return (-math.inf, math.inf)
-        if not (isinstance(c, (list, tuple)) and len(c) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in c)) or c[0] > c[1]:
+        if (
+            not (
+                isinstance(c, (list, tuple))
+                and len(c) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c)
+            )
+            or c[0] > c[1]
+        ):
             raise self.fail(path, f"expected [low, high] with low <= high, got {c!r}")
         return (float(c[0]), float(c[1]))
 
@@ -134,22 +152,27 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
     rt = r.section(data, "realtime", {"cpu", "sched_fifo", "mlockall", "gc_freeze"})
     rc = r.section(data, "reconnect", {"min_s", "max_s"})
     cfg = NodeConfig(
-        model=model, port=ser["port"], source=source,
+        model=model,
+        port=ser["port"],
+        source=source,
         baudrate=r.num(ser, "baudrate", "serial.baudrate", 115200, 1, kind=int),
         protocol=r.choice(ser, "protocol", "serial.protocol", "cobs", ("cobs", "text")),
         exclusive=bool(ser.get("exclusive", True)),
         mode=r.choice(loop, "mode", "loop.mode", "event", ("event", "fixed")),
         rate_hz=r.num(loop, "rate_hz", "loop.rate_hz", 100.0, 0, 100_000, strict_lo=True),
         model_dt=r.num(loop, "model_dt", "loop.model_dt", 0.01, 0, strict_lo=True),
-        sensor_timeout_ms=r.num(fs, "sensor_timeout_ms", "failsafe.sensor_timeout_ms", 100.0, 0,
-                                strict_lo=True),
+        sensor_timeout_ms=r.num(
+            fs, "sensor_timeout_ms", "failsafe.sensor_timeout_ms", 100.0, 0, strict_lo=True
+        ),
         hold_cycles=r.num(fs, "hold_cycles", "failsafe.hold_cycles", 3, 0, kind=int),
-        on_recovery=r.choice(fs, "on_recovery", "failsafe.on_recovery", "reset_state",
-                             ("reset_state", "keep_state")),
+        on_recovery=r.choice(
+            fs, "on_recovery", "failsafe.on_recovery", "reset_state", ("reset_state", "keep_state")
+        ),
         arm_after=r.num(fs, "arm_after", "failsafe.arm_after", 3, 1, kind=int),
         cpu=r.num(rt, "cpu", "realtime.cpu", None, 0, kind=int),
         sched_fifo=r.num(rt, "sched_fifo", "realtime.sched_fifo", None, 1, 99, kind=int),
-        mlockall=bool(rt.get("mlockall", False)), gc_freeze=bool(rt.get("gc_freeze", True)),
+        mlockall=bool(rt.get("mlockall", False)),
+        gc_freeze=bool(rt.get("gc_freeze", True)),
         stats_every_s=r.num(data, "stats_every_s", "stats_every_s", 10.0, 0, strict_lo=True),
         reconnect_min_s=r.num(rc, "min_s", "reconnect.min_s", 0.05, 0, strict_lo=True),
         reconnect_max_s=r.num(rc, "max_s", "reconnect.max_s", 2.0, 0, strict_lo=True),
@@ -161,7 +184,8 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
         if not isinstance(chans, list) or not chans:
             raise r.fail(key, "required: a non-empty list of channels")
         allowed = {"name", "scale", "offset", "clip", "unit"} | (
-            {"failsafe", "max_rate"} if cls is OutputChannel else set())
+            {"failsafe", "max_rate"} if cls is OutputChannel else set()
+        )
         out = []
         for i, ch in enumerate(chans):
             path = f"{key}[{i}]"
@@ -170,9 +194,12 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
             bad = sorted(set(ch) - allowed)
             if bad:
                 raise r.fail(f"{path}.{bad[0]}", f"unknown key; allowed: {sorted(allowed)}")
-            kw = dict(name=ch["name"], scale=r.num(ch, "scale", f"{path}.scale", 1.0),
-                      offset=r.num(ch, "offset", f"{path}.offset", 0.0),
-                      clip=r.clip(ch, f"{path}.clip"))
+            kw = dict(
+                name=ch["name"],
+                scale=r.num(ch, "scale", f"{path}.scale", 1.0),
+                offset=r.num(ch, "offset", f"{path}.offset", 0.0),
+                clip=r.clip(ch, f"{path}.clip"),
+            )
             if cls is OutputChannel:
                 kw["failsafe"] = r.num(ch, "failsafe", f"{path}.failsafe", 0.0)
                 lo, hi = kw["clip"]
@@ -190,10 +217,12 @@ def _telemetry(r: _Reader, data: dict) -> dict[str, Any] | None:
     t = r.section(data, "telemetry", {"path", "rotate_mb", "rotate_s", "keep"})
     if not isinstance(t.get("path"), str) or not t["path"]:
         raise r.fail("telemetry.path", "required: the .mcap file to write")
-    return {"path": t["path"],
-            "rotate_mb": r.num(t, "rotate_mb", "telemetry.rotate_mb", 64.0, 0, strict_lo=True),
-            "rotate_s": r.num(t, "rotate_s", "telemetry.rotate_s", 3600.0, 0, strict_lo=True),
-            "keep": r.num(t, "keep", "telemetry.keep", 5, 1, kind=int)}
+    return {
+        "path": t["path"],
+        "rotate_mb": r.num(t, "rotate_mb", "telemetry.rotate_mb", 64.0, 0, strict_lo=True),
+        "rotate_s": r.num(t, "rotate_s", "telemetry.rotate_s", 3600.0, 0, strict_lo=True),
+        "keep": r.num(t, "keep", "telemetry.keep", 5, 1, kind=int),
+    }
 
 
 def load_config(path: str | Path) -> NodeConfig:

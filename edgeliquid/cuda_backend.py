@@ -36,8 +36,9 @@ def _cuda():
     try:
         from numba import cuda
     except ImportError:
-        raise BackendError("the cuda backend needs numba-cuda: pip install 'edgeliquid[cuda]'; "
-                           "or use backend='cpu'") from None
+        raise BackendError(
+            "the cuda backend needs numba-cuda: pip install 'edgeliquid[cuda]'; or use backend='cpu'"
+        ) from None
     try:
         ok = cuda.is_available()
     except Exception as exc:  # driver library present but broken
@@ -65,8 +66,7 @@ class CudaPolicy(Policy):
 
     backend = "cuda"
 
-    def __init__(self, model: LTCModel, dtype=np.float32, batch: int | None = None,
-                 mapped: bool = False):
+    def __init__(self, model: LTCModel, dtype=np.float32, batch: int | None = None, mapped: bool = False):
         super().__init__(model, dtype, batch)
         cuda = _cuda()
         self._run = _kernels().run_kernel
@@ -108,9 +108,23 @@ class CudaPolicy(Policy):
             if dx is not hx:
                 de.copy_to_device(he)
         s = self._scratch
-        self._run[self._grid, THREADS](dx, de, self._d_fp, self._d_ip, self._d_state, dy,
-                                       s[0], s[1], self._d_xm, s[2], s[3], s[4], s[5], self._d_z,
-                                       self._d_status)
+        self._run[self._grid, THREADS](
+            dx,
+            de,
+            self._d_fp,
+            self._d_ip,
+            self._d_state,
+            dy,
+            s[0],
+            s[1],
+            self._d_xm,
+            s[2],
+            s[3],
+            s[4],
+            s[5],
+            self._d_z,
+            self._d_status,
+        )
         if dy is not hy:
             dy.copy_to_host(hy)
         else:
@@ -123,9 +137,11 @@ class CudaPolicy(Policy):
         bad = np.flatnonzero(status)
         if bad.size:
             row, code = int(bad[0]), int(status[bad[0]])
-            what = {STATUS_BAD_INPUT: "x must be finite", STATUS_BAD_ELAPSED:
-                    "elapsed must be finite and > 0", STATUS_BAD_OUTPUT: "the step produced a "
-                    "non-finite state"}[code]
+            what = {
+                STATUS_BAD_INPUT: "x must be finite",
+                STATUS_BAD_ELAPSED: "elapsed must be finite and > 0",
+                STATUS_BAD_OUTPUT: "the step produced a non-finite state",
+            }[code]
             where = "" if self.batch is None else f" (batch row {row}, {bad.size} rows in all)"
             raise InputError(f"{what}{where}; that row's state unchanged")
 
@@ -179,8 +195,11 @@ def bench_cuda(model: LTCModel, batches=(1, 64, 1024, 65536), steps: int = 50) -
     out = {"device": os.environ.get("CUDA_DEVICE_NAME", "")}
     cuda = _cuda()
     try:
-        out["device"] = cuda.get_current_device().name.decode() if hasattr(
-            cuda.get_current_device().name, "decode") else str(cuda.get_current_device().name)
+        out["device"] = (
+            cuda.get_current_device().name.decode()
+            if hasattr(cuda.get_current_device().name, "decode")
+            else str(cuda.get_current_device().name)
+        )
     except Exception:
         pass
     rows = {}
@@ -196,7 +215,11 @@ def bench_cuda(model: LTCModel, batches=(1, 64, 1024, 65536), steps: int = 50) -
         t1 = time.perf_counter()
         pol.run(xs)
         dt_run = (time.perf_counter() - t1) / steps
-        rows[str(b)] = {"step_us": dt * 1e6, "run_us_per_step": dt_run * 1e6,
-                        "instance_steps_per_s_step": b / dt, "instance_steps_per_s_run": b / dt_run}
+        rows[str(b)] = {
+            "step_us": dt * 1e6,
+            "run_us_per_step": dt_run * 1e6,
+            "instance_steps_per_s_step": b / dt,
+            "instance_steps_per_s_run": b / dt_run,
+        }
     out["batches"] = rows
     return out

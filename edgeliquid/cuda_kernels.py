@@ -8,12 +8,34 @@ import math
 
 from numba import cuda
 
-from .packing import (CM, EPS, GLEAK, GLEAK_VLEAK, IN_B, IN_W, LSTM_BI, LSTM_WI, LSTM_WR, MIXED,
-                      MOTORS, N_IN, NNZ, OUT_B, OUT_W, SNNZ, SSYN, SSYN_DST, SSYN_SRC, SYN,
-                      SYN_DST, SYN_SRC, UNFOLDS, UNITS)
+from .packing import (
+    CM,
+    EPS,
+    GLEAK,
+    GLEAK_VLEAK,
+    IN_B,
+    IN_W,
+    LSTM_BI,
+    LSTM_WI,
+    LSTM_WR,
+    MIXED,
+    MOTORS,
+    N_IN,
+    NNZ,
+    OUT_B,
+    OUT_W,
+    SNNZ,
+    SSYN,
+    SSYN_DST,
+    SSYN_SRC,
+    SYN,
+    SYN_DST,
+    SYN_SRC,
+    UNFOLDS,
+    UNITS,
+)
 
 STATUS_OK, STATUS_BAD_INPUT, STATUS_BAD_ELAPSED, STATUS_BAD_OUTPUT = 0, 1, 2, 3
-
 
 
 @cuda.jit(device=True, inline=True)
@@ -76,7 +98,8 @@ def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr,
         for j in range(u):
             cmt = fp[ip[CM] + j] / dt
             vn[j, b] = (cmt * v[j, b] + fp[ip[GLEAK_VLEAK] + j] + (numr[j, b] + nums[j, b])) / (
-                cmt + fp[ip[GLEAK] + j] + (denr[j, b] + dens[j, b]) + eps)
+                cmt + fp[ip[GLEAK] + j] + (denr[j, b] + dens[j, b]) + eps
+            )
         for j in range(u):
             v[j, b] = vn[j, b]
     for j in range(u):
@@ -101,7 +124,5 @@ def run_kernel(x, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, 
         return
     status[b] = STATUS_OK
     for t in range(x.shape[0]):
-        if not one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z,
-                        status, b):
+        if not one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z, status, b):
             return
-

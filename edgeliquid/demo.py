@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ import numpy as np
 from .config import load_config
 from .node import MODE_NAMES, Node
 
-BALANCED_RAD = 0.2   # pole within this angle ...
-BALANCED_X_M = 2.4   # ... and the cart within this distance (no drifting away to keep it up)
+BALANCED_RAD = 0.2  # pole within this angle ...
+BALANCED_X_M = 2.4  # ... and the cart within this distance (no drifting away to keep it up)
 
 
 def default_config_path() -> Path:
@@ -50,13 +49,25 @@ def _device_main(conn, shared, kwargs, seconds):
             shared[0] = dev.plant.angle
             shared[1] = float(dev.command[0])
             time.sleep(0.05)
+
     threading.Thread(target=mirror, daemon=True).start()
     st = dev.run(seconds)
     rtt = np.array(st.rtt_us) if st.rtt_us else np.array([np.nan])
-    conn.send({"max_abs_angle": st.max_abs_angle, "max_abs_x": st.max_abs_x, "sent": st.sent, "actuations": st.actuations,
-               "rtt_us": {"p50": float(np.nanpercentile(rtt, 50)), "p99": float(np.nanpercentile(rtt, 99)),
-                          "max": float(np.nanmax(rtt))},
-               "statuses": st.statuses, "commands": st.commands})
+    conn.send(
+        {
+            "max_abs_angle": st.max_abs_angle,
+            "max_abs_x": st.max_abs_x,
+            "sent": st.sent,
+            "actuations": st.actuations,
+            "rtt_us": {
+                "p50": float(np.nanpercentile(rtt, 50)),
+                "p99": float(np.nanpercentile(rtt, 99)),
+                "max": float(np.nanmax(rtt)),
+            },
+            "statuses": st.statuses,
+            "commands": st.commands,
+        }
+    )
 
 
 class DeviceRig:
@@ -75,34 +86,63 @@ class DeviceRig:
         self.proc = None
 
     def start(self, seconds: float) -> None:
-        self.proc = self._ctx.Process(target=_device_main,
-                                      args=(self._child, self.shared, self.kwargs, seconds), daemon=True)
+        self.proc = self._ctx.Process(
+            target=_device_main, args=(self._child, self.shared, self.kwargs, seconds), daemon=True
+        )
         self.proc.start()
         self._parent.send(self.pty)
 
     def finish(self, timeout: float = 5.0) -> dict[str, Any]:
         """Wait for the device's summary (max angle, round trips, statuses...)."""
-        dev = self._parent.recv() if self._parent.poll(timeout) else {
-            "max_abs_angle": float("nan"), "rtt_us": {}}
+        dev = (
+            self._parent.recv()
+            if self._parent.poll(timeout)
+            else {"max_abs_angle": float("nan"), "rtt_us": {}}
+        )
         self.proc.join(2)
         self.pty.close()
         return dev
 
 
-def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
-             plant: str = "cartpole", fault: str | None = None, protocol: str = "cobs",
-             noise: float = 0.002, jitter: float = 0.2, seed: int = 0, config: str | None = None,
-             live: bool = True, out=sys.stdout, realtime: bool = False,
-             record: str | None = None) -> dict[str, Any]:
+def run_demo(
+    seconds: float = 20.0,
+    rate_hz: float = 100.0,
+    mode: str = "event",
+    plant: str = "cartpole",
+    fault: str | None = None,
+    protocol: str = "cobs",
+    noise: float = 0.002,
+    jitter: float = 0.2,
+    seed: int = 0,
+    config: str | None = None,
+    live: bool = True,
+    out=sys.stdout,
+    realtime: bool = False,
+    record: str | None = None,
+) -> dict[str, Any]:
     """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
     cfg = load_config(config or default_config_path())
-    rig = DeviceRig(plant=plant, rate_hz=rate_hz, protocol=protocol, noise=noise, jitter=jitter,
-                    seed=seed, fault=fault, fault_at_s=seconds * 0.4, fault_len_s=0.3,
-                    realtime=realtime)
+    rig = DeviceRig(
+        plant=plant,
+        rate_hz=rate_hz,
+        protocol=protocol,
+        noise=noise,
+        jitter=jitter,
+        seed=seed,
+        fault=fault,
+        fault_at_s=seconds * 0.4,
+        fault_len_s=0.3,
+        realtime=realtime,
+    )
     if realtime:  # node thread on CPU 1 at SCHED_FIFO 50; warnings if the OS refuses
         cfg.cpu, cfg.sched_fifo = (1 if (os.cpu_count() or 1) > 1 else 0), 50
     cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = (
-        rig.node_port, False, mode, rate_hz, protocol)
+        rig.node_port,
+        False,
+        mode,
+        rate_hz,
+        protocol,
+    )
     cfg.stats_every_s = max(seconds, 1.0) * 10  # the demo prints its own status line
     if record:
         cfg.telemetry = {"path": record, "rotate_mb": 256.0, "rotate_s": 1e9, "keep": 1}
@@ -115,22 +155,32 @@ def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
         t.join(0.25)
         if live:
             lat = node.stats.latency_us()
-            out.write(f"\r t={time.monotonic() - t0:5.1f}s  angle={rig.shared[0]:+.3f} rad  "
-                      f"force={rig.shared[1]:+6.2f} N  latency p50={lat['p50']:5.0f} µs  "
-                      f"mode={MODE_NAMES[node.mode]:4s}  steps={node.stats.steps}   ")
+            out.write(
+                f"\r t={time.monotonic() - t0:5.1f}s  angle={rig.shared[0]:+.3f} rad  "
+                f"force={rig.shared[1]:+6.2f} N  latency p50={lat['p50']:5.0f} µs  "
+                f"mode={MODE_NAMES[node.mode]:4s}  steps={node.stats.steps}   "
+            )
             out.flush()
     if live:
         out.write("\n")
     dev = rig.finish()
     lat = node.stats.latency_us()
     return {
-        "steps": node.stats.steps, "seconds": seconds, "rate_hz": rate_hz, "mode": mode,
+        "steps": node.stats.steps,
+        "seconds": seconds,
+        "rate_hz": rate_hz,
+        "mode": mode,
         "fault": fault,
         "balanced": bool(dev["max_abs_angle"] < BALANCED_RAD and dev.get("max_abs_x", 0) < BALANCED_X_M),
-        "max_abs_angle": dev["max_abs_angle"], "max_abs_x": dev.get("max_abs_x", float("nan")), "latency_us": lat,
-        "device_rtt_us": dev.get("rtt_us", {}), "deadline_misses": node.stats.deadline_misses,
-        "frame_errors": node.rx.total_errors, "frames_lost": node.rx.lost,
-        "failsafe_events": node.stats.failsafe_events, "policy_errors": node.stats.policy_errors,
+        "max_abs_angle": dev["max_abs_angle"],
+        "max_abs_x": dev.get("max_abs_x", float("nan")),
+        "latency_us": lat,
+        "device_rtt_us": dev.get("rtt_us", {}),
+        "deadline_misses": node.stats.deadline_misses,
+        "frame_errors": node.rx.total_errors,
+        "frames_lost": node.rx.lost,
+        "failsafe_events": node.stats.failsafe_events,
+        "policy_errors": node.stats.policy_errors,
         "recording": str(node.recorder.files[0]) if node.recorder and node.recorder.files else None,
         "_device": dev,
     }
@@ -139,18 +189,24 @@ def run_demo(seconds: float = 20.0, rate_hz: float = 100.0, mode: str = "event",
 def format_summary(s: dict[str, Any]) -> str:
     lat = s["latency_us"]
     rtt = s.get("device_rtt_us") or {}
-    return "\n".join([
-        f"demo: {s['seconds']:.0f} s at {s['rate_hz']:.0f} Hz ({s['mode']} loop), fault={s['fault']}",
-        f"  pole {'BALANCED' if s['balanced'] else 'FELL'}: max |theta| = {s['max_abs_angle']:.3f} rad, "
-        f"max |x| = {s['max_abs_x']:.2f} m",
-        f"  steps {s['steps']}, node latency p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, "
-        f"max {lat['max']:.0f} µs",
-        f"  device round trip p50 {rtt.get('p50', float('nan')):.0f} µs, p99 "
-        f"{rtt.get('p99', float('nan')):.0f} µs",
-        f"  deadline misses {s['deadline_misses']}, frame errors {s['frame_errors']}, "
-        f"fail-safe events {s['failsafe_events']}",
-    ] + ([f"  flight recording: {s['recording']}  (edgeliquid replay / edgeliquid profile it)"]
-         if s.get("recording") else []))
+    return "\n".join(
+        [
+            f"demo: {s['seconds']:.0f} s at {s['rate_hz']:.0f} Hz ({s['mode']} loop), fault={s['fault']}",
+            f"  pole {'BALANCED' if s['balanced'] else 'FELL'}: max |theta| = {s['max_abs_angle']:.3f} rad, "
+            f"max |x| = {s['max_abs_x']:.2f} m",
+            f"  steps {s['steps']}, node latency p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, "
+            f"max {lat['max']:.0f} µs",
+            f"  device round trip p50 {rtt.get('p50', float('nan')):.0f} µs, p99 "
+            f"{rtt.get('p99', float('nan')):.0f} µs",
+            f"  deadline misses {s['deadline_misses']}, frame errors {s['frame_errors']}, "
+            f"fail-safe events {s['failsafe_events']}",
+        ]
+        + (
+            [f"  flight recording: {s['recording']}  (edgeliquid replay / edgeliquid profile it)"]
+            if s.get("recording")
+            else []
+        )
+    )
 
 
 def quiet_logging() -> None:

@@ -13,8 +13,9 @@ import io
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -22,21 +23,44 @@ from .errors import CheckpointError, UnsupportedModelError
 from .model import LSTM_PARAMS, CellConfig, LTCModel
 
 #: Keys a ``--spec`` file may hold (ncps constructor names, plus the motor count).
-SPEC_KEYS = ("ode_unfolds", "epsilon", "implicit_param_constraints", "input_mapping",
-             "output_mapping", "mixed_memory", "motor_neurons", "input_names",
-             "output_names")
+SPEC_KEYS = (
+    "ode_unfolds",
+    "epsilon",
+    "implicit_param_constraints",
+    "input_mapping",
+    "output_mapping",
+    "mixed_memory",
+    "motor_neurons",
+    "input_names",
+    "output_names",
+)
 
-LTC_PARAM_NAMES = ("gleak", "vleak", "cm", "sigma", "mu", "w", "erev", "sensory_sigma",
-                   "sensory_mu", "sensory_w", "sensory_erev", "sparsity_mask",
-                   "sensory_sparsity_mask", "input_w", "input_b", "output_w", "output_b")
+LTC_PARAM_NAMES = (
+    "gleak",
+    "vleak",
+    "cm",
+    "sigma",
+    "mu",
+    "w",
+    "erev",
+    "sensory_sigma",
+    "sensory_mu",
+    "sensory_w",
+    "sensory_erev",
+    "sparsity_mask",
+    "sensory_sparsity_mask",
+    "input_w",
+    "input_b",
+    "output_w",
+    "output_b",
+)
 
 
 def _torch():
     try:
         import torch
     except ImportError:  # pragma: no cover - depends on the install
-        raise CheckpointError(
-            "exporting needs torch and ncps: pip install 'edgeliquid[export]'") from None
+        raise CheckpointError("exporting needs torch and ncps: pip install 'edgeliquid[export]'") from None
     return torch
 
 
@@ -50,6 +74,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 # --------------------------------------------------------------------------- modules
 
+
 def model_from_module(module: Any, source: str = "<module>") -> LTCModel:
     """Read an ``ncps.torch.LTC`` or ``ncps.torch.LTCCell`` module into an :class:`LTCModel`."""
     kind = type(module).__name__
@@ -60,19 +85,25 @@ def model_from_module(module: Any, source: str = "<module>") -> LTCModel:
     elif kind in ("CfC", "CfCCell", "WiredCfCCell"):
         raise UnsupportedModelError(
             f"{source}: {kind} (closed-form continuous-time) models are not supported yet; "
-            "edgeliquid converts ncps LTC and LTCCell")
+            "edgeliquid converts ncps LTC and LTCCell"
+        )
     else:
         raise UnsupportedModelError(
             f"{source}: cannot export a {type(module).__module__}.{kind}; "
-            "expected ncps.torch.LTC or ncps.torch.LTCCell")
+            "expected ncps.torch.LTC or ncps.torch.LTCCell"
+        )
     wiring = cell._wiring
     cfg = CellConfig(
-        n_inputs=int(wiring.input_dim), units=int(wiring.units),
-        motor_size=int(wiring.output_dim), ode_unfolds=int(cell._ode_unfolds),
+        n_inputs=int(wiring.input_dim),
+        units=int(wiring.units),
+        motor_size=int(wiring.output_dim),
+        ode_unfolds=int(cell._ode_unfolds),
         epsilon=float(cell._epsilon),
         positivity="softplus" if cell._implicit_param_constraints else "none",
-        input_mapping=cell._input_mapping, output_mapping=cell._output_mapping,
-        mixed_memory=lstm is not None)
+        input_mapping=cell._input_mapping,
+        output_mapping=cell._output_mapping,
+        mixed_memory=lstm is not None,
+    )
     params = {k: _np(v) for k, v in cell._params.items()}
     if lstm is not None:
         params["lstm.input_map.weight"] = _np(lstm.input_map.weight)
@@ -89,8 +120,10 @@ def _np(t) -> np.ndarray:
 
 # ----------------------------------------------------------------------- state dicts
 
-def model_from_state_dict(state: Mapping[str, Any], spec: Mapping[str, Any] | None = None,
-                          source: str = "<state_dict>") -> LTCModel:
+
+def model_from_state_dict(
+    state: Mapping[str, Any], spec: Mapping[str, Any] | None = None, source: str = "<state_dict>"
+) -> LTCModel:
     """Build a model from a ``state_dict`` plus the hyperparameters it lacks.
 
     The wiring comes from the masks, mappings and mixed memory from which keys
@@ -108,10 +141,12 @@ def model_from_state_dict(state: Mapping[str, Any], spec: Mapping[str, Any] | No
         if any("ff1" in k or "backbone" in k for k in keys):
             raise UnsupportedModelError(
                 f"{source}: this looks like a CfC state_dict (keys {keys[:4]}...); "
-                "CfC models are not supported yet, edgeliquid converts ncps LTC and LTCCell")
+                "CfC models are not supported yet, edgeliquid converts ncps LTC and LTCCell"
+            )
         raise CheckpointError(
             f"{source}: no LTC parameters found (expected a 'gleak' key, got {keys[:8]}); "
-            "for dict checkpoints pass --key NAME (e.g. model_state_dict)")
+            "for dict checkpoints pass --key NAME (e.g. model_state_dict)"
+        )
     prefix = gleak[0][: -len("gleak")]
     is_ltc = prefix.endswith("rnn_cell.")
     base = prefix[: -len("rnn_cell.")] if is_ltc else prefix
@@ -126,30 +161,40 @@ def model_from_state_dict(state: Mapping[str, Any], spec: Mapping[str, Any] | No
     if "mixed_memory" in spec and bool(spec["mixed_memory"]) != mixed:
         raise CheckpointError(
             f"{source}: spec says mixed_memory={spec['mixed_memory']!r} but the state_dict "
-            f"{'has' if mixed else 'has no'} LSTM parameters")
+            f"{'has' if mixed else 'has no'} LSTM parameters"
+        )
     if "sensory_sparsity_mask" not in params or "sparsity_mask" not in params:
-        raise CheckpointError(f"{source}: missing sparsity masks ({prefix}sparsity_mask, "
-                              f"{prefix}sensory_sparsity_mask)")
+        raise CheckpointError(
+            f"{source}: missing sparsity masks ({prefix}sparsity_mask, {prefix}sensory_sparsity_mask)"
+        )
     n_in, units = params["sensory_sparsity_mask"].shape
     in_map = _mapping_from_keys(params, "input", spec.get("input_mapping"), source)
     out_map = _mapping_from_keys(params, "output", spec.get("output_mapping"), source)
     if "output_w" in params:
         motors = int(params["output_w"].shape[0])
         if "motor_neurons" in spec and int(spec["motor_neurons"]) != motors:
-            raise CheckpointError(f"{source}: spec motor_neurons={spec['motor_neurons']!r} "
-                                  f"but output_w has {motors}")
+            raise CheckpointError(
+                f"{source}: spec motor_neurons={spec['motor_neurons']!r} but output_w has {motors}"
+            )
     elif "motor_neurons" in spec:
         motors = int(spec["motor_neurons"])
     else:
         raise CheckpointError(
             f"{source}: output_mapping is 'none', so the motor count cannot be read from "
-            "the weights; give motor_neurons in the spec")
+            "the weights; give motor_neurons in the spec"
+        )
     implicit = spec.get("implicit_param_constraints", True if is_ltc else False)
     cfg = CellConfig(
-        n_inputs=int(n_in), units=int(units), motor_size=motors,
-        ode_unfolds=int(spec.get("ode_unfolds", 6)), epsilon=float(spec.get("epsilon", 1e-8)),
-        positivity="softplus" if implicit else "none", input_mapping=in_map,
-        output_mapping=out_map, mixed_memory=mixed)
+        n_inputs=int(n_in),
+        units=int(units),
+        motor_size=motors,
+        ode_unfolds=int(spec.get("ode_unfolds", 6)),
+        epsilon=float(spec.get("epsilon", 1e-8)),
+        positivity="softplus" if implicit else "none",
+        input_mapping=in_map,
+        output_mapping=out_map,
+        mixed_memory=mixed,
+    )
     info = {"source_kind": "state_dict:" + ("LTC" if is_ltc else "LTCCell")}
     for k in ("input_names", "output_names"):
         if k in spec:
@@ -163,8 +208,9 @@ def _mapping_from_keys(params, side: str, declared: str | None, source: str) -> 
     if has_b and not has_w:
         raise CheckpointError(f"{source}: {side}_b without {side}_w")
     if declared is not None and declared != found:
-        raise CheckpointError(f"{source}: spec says {side}_mapping={declared!r} but the "
-                              f"parameters present mean {found!r}")
+        raise CheckpointError(
+            f"{source}: spec says {side}_mapping={declared!r} but the parameters present mean {found!r}"
+        )
     return found
 
 
@@ -177,8 +223,14 @@ def _to_array(value, key: str, source: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------- checkpoints
 
-def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False,
-                    key: str | None = None, spec: Mapping[str, Any] | None = None) -> LTCModel:
+
+def read_checkpoint(
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    key: str | None = None,
+    spec: Mapping[str, Any] | None = None,
+) -> LTCModel:
     """Read a torch checkpoint file into an :class:`LTCModel` (see module docstring)."""
     torch = _torch()
     path = str(path)
@@ -193,11 +245,13 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False,
             raise CheckpointError(
                 f"{path}: this checkpoint holds a pickled Python object (e.g. torch.save(model)); "
                 "unpickling runs arbitrary code, so pass --trust-pickle (trust_pickle=True) "
-                "only for files you made yourself, or save model.state_dict() instead") from None
+                "only for files you made yourself, or save model.state_dict() instead"
+            ) from None
         obj = _load_trusted(torch, path)
     except Exception as exc:  # corrupt zip, truncated file, wrong magic, ...
-        raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint "
-                              f"({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{path}: corrupt or truncated torch checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
             have = list(obj.keys())[:10] if isinstance(obj, Mapping) else type(obj).__name__
@@ -208,12 +262,14 @@ def read_checkpoint(path: str | os.PathLike, *, trust_pickle: bool = False,
         if not tensors:
             raise CheckpointError(
                 f"{path}: a dict without tensors (keys {list(obj)[:10]}); pass --key to pick "
-                "the entry holding the state_dict")
+                "the entry holding the state_dict"
+            )
         model = model_from_state_dict(tensors, spec, source=path)
     else:
         if spec:
-            raise CheckpointError(f"{path}: --spec is only for state_dicts; a module carries "
-                                  "its own hyperparameters")
+            raise CheckpointError(
+                f"{path}: --spec is only for state_dicts; a module carries its own hyperparameters"
+            )
         model = model_from_module(obj, source=path)
     model.info["source_sha256"] = sha256_of(path)
     return model
@@ -227,8 +283,9 @@ def _load_trusted(torch, path: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise CheckpointError(f"{path}: could not unpickle the module "
-                              f"({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(
+            f"{path}: could not unpickle the module ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def export_module(module: Any, path: str | os.PathLike, **info: str) -> LTCModel:
@@ -254,9 +311,14 @@ def export_module(module: Any, path: str | os.PathLike, **info: str) -> LTCModel
     return model
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, path: str | os.PathLike, *,
-                      trust_pickle: bool = False, key: str | None = None,
-                      spec: Mapping[str, Any] | str | os.PathLike | None = None) -> LTCModel:
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    trust_pickle: bool = False,
+    key: str | None = None,
+    spec: Mapping[str, Any] | str | os.PathLike | None = None,
+) -> LTCModel:
     """Convert a checkpoint file to an edgeliquid ONNX file; ``spec`` may be a YAML path."""
     from .modelfile import save
 
@@ -294,11 +356,19 @@ def to_ncps(model: LTCModel):
     wiring.build(cfg.n_inputs)
     wiring.adjacency_matrix = model.params["sparsity_mask"].astype(np.int32)
     wiring.sensory_adjacency_matrix = model.params["sensory_sparsity_mask"].astype(np.int32)
-    module = LTC(cfg.n_inputs, wiring, mixed_memory=cfg.mixed_memory,
-                 input_mapping=cfg.input_mapping, output_mapping=cfg.output_mapping,
-                 ode_unfolds=cfg.ode_unfolds, epsilon=cfg.epsilon,
-                 implicit_param_constraints=cfg.positivity == "softplus")
-    state = {("" if k.startswith("lstm.") else "rnn_cell.") + k: torch.tensor(v, dtype=torch.float32)
-             for k, v in model.params.items()}
+    module = LTC(
+        cfg.n_inputs,
+        wiring,
+        mixed_memory=cfg.mixed_memory,
+        input_mapping=cfg.input_mapping,
+        output_mapping=cfg.output_mapping,
+        ode_unfolds=cfg.ode_unfolds,
+        epsilon=cfg.epsilon,
+        implicit_param_constraints=cfg.positivity == "softplus",
+    )
+    state = {
+        ("" if k.startswith("lstm.") else "rnn_cell.") + k: torch.tensor(v, dtype=torch.float32)
+        for k, v in model.params.items()
+    }
     module.load_state_dict(state, strict=True)
     return module

@@ -98,12 +98,15 @@ def logistic(x):
 @overload(logistic, jit_options={"fastmath": False})
 def _logistic_impl(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
+
         def impl32(x):
             return _ONE32 / (_ONE32 + exp32(-x))
+
         return impl32
 
     def impl64(x):
         return 1.0 / (1.0 + math.exp(-x))
+
     return impl64
 
 

@@ -24,33 +24,67 @@ import numpy as np
 from numba import get_thread_id, njit, prange
 
 from .fastexp import logistic
-from .packing import (CM, EPS, GLEAK, GLEAK_VLEAK, IN_B, IN_W, LSTM_BI, LSTM_WI, LSTM_WR,
-                      MIXED, MOTORS, N_IN, NNZ, OUT_B, OUT_W, SNNZ, SSYN, SSYN_DENSE,
-                      SSYN_DST, SSYN_PTR, SSYN_SRC, SYN, SYN_DENSE, SYN_DST, SYN_PTR,
-                      SYN_SRC, UNFOLDS, UNITS,
-                      W_ACT, W_CMT, W_DENS, W_NUMR, W_NUMS, W_STATE, W_V, W_VNEXT, W_XM,
-                      W_Y, W_Z)
+from .packing import (
+    CM,
+    EPS,
+    GLEAK,
+    GLEAK_VLEAK,
+    IN_B,
+    IN_W,
+    LSTM_BI,
+    LSTM_WI,
+    LSTM_WR,
+    MIXED,
+    MOTORS,
+    N_IN,
+    NNZ,
+    OUT_B,
+    OUT_W,
+    SNNZ,
+    SSYN,
+    SSYN_DENSE,
+    SSYN_DST,
+    SSYN_PTR,
+    SSYN_SRC,
+    SYN,
+    SYN_DENSE,
+    SYN_DST,
+    SYN_PTR,
+    SYN_SRC,
+    UNFOLDS,
+    UNITS,
+    W_ACT,
+    W_CMT,
+    W_DENS,
+    W_NUMR,
+    W_NUMS,
+    W_STATE,
+    W_V,
+    W_VNEXT,
+    W_XM,
+    W_Y,
+    W_Z,
+)
 
 STATUS_OK = 0
-STATUS_BAD_INPUT = 1      # a non-finite value in x
-STATUS_BAD_ELAPSED = 2    # elapsed not finite or not > 0
-STATUS_BAD_OUTPUT = 3     # the step produced a non-finite state (state not committed)
+STATUS_BAD_INPUT = 1  # a non-finite value in x
+STATUS_BAD_ELAPSED = 2  # elapsed not finite or not > 0
+STATUS_BAD_OUTPUT = 3  # the step produced a non-finite state (state not committed)
 
 _FM = {"reassoc", "contract", "nsz"}
 # _nrt=False: no reference counting. Every array is owned by the caller, and
 # with NRT on each slice view costs two atomic refcount calls, which was most
 # of a small NCP's step time.
-_OPTS = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy", boundscheck=False,
-             _nrt=False)
+_OPTS = dict(cache=True, nogil=True, fastmath=_FM, error_model="numpy", boundscheck=False, _nrt=False)
 
 
 @njit(inline="always", **_OPTS)
 def _dense_sums(pre, fp, base, nnz, start, n):
     """(sum w*s*erev, sum w*s) over one neuron's n inputs, all present: contiguous, SIMD."""
-    ws = fp[base + start: base + start + n]
-    ss = fp[base + nnz + start: base + nnz + start + n]
-    ms = fp[base + 2 * nnz + start: base + 2 * nnz + start + n]
-    es = fp[base + 3 * nnz + start: base + 3 * nnz + start + n]
+    ws = fp[base + start : base + start + n]
+    ss = fp[base + nnz + start : base + nnz + start + n]
+    ms = fp[base + 2 * nnz + start : base + 2 * nnz + start + n]
+    es = fp[base + 3 * nnz + start : base + 3 * nnz + start + n]
     pre_s = pre[:n]
     num = fp.dtype.type(0.0)
     den = fp.dtype.type(0.0)
@@ -68,11 +102,11 @@ def _sparse_activations(pre, fp, ip, base, nnz, src_off, act, rev):
     One flat loop over all synapses keeps the SIMD lanes full; per-neuron loops
     over an NCP's 2-8 inputs were bound by the latency of one exp at a time.
     """
-    ws = fp[base: base + nnz]
-    ss = fp[base + nnz: base + 2 * nnz]
-    ms = fp[base + 2 * nnz: base + 3 * nnz]
-    es = fp[base + 3 * nnz: base + 4 * nnz]
-    src = ip[src_off: src_off + nnz]
+    ws = fp[base : base + nnz]
+    ss = fp[base + nnz : base + 2 * nnz]
+    ms = fp[base + 2 * nnz : base + 3 * nnz]
+    es = fp[base + 3 * nnz : base + 4 * nnz]
+    src = ip[src_off : src_off + nnz]
     # Gather first (scalar), so the exp loop below reads only contiguous arrays
     # and vectorises; with the gather inside it, LLVM left the whole loop scalar.
     for k in range(nnz):
@@ -97,7 +131,7 @@ def _layer(pre, fp, ip, base, nnz, ptr_off, src_off, dst_off, dense, u, act, rev
         for j in range(u):
             nums[j] = zero
             dens[j] = zero
-        dst = ip[dst_off: dst_off + nnz]
+        dst = ip[dst_off : dst_off + nnz]
         for k in range(nnz):
             nums[dst[k]] += rev[k]
             dens[dst[k]] += act[k]
@@ -136,8 +170,7 @@ def _lstm(x, fp, ip, w):
         w[z + r] = (a + acc) + b
     one = fp.dtype.type(1.0)
     for j in range(u):
-        c = w[st + u + j] * logistic(w[z + 2 * u + j] + one) \
-            + math.tanh(w[z + j]) * logistic(w[z + u + j])
+        c = w[st + u + j] * logistic(w[z + 2 * u + j] + one) + math.tanh(w[z + j]) * logistic(w[z + u + j])
         w[z + j] = c
         w[ip[W_V] + j] = math.tanh(c) * logistic(w[z + 3 * u + j])
 
@@ -147,12 +180,12 @@ def _cell(x, elapsed, fp, ip, w):
     """One step for one instance; inputs already validated. Returns a status."""
     u = ip[UNITS]
     n_in = ip[N_IN]
-    v = w[ip[W_V]: ip[W_V] + u]
-    vnext = w[ip[W_VNEXT]: ip[W_VNEXT] + u]
-    xm = w[ip[W_XM]: ip[W_XM] + n_in]
-    nums = w[ip[W_NUMS]: ip[W_NUMS] + u]
-    dens = w[ip[W_DENS]: ip[W_DENS] + u]
-    cmt = w[ip[W_CMT]: ip[W_CMT] + u]
+    v = w[ip[W_V] : ip[W_V] + u]
+    vnext = w[ip[W_VNEXT] : ip[W_VNEXT] + u]
+    xm = w[ip[W_XM] : ip[W_XM] + n_in]
+    nums = w[ip[W_NUMS] : ip[W_NUMS] + u]
+    dens = w[ip[W_DENS] : ip[W_DENS] + u]
+    cmt = w[ip[W_CMT] : ip[W_CMT] + u]
     if ip[MIXED]:
         _lstm(x, fp, ip, w)
     else:
@@ -161,22 +194,50 @@ def _cell(x, elapsed, fp, ip, w):
     for i in range(n_in):
         xm[i] = x[i] * fp[ip[IN_W] + i] + fp[ip[IN_B] + i]
     nmax = max(ip[NNZ], ip[SNNZ])
-    act = w[ip[W_ACT]: ip[W_ACT] + nmax]
-    rev = w[ip[W_ACT] + nmax: ip[W_ACT] + 2 * nmax]
-    numr = w[ip[W_NUMR]: ip[W_NUMR] + u]
-    denr = w[ip[W_NUMR] + u: ip[W_NUMR] + 2 * u]
+    act = w[ip[W_ACT] : ip[W_ACT] + nmax]
+    rev = w[ip[W_ACT] + nmax : ip[W_ACT] + 2 * nmax]
+    numr = w[ip[W_NUMR] : ip[W_NUMR] + u]
+    denr = w[ip[W_NUMR] + u : ip[W_NUMR] + 2 * u]
     # Sensory synapses do not depend on v: computed once per step, not per unfold.
-    _layer(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_PTR], ip[SSYN_SRC], ip[SSYN_DST], ip[SSYN_DENSE], u,
-           act, rev, nums, dens)
+    _layer(
+        xm,
+        fp,
+        ip,
+        ip[SSYN],
+        ip[SNNZ],
+        ip[SSYN_PTR],
+        ip[SSYN_SRC],
+        ip[SSYN_DST],
+        ip[SSYN_DENSE],
+        u,
+        act,
+        rev,
+        nums,
+        dens,
+    )
     dt = elapsed / ip[UNFOLDS]
     for j in range(u):
         cmt[j] = fp[ip[CM] + j] / dt
     eps = fp[ip[EPS]]
-    gl = fp[ip[GLEAK]: ip[GLEAK] + u]
-    glvl = fp[ip[GLEAK_VLEAK]: ip[GLEAK_VLEAK] + u]
+    gl = fp[ip[GLEAK] : ip[GLEAK] + u]
+    glvl = fp[ip[GLEAK_VLEAK] : ip[GLEAK_VLEAK] + u]
     for _ in range(ip[UNFOLDS]):
-        _layer(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_PTR], ip[SYN_SRC], ip[SYN_DST], ip[SYN_DENSE], u,
-               act, rev, numr, denr)
+        _layer(
+            v,
+            fp,
+            ip,
+            ip[SYN],
+            ip[NNZ],
+            ip[SYN_PTR],
+            ip[SYN_SRC],
+            ip[SYN_DST],
+            ip[SYN_DENSE],
+            u,
+            act,
+            rev,
+            numr,
+            denr,
+        )
         for j in range(u):
             numerator = cmt[j] * v[j] + glvl[j] + (numr[j] + nums[j])
             denominator = cmt[j] + gl[j] + (denr[j] + dens[j])
@@ -242,8 +303,8 @@ def batch_scratch_size(units: int, n_in: int) -> int:
 @njit(inline="always", **_OPTS)
 def _chunk_synapses(pre, fp, ip, base, nnz, src_off, dst_off, nums, dens, nb):
     """For every synapse k (src i -> dst j): nums[j, :] += a*erev, dens[j, :] += a, a over lanes."""
-    src = ip[src_off: src_off + nnz]
-    dst = ip[dst_off: dst_off + nnz]
+    src = ip[src_off : src_off + nnz]
+    dst = ip[dst_off : dst_off + nnz]
     for k in range(nnz):
         w = fp[base + k]
         sg = fp[base + nnz + k]
@@ -264,14 +325,14 @@ def _chunk_step(xs, elapsed, fp, ip, work, bad, scr, b0, nb):
     u = ip[UNITS]
     n_in = ip[N_IN]
     rows = max(u, n_in)
-    v = scr[0 * rows: 0 * rows + u]
-    vn = scr[1 * rows: 1 * rows + u]
-    nums = scr[2 * rows: 2 * rows + u]
-    dens = scr[3 * rows: 3 * rows + u]
-    numr = scr[4 * rows: 4 * rows + u]
-    denr = scr[5 * rows: 5 * rows + u]
-    cmt = scr[6 * rows: 6 * rows + u]
-    xm = scr[7 * rows: 7 * rows + n_in]
+    v = scr[0 * rows : 0 * rows + u]
+    vn = scr[1 * rows : 1 * rows + u]
+    nums = scr[2 * rows : 2 * rows + u]
+    dens = scr[3 * rows : 3 * rows + u]
+    numr = scr[4 * rows : 4 * rows + u]
+    denr = scr[5 * rows : 5 * rows + u]
+    cmt = scr[6 * rows : 6 * rows + u]
+    xm = scr[7 * rows : 7 * rows + n_in]
     st = ip[W_STATE]
     zero = fp.dtype.type(0.0)
     for lane in range(nb):

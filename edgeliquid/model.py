@@ -60,7 +60,7 @@ class CellConfig:
     def n_state(self) -> int:
         return self.units * (2 if self.mixed_memory else 1)
 
-    def replace(self, **changes) -> "CellConfig":
+    def replace(self, **changes) -> CellConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -68,11 +68,19 @@ def expected_shapes(cfg: CellConfig) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter a model with this config must have."""
     u, i, m = cfg.units, cfg.n_inputs, cfg.motor_size
     shapes: dict[str, tuple[int, ...]] = {
-        "gleak": (u,), "vleak": (u,), "cm": (u,),
-        "w": (u, u), "sigma": (u, u), "mu": (u, u), "erev": (u, u),
-        "sensory_w": (i, u), "sensory_sigma": (i, u), "sensory_mu": (i, u),
+        "gleak": (u,),
+        "vleak": (u,),
+        "cm": (u,),
+        "w": (u, u),
+        "sigma": (u, u),
+        "mu": (u, u),
+        "erev": (u, u),
+        "sensory_w": (i, u),
+        "sensory_sigma": (i, u),
+        "sensory_mu": (i, u),
         "sensory_erev": (i, u),
-        "sparsity_mask": (u, u), "sensory_sparsity_mask": (i, u),
+        "sparsity_mask": (u, u),
+        "sensory_sparsity_mask": (i, u),
     }
     if cfg.input_mapping in ("affine", "linear"):
         shapes["input_w"] = (i,)
@@ -126,9 +134,7 @@ def make_positive(cfg: CellConfig, raw: np.ndarray) -> np.ndarray:
         return softplus(raw)
     if cfg.positivity == "none":
         return np.asarray(raw)
-    raise ModelFormatError(
-        f"unknown positivity constraint {cfg.positivity!r}; expected one of {POSITIVITY}"
-    )
+    raise ModelFormatError(f"unknown positivity constraint {cfg.positivity!r}; expected one of {POSITIVITY}")
 
 
 def effective_parameters(model: LTCModel, dtype=np.float64) -> dict[str, np.ndarray]:

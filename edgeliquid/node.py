@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import serial
 
-from . import protocol as P
 from . import kernels
+from . import protocol as P
 from .channels import ChannelMaps
 from .config import NodeConfig
 from .errors import EdgeliquidError
@@ -37,8 +37,16 @@ log = logging.getLogger("edgeliquid.node")
 MODE_NAMES = {P.MODE_RUN: "RUN", P.MODE_HOLD: "HOLD", P.MODE_SAFE: "SAFE"}
 # STATUS reasons
 R_NONE, R_STARTING, R_TIMEOUT, R_BAD_SENSOR, R_POLICY, R_HELLO_MISMATCH, R_SHUTDOWN, R_RECONNECT = range(8)
-REASONS = ("none", "starting", "sensor timeout", "bad sensor data", "policy output non-finite",
-           "hello size mismatch", "shutdown", "reconnect")
+REASONS = (
+    "none",
+    "starting",
+    "sensor timeout",
+    "bad sensor data",
+    "policy output non-finite",
+    "hello size mismatch",
+    "shutdown",
+    "reconnect",
+)
 LAT_RING = 1 << 16
 
 
@@ -64,8 +72,7 @@ class NodeStats:
         if n == 0:
             return {"p50": math.nan, "p99": math.nan, "max": math.nan}
         a = self.latency_ns[:n] / 1000.0
-        return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)),
-                "max": float(a.max())}
+        return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
 
 
 def make_recorder(cfg: NodeConfig, policy):
@@ -79,11 +86,25 @@ def make_recorder(cfg: NodeConfig, policy):
     t = cfg.telemetry
     sha = hashlib.sha256(Path(cfg.model).read_bytes()).hexdigest()
     conf = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
-    meta = {"model": str(Path(cfg.model).resolve()), "model_sha256": sha, "backend": policy.backend,
-            "dtype": policy.dtype.name, "config": json.dumps(conf, default=str),
-            "rate_hz": cfg.rate_hz, "mode": cfg.mode}
-    return FlightRecorder(t["path"], policy.n_inputs, policy.n_outputs, len(cfg.outputs), meta,
-                          rotate_mb=t["rotate_mb"], rotate_s=t["rotate_s"], keep=t["keep"])
+    meta = {
+        "model": str(Path(cfg.model).resolve()),
+        "model_sha256": sha,
+        "backend": policy.backend,
+        "dtype": policy.dtype.name,
+        "config": json.dumps(conf, default=str),
+        "rate_hz": cfg.rate_hz,
+        "mode": cfg.mode,
+    }
+    return FlightRecorder(
+        t["path"],
+        policy.n_inputs,
+        policy.n_outputs,
+        len(cfg.outputs),
+        meta,
+        rotate_mb=t["rotate_mb"],
+        rotate_s=t["rotate_s"],
+        keep=t["keep"],
+    )
 
 
 def open_port(cfg: NodeConfig) -> serial.SerialBase:
@@ -106,7 +127,8 @@ class Node:
         if (self.policy.n_inputs, self.policy.n_outputs) != (n_in, n_out):
             raise EdgeliquidError(
                 f"{cfg.source}: config has {n_in} inputs / {n_out} outputs but model {cfg.model} "
-                f"has {self.policy.n_inputs} / {self.policy.n_outputs}")
+                f"has {self.policy.n_inputs} / {self.policy.n_outputs}"
+            )
         self.maps = ChannelMaps(cfg.inputs, cfg.outputs, self.policy.dtype)
         self._bind_policy()
         self.rx = P.RxCounters()
@@ -188,9 +210,11 @@ class Node:
         if mode != self.mode or reason != self.reason:
             if mode == P.MODE_SAFE and self.mode != P.MODE_SAFE:
                 self.stats.failsafe_events += 1
-            self._event(f"mode {MODE_NAMES[self.mode]} -> {MODE_NAMES[mode]} ({REASONS[reason]})",
-                        logging.INFO if mode == P.MODE_RUN else logging.WARNING,
-                        kind="failsafe" if mode == P.MODE_SAFE else ("arm" if mode == P.MODE_RUN else "hold"))
+            self._event(
+                f"mode {MODE_NAMES[self.mode]} -> {MODE_NAMES[mode]} ({REASONS[reason]})",
+                logging.INFO if mode == P.MODE_RUN else logging.WARNING,
+                kind="failsafe" if mode == P.MODE_SAFE else ("arm" if mode == P.MODE_RUN else "hold"),
+            )
             self.mode, self.reason = mode, reason
             if mode == P.MODE_SAFE:
                 self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
@@ -222,9 +246,12 @@ class Node:
             self._hello_ok = False
             self.stats.hello_mismatch += 1
             got = tuple(int(v) for v in vals[:2])
-            self._event(f"HELLO size mismatch: device has {got[0] if got else '?'} sensors / "
-                        f"{got[1] if len(got) > 1 else '?'} actuators, config expects {n_in} / "
-                        f"{n_out}; refusing to arm", logging.ERROR)
+            self._event(
+                f"HELLO size mismatch: device has {got[0] if got else '?'} sensors / "
+                f"{got[1] if len(got) > 1 else '?'} actuators, config expects {n_in} / "
+                f"{n_out}; refusing to arm",
+                logging.ERROR,
+            )
             self._set_mode(P.MODE_SAFE, R_HELLO_MISMATCH)
             self._send_status()
         else:
@@ -286,8 +313,9 @@ class Node:
         if self._have_last and self._bad_streak <= self.cfg.hold_cycles and self.mode != P.MODE_SAFE:
             if self.mode != P.MODE_HOLD:
                 self._set_mode(P.MODE_HOLD, reason)
-            self._infer_and_send(self._last_raw, (1.0 / self.cfg.rate_hz) / self.cfg.model_dt,
-                                 ref_seq, t_ready)
+            self._infer_and_send(
+                self._last_raw, (1.0 / self.cfg.rate_hz) / self.cfg.model_dt, ref_seq, t_ready
+            )
         else:
             self._set_mode(P.MODE_SAFE, reason)
 
@@ -304,8 +332,9 @@ class Node:
         if status != kernels.STATUS_OK:
             self.stats.policy_errors += 1
             self._reset_policy("policy error")
-            self._event("policy produced a non-finite output; fail-safe command sent, state reset",
-                        logging.ERROR)
+            self._event(
+                "policy produced a non-finite output; fail-safe command sent, state reset", logging.ERROR
+            )
             self._set_mode(P.MODE_SAFE, R_POLICY)
             return
         self._last_cmd_ns = now
@@ -315,22 +344,31 @@ class Node:
         if self._text:
             data = encode_line(P.ACTUATE, self._tx_seq, u.tolist(), ref_seq)
         else:
-            data = P.encode_frame(P.ACTUATE, self._tx_seq, (t_inferred // 1000) & 0xFFFFFFFF,
-                                  u.tolist(), ref_seq)
+            data = P.encode_frame(
+                P.ACTUATE, self._tx_seq, (t_inferred // 1000) & 0xFFFFFFFF, u.tolist(), ref_seq
+            )
         t_encoded = time.monotonic_ns()
         self._write(data)
         t_written = time.monotonic_ns()
         self.stats.steps += 1
         self.stats.add_latency(t_written - t_ready)
         if self.recorder is not None:
-            self.recorder.record_step(ref_seq, self._rec_t_us, self._rec_elapsed, self.mode,
-                                      self._reset_pending, self.maps.xbuf, self._yview, u,
-                                      (t_ready, max(self._t_decoded, t_ready), t_inferred, t_encoded,
-                                       t_written))
+            self.recorder.record_step(
+                ref_seq,
+                self._rec_t_us,
+                self._rec_elapsed,
+                self.mode,
+                self._reset_pending,
+                self.maps.xbuf,
+                self._yview,
+                u,
+                (t_ready, max(self._t_decoded, t_ready), t_inferred, t_encoded, t_written),
+            )
         self._reset_pending = False
 
-    def _infer_and_send(self, raw: np.ndarray, elapsed: float, ref_seq: int, t_ready: int,
-                        t_us: int = 0) -> None:
+    def _infer_and_send(
+        self, raw: np.ndarray, elapsed: float, ref_seq: int, t_ready: int, t_us: int = 0
+    ) -> None:
         now = time.monotonic_ns()
         self._rec_elapsed, self._rec_t_us = elapsed, t_us
         status = self._compute(raw, elapsed, (now - self._last_cmd_ns) / 1e9)
@@ -350,8 +388,16 @@ class Node:
         if self._fast is not None:
             # Compile/load the fused kernel now, on copies, so the first tick pays no JIT.
             fp, ip, work = self._fast
-            kernels.control_step(np.zeros(len(self.cfg.inputs)), 1.0, 0.0, self.maps.chan.copy(),
-                                 self.maps.xbuf.copy(), fp, ip, work.copy())
+            kernels.control_step(
+                np.zeros(len(self.cfg.inputs)),
+                1.0,
+                0.0,
+                self.maps.chan.copy(),
+                self.maps.xbuf.copy(),
+                fp,
+                ip,
+                work.copy(),
+            )
 
     # ------------------------------------------------------------------ loop
     def _read_some(self, wait_s: float) -> bytes:
@@ -453,8 +499,10 @@ class Node:
                 self._last_t_us = None
                 self._last_valid_ns = time.monotonic_ns()
                 # Announce ourselves and put the actuators in a defined state.
-                self._send(P.HELLO, [float(len(self.cfg.inputs)), float(len(self.cfg.outputs)),
-                                     float(self.cfg.rate_hz)])
+                self._send(
+                    P.HELLO,
+                    [float(len(self.cfg.inputs)), float(len(self.cfg.outputs)), float(self.cfg.rate_hz)],
+                )
                 self.mode = P.MODE_SAFE
                 self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
                 self._send_status()
@@ -480,11 +528,14 @@ class Node:
         try:
             new = load(self.cfg.model, backend=self.cfg.backend)
             if (new.n_inputs, new.n_outputs) != (self.policy.n_inputs, self.policy.n_outputs):
-                raise EdgeliquidError(f"new model has {new.n_inputs}/{new.n_outputs} inputs/outputs,"
-                                      f" expected {self.policy.n_inputs}/{self.policy.n_outputs}")
+                raise EdgeliquidError(
+                    f"new model has {new.n_inputs}/{new.n_outputs} inputs/outputs,"
+                    f" expected {self.policy.n_inputs}/{self.policy.n_outputs}"
+                )
         except EdgeliquidError as exc:
-            self._event(f"model reload rejected, keeping the old model: {exc}", logging.ERROR,
-                        kind="reload_rejected")
+            self._event(
+                f"model reload rejected, keeping the old model: {exc}", logging.ERROR, kind="reload_rejected"
+            )
             return
         self.policy = new
         self._bind_policy()
@@ -495,9 +546,11 @@ class Node:
     def stats_line(self) -> str:
         lat = self.stats.latency_us()
         errs = " ".join(f"{k}={v}" for k, v in self.rx.errors.items() if v)
-        return (f"steps={self.stats.steps} latency_us p50={lat['p50']:.0f} p99={lat['p99']:.0f} "
-                f"max={lat['max']:.0f} misses={self.stats.deadline_misses} lost={self.rx.lost} "
-                f"dup={self.rx.duplicates} errors[{errs or 'none'}] mode={MODE_NAMES[self.mode]}")
+        return (
+            f"steps={self.stats.steps} latency_us p50={lat['p50']:.0f} p99={lat['p99']:.0f} "
+            f"max={lat['max']:.0f} misses={self.stats.deadline_misses} lost={self.rx.lost} "
+            f"dup={self.rx.duplicates} errors[{errs or 'none'}] mode={MODE_NAMES[self.mode]}"
+        )
 
     def run(self, duration_s: float | None = None) -> NodeStats:
         """Run the loop until stopped (or for ``duration_s``); always ends in SAFE."""
@@ -540,8 +593,9 @@ class Node:
                         next_stats = now + int(self.cfg.stats_every_s * 1e9)
                 except (serial.SerialException, OSError) as exc:
                     self.stats.reconnects += 1
-                    self._event(f"serial error ({exc}); fail-safe, reconnecting", logging.ERROR,
-                                kind="reconnect")
+                    self._event(
+                        f"serial error ({exc}); fail-safe, reconnecting", logging.ERROR, kind="reconnect"
+                    )
                     try:
                         self._set_mode(P.MODE_SAFE, R_RECONNECT)
                     except (serial.SerialException, OSError):

@@ -21,14 +21,13 @@ from .model import LTCModel, effective_parameters
 # ip header (int64)
 N_IN, UNITS, MOTORS, UNFOLDS, MIXED, N_STATE = 0, 1, 2, 3, 4, 5
 CM, GLEAK, GLEAK_VLEAK, IN_W, IN_B, OUT_W, OUT_B = 6, 7, 8, 9, 10, 11, 12
-SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE = 13, 14, 15, 16, 17        # recurrent
-SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE = 18, 19, 20, 21, 22   # sensory
+SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE = 13, 14, 15, 16, 17  # recurrent
+SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE = 18, 19, 20, 21, 22  # sensory
 LSTM_WI, LSTM_BI, LSTM_WR = 23, 24, 25
-EPS = 26                                                           # fp offset of epsilon
+EPS = 26  # fp offset of epsilon
 # work layout (offsets into one instance's work row)
-(W_STATE, W_V, W_VNEXT, W_XM, W_NUMS, W_DENS, W_CMT, W_Y, W_Z, W_NUMR, W_ACT,
- W_SIZE) = range(27, 39)
-SYN_DST, SSYN_DST = 39, 40                                         # ip: destination per synapse
+(W_STATE, W_V, W_VNEXT, W_XM, W_NUMS, W_DENS, W_CMT, W_Y, W_Z, W_NUMR, W_ACT, W_SIZE) = range(27, 39)
+SYN_DST, SSYN_DST = 39, 40  # ip: destination per synapse
 HEADER = 41
 
 
@@ -44,7 +43,13 @@ class Packed:
         ints: list[np.ndarray] = []
         ip = np.zeros(HEADER, dtype=np.int64)
         ip[[N_IN, UNITS, MOTORS, UNFOLDS, MIXED, N_STATE]] = (
-            n_in, u, m, cfg.ode_unfolds, int(cfg.mixed_memory), cfg.n_state)
+            n_in,
+            u,
+            m,
+            cfg.ode_unfolds,
+            int(cfg.mixed_memory),
+            cfg.n_state,
+        )
         fsize = 0
         isize = HEADER
 
@@ -88,19 +93,40 @@ class Packed:
             ip[dst] = put_i(dst_idx)
             ip[dense] = int(exists.all())
 
-        put_synapses(p["w"], p["sigma"], p["mu"], p["erev"], p["sparsity_mask"],
-                     (SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE, SYN_DST))
-        put_synapses(p["sensory_w"], p["sensory_sigma"], p["sensory_mu"], p["sensory_erev"],
-                     p["sensory_sparsity_mask"], (SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE, SSYN_DST))
+        put_synapses(
+            p["w"],
+            p["sigma"],
+            p["mu"],
+            p["erev"],
+            p["sparsity_mask"],
+            (SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE, SYN_DST),
+        )
+        put_synapses(
+            p["sensory_w"],
+            p["sensory_sigma"],
+            p["sensory_mu"],
+            p["sensory_erev"],
+            p["sensory_sparsity_mask"],
+            (SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE, SSYN_DST),
+        )
         if cfg.mixed_memory:
             ip[LSTM_WI] = put_f(p["lstm.input_map.weight"])
             ip[LSTM_BI] = put_f(p["lstm.input_map.bias"])
             ip[LSTM_WR] = put_f(p["lstm.recurrent_map.weight"])
         off = 0
-        for key, size in ((W_STATE, cfg.n_state), (W_V, u), (W_VNEXT, u), (W_XM, n_in),
-                          (W_NUMS, u), (W_DENS, u), (W_CMT, u), (W_Y, m),
-                          (W_Z, 4 * u if cfg.mixed_memory else 0), (W_NUMR, 2 * u),
-                          (W_ACT, 2 * max(ip[NNZ], ip[SNNZ]))):
+        for key, size in (
+            (W_STATE, cfg.n_state),
+            (W_V, u),
+            (W_VNEXT, u),
+            (W_XM, n_in),
+            (W_NUMS, u),
+            (W_DENS, u),
+            (W_CMT, u),
+            (W_Y, m),
+            (W_Z, 4 * u if cfg.mixed_memory else 0),
+            (W_NUMR, 2 * u),
+            (W_ACT, 2 * max(ip[NNZ], ip[SNNZ])),
+        ):
             ip[key] = off
             off += size
         ip[W_SIZE] = off

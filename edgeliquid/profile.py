@@ -73,12 +73,13 @@ class CpuLoad:
 
 # ----------------------------------------------------------------------------- a policy
 
-def profile_policy(path: str, backends=("cpu", "reference"), steps: int = 20000, batch: int | None = None,
-                   load: bool = False) -> dict[str, Any]:
+
+def profile_policy(
+    path: str, backends=("cpu", "reference"), steps: int = 20000, batch: int | None = None, load: bool = False
+) -> dict[str, Any]:
     from .runtime import load as load_policy
 
-    out: dict[str, Any] = {"model": str(path), "steps": steps, "batch": batch, "load": load,
-                           "backends": {}}
+    out: dict[str, Any] = {"model": str(path), "steps": steps, "batch": batch, "load": load, "backends": {}}
 
     def measure():
         for be in backends:
@@ -102,10 +103,16 @@ def profile_policy(path: str, backends=("cpu", "reference"), steps: int = 20000,
             total = (clock() - t_all) / 1e9
             lat /= 1000.0
             r = percentiles(lat)
-            r.update(cold_first_call=cold, mean=float(lat.mean()), jitter_std=float(lat.std()),
-                     steps_per_s=n / total, instance_steps_per_s=n * rows / total)
+            r.update(
+                cold_first_call=cold,
+                mean=float(lat.mean()),
+                jitter_std=float(lat.std()),
+                steps_per_s=n / total,
+                instance_steps_per_s=n * rows / total,
+            )
             out["backends"][be] = r
             out.setdefault("_samples", {})[be] = lat
+
     if load:
         with CpuLoad():
             measure()
@@ -116,6 +123,7 @@ def profile_policy(path: str, backends=("cpu", "reference"), steps: int = 20000,
 
 # ---------------------------------------------------------------------------- a recording
 
+
 def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]:
     from .recorder import read_recording
 
@@ -123,11 +131,17 @@ def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]
     steps, meta = rec["steps"], rec["metadata"]
     if not steps:
         raise ValueError(f"{path}: no steps recorded")
-    t = {k: np.array([s[f"t_{k}_ns"] for s in steps], np.int64)
-         for k in ("ready", "decoded", "inferred", "encoded", "written")}
-    stages = {"decode": (t["decoded"] - t["ready"]) / 1e3, "infer": (t["inferred"] - t["decoded"]) / 1e3,
-              "encode": (t["encoded"] - t["inferred"]) / 1e3, "write": (t["written"] - t["encoded"]) / 1e3,
-              "total": (t["written"] - t["ready"]) / 1e3}
+    t = {
+        k: np.array([s[f"t_{k}_ns"] for s in steps], np.int64)
+        for k in ("ready", "decoded", "inferred", "encoded", "written")
+    }
+    stages = {
+        "decode": (t["decoded"] - t["ready"]) / 1e3,
+        "infer": (t["inferred"] - t["decoded"]) / 1e3,
+        "encode": (t["encoded"] - t["inferred"]) / 1e3,
+        "write": (t["written"] - t["encoded"]) / 1e3,
+        "total": (t["written"] - t["ready"]) / 1e3,
+    }
     rate = float(rate_hz or meta.get("rate_hz", 100.0))
     period = np.diff(t["ready"]) / 1e3
     nominal = 1e6 / rate
@@ -139,27 +153,39 @@ def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]
     valid = seqs != 0
     e2e = None
     if valid.sum() > 1:
-        dev_ns = np.unwrap(t_us[valid].astype(np.float64), period=2 ** 32) * 1e3
+        dev_ns = np.unwrap(t_us[valid].astype(np.float64), period=2**32) * 1e3
         off = t["ready"][valid] - dev_ns
         e2e = (off - off.min() + (t["written"][valid] - t["ready"][valid])) / 1e3
     t0 = t["ready"][0]
     misses_over_time = [(float((t["ready"][1:][late][i] - t0) / 1e9)) for i in range(int(late.sum()))]
-    out = {"recording": str(path), "steps": len(steps), "rate_hz": rate,
-           "stages": {k: percentiles(v) for k, v in stages.items()},
-           "period": {**percentiles(period), "nominal": nominal, "jitter_std": float(period.std())},
-           "deadline_misses": int(late.sum()), "miss_times_s": misses_over_time[:1000],
-           "end_to_end": percentiles(e2e) if e2e is not None else None,
-           "events": [{"t_s": (e["_log_ns"] - t0) / 1e9, "kind": e["kind"], "text": e["text"]}
-                      for e in rec["events"]],
-           "_samples": {"total": stages["total"], "period": period, "t_s": (t["ready"] - t0) / 1e9}}
+    out = {
+        "recording": str(path),
+        "steps": len(steps),
+        "rate_hz": rate,
+        "stages": {k: percentiles(v) for k, v in stages.items()},
+        "period": {**percentiles(period), "nominal": nominal, "jitter_std": float(period.std())},
+        "deadline_misses": int(late.sum()),
+        "miss_times_s": misses_over_time[:1000],
+        "end_to_end": percentiles(e2e) if e2e is not None else None,
+        "events": [
+            {"t_s": (e["_log_ns"] - t0) / 1e9, "kind": e["kind"], "text": e["text"]} for e in rec["events"]
+        ],
+        "_samples": {"total": stages["total"], "period": period, "t_s": (t["ready"] - t0) / 1e9},
+    }
     out.update(percentiles(stages["total"]))
     return out
 
 
 # ----------------------------------------------------------------------------- a live link
 
-def profile_link(port: str, rate_hz: float = 1000.0, seconds: float = 10.0, n_in: int | None = None,
-                 late_factor: float = 10.0) -> dict[str, Any]:
+
+def profile_link(
+    port: str,
+    rate_hz: float = 1000.0,
+    seconds: float = 10.0,
+    n_in: int | None = None,
+    late_factor: float = 10.0,
+) -> dict[str, Any]:
     """Play the device against a node on ``port``; round trips by ref_seq, CO-corrected."""
     import serial
     from hdrh.histogram import HdrHistogram
@@ -244,7 +270,7 @@ def profile_link(port: str, rate_hz: float = 1000.0, seconds: float = 10.0, n_in
             wait = (next_send - time.monotonic_ns()) / 1e9
             if wait > 0.0002:
                 time.sleep(min(wait, 0.0005))
-    for t_rx, pkt in drain(0.2):
+    for _t_rx, pkt in drain(0.2):
         if pkt.type == P.ACTUATE and pkt.ref_seq in sent:
             sent.pop(pkt.ref_seq)
             late += 1
@@ -252,10 +278,19 @@ def profile_link(port: str, rate_hz: float = 1000.0, seconds: float = 10.0, n_in
     lost = len(sent)
     corrected = {f"p{p:g}": float(hist.get_value_at_percentile(p)) for p in PCTS}
     corrected["max"] = float(hist.get_max_value())
-    out = {"port": port, "rate_hz": rate_hz, "seconds": seconds, "sent": n_sent, "answered": len(rtts),
-           "corrected_count": int(hist.get_total_count()),
-           "lost": lost, "late": late, **corrected, "uncorrected": percentiles(np.array(rtts)),
-           "_samples": {"rtt": np.array(rtts)}}
+    out = {
+        "port": port,
+        "rate_hz": rate_hz,
+        "seconds": seconds,
+        "sent": n_sent,
+        "answered": len(rtts),
+        "corrected_count": int(hist.get_total_count()),
+        "lost": lost,
+        "late": late,
+        **corrected,
+        "uncorrected": percentiles(np.array(rtts)),
+        "_samples": {"rtt": np.array(rtts)},
+    }
     out["warnings"] = usb_latency_warnings(np.array(rtts))
     return out
 
@@ -266,15 +301,20 @@ def usb_latency_warnings(rtt_us: np.ndarray) -> list[str]:
         return []
     near16 = np.mean((rtt_us > 14_000) & (rtt_us < 18_500))
     if near16 > 0.3 or 14_000 < np.median(rtt_us) < 33_000:
-        return ["round trips cluster near 16 ms: the USB-serial adapter's latency timer is probably "
-                "at its default (FTDI: echo 1 > /sys/bus/usb-serial/devices/ttyUSB0/latency_timer, "
-                "or setserial /dev/ttyUSB0 low_latency)"]
+        return [
+            "round trips cluster near 16 ms: the USB-serial adapter's latency timer is probably "
+            "at its default (FTDI: echo 1 > /sys/bus/usb-serial/devices/ttyUSB0/latency_timer, "
+            "or setserial /dev/ttyUSB0 low_latency)"
+        ]
     return []
 
 
 # ------------------------------------------------------------------------- trace the taus
 
-def trace_tau(model_path: str, recording: str | None = None, steps: int = 500, seed: int = 0) -> dict[str, Any]:
+
+def trace_tau(
+    model_path: str, recording: str | None = None, steps: int = 500, seed: int = 0
+) -> dict[str, Any]:
     """tau_sys_i(t) = cm_i / (gleak_i + sum_j w_ji s_ji(t)) along an input sequence."""
     from .guarantees import guarantees
     from .model import effective_parameters
@@ -303,22 +343,37 @@ def trace_tau(model_path: str, recording: str | None = None, steps: int = 500, s
         v = pol.state[:u][None]
         xm = map_inputs(p, xs[k][None])
         g_syn = (p["w"] * p["sparsity_mask"] * synapse_sigmoid(v, p["mu"], p["sigma"])).sum(axis=1)
-        g_sen = (p["sensory_w"] * p["sensory_sparsity_mask"]
-                 * synapse_sigmoid(xm, p["sensory_mu"], p["sensory_sigma"])).sum(axis=1)
+        g_sen = (
+            p["sensory_w"]
+            * p["sensory_sparsity_mask"]
+            * synapse_sigmoid(xm, p["sensory_mu"], p["sensory_sigma"])
+        ).sum(axis=1)
         taus[k] = p["cm"] / (p["gleak"] + g_syn[0] + g_sen[0])
         ys[k] = pol.step(xs[k], float(el[k]))
     g = guarantees(model)
     inside = bool(np.all(taus >= g.tau_min - 1e-12) & np.all(taus <= g.tau_max + 1e-12))
-    return {"model": str(model_path), "steps": len(xs), "within_theorem1_bounds": inside,
-            "neurons": [{"id": i, "role": model.roles[i], "tau_min_bound": float(g.tau_min[i]),
-                         "tau_max_bound": float(g.tau_max[i]) if np.isfinite(g.tau_max[i]) else None,
-                         "tau_observed_min": float(taus[:, i].min()),
-                         "tau_observed_max": float(taus[:, i].max()),
-                         "tau_observed_mean": float(taus[:, i].mean())} for i in range(u)],
-            "_samples": {"tau": taus, "y": ys, "bounds": (g.tau_min, g.tau_max)}}
+    return {
+        "model": str(model_path),
+        "steps": len(xs),
+        "within_theorem1_bounds": inside,
+        "neurons": [
+            {
+                "id": i,
+                "role": model.roles[i],
+                "tau_min_bound": float(g.tau_min[i]),
+                "tau_max_bound": float(g.tau_max[i]) if np.isfinite(g.tau_max[i]) else None,
+                "tau_observed_min": float(taus[:, i].min()),
+                "tau_observed_max": float(taus[:, i].max()),
+                "tau_observed_mean": float(taus[:, i].mean()),
+            }
+            for i in range(u)
+        ],
+        "_samples": {"tau": taus, "y": ys, "bounds": (g.tau_min, g.tau_max)},
+    }
 
 
 # ------------------------------------------------------------------------------- output
+
 
 def with_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Ratio new/old per percentile for every block that has percentile keys in both."""
@@ -334,8 +389,9 @@ def with_baseline(result: dict[str, Any], baseline: dict[str, Any]) -> dict[str,
     old = dict(blocks(baseline))
     for name, block in blocks(result):
         if name in old:
-            ratios[name] = {k: block[k] / old[name][k] for k in KEYS
-                            if k in block and k in old[name] and old[name][k]}
+            ratios[name] = {
+                k: block[k] / old[name][k] for k in KEYS if k in block and k in old[name] and old[name][k]
+            }
     return ratios
 
 
@@ -371,8 +427,14 @@ def plot(result: dict[str, Any], path: str) -> None:
         fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
         for i in range(tau.shape[1]):
             axes[0].plot(tau[:, i], lw=0.8)
-        axes[0].hlines([lo.min(), np.nanmax(np.where(np.isfinite(hi), hi, np.nan))], 0, len(tau),
-                       colors="k", linestyles="--", label="Theorem 1 bounds (extremes)")
+        axes[0].hlines(
+            [lo.min(), np.nanmax(np.where(np.isfinite(hi), hi, np.nan))],
+            0,
+            len(tau),
+            colors="k",
+            linestyles="--",
+            label="Theorem 1 bounds (extremes)",
+        )
         axes[0].set_ylabel("tau_sys (model time units)")
         axes[0].set_yscale("log")
         axes[0].legend()
@@ -380,8 +442,11 @@ def plot(result: dict[str, Any], path: str) -> None:
         axes[1].set_ylabel("outputs")
         axes[1].set_xlabel("step")
     else:
-        series = {k: v for k, v in samples.items() if isinstance(v, np.ndarray) and v.ndim == 1
-                  and k not in ("t_s", "period")}
+        series = {
+            k: v
+            for k, v in samples.items()
+            if isinstance(v, np.ndarray) and v.ndim == 1 and k not in ("t_s", "period")
+        }
         fig, axes = plt.subplots(1, 3, figsize=(15, 4))
         for name, v in series.items():
             v = v[np.isfinite(v) & (v > 0)]

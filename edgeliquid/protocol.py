@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import binascii
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from cobs import cobs
 

@@ -27,7 +27,8 @@ import numpy as np
 
 STEP_TOPIC, EVENT_TOPIC = "/edgeliquid/step", "/edgeliquid/event"
 STEP_SCHEMA = {
-    "title": "edgeliquid.Step", "type": "object",
+    "title": "edgeliquid.Step",
+    "type": "object",
     "properties": {
         "seq": {"type": "integer", "description": "SENSOR seq answered (0 for hold steps)"},
         "t_us": {"type": "integer", "description": "device timestamp of the sample, µs"},
@@ -37,23 +38,36 @@ STEP_SCHEMA = {
         "x": {"type": "array", "items": {"type": "number"}, "description": "model inputs (normalised)"},
         "y": {"type": "array", "items": {"type": "number"}, "description": "model outputs"},
         "u": {"type": "array", "items": {"type": "number"}, "description": "actuator commands"},
-        "t_ready_ns": {"type": "integer"}, "t_decoded_ns": {"type": "integer"},
-        "t_inferred_ns": {"type": "integer"}, "t_encoded_ns": {"type": "integer"},
+        "t_ready_ns": {"type": "integer"},
+        "t_decoded_ns": {"type": "integer"},
+        "t_inferred_ns": {"type": "integer"},
+        "t_encoded_ns": {"type": "integer"},
         "t_written_ns": {"type": "integer"},
     },
 }
-EVENT_SCHEMA = {"title": "edgeliquid.Event", "type": "object",
-                "properties": {"kind": {"type": "string"}, "text": {"type": "string"},
-                               "t_ns": {"type": "integer"}}}
+EVENT_SCHEMA = {
+    "title": "edgeliquid.Event",
+    "type": "object",
+    "properties": {"kind": {"type": "string"}, "text": {"type": "string"}, "t_ns": {"type": "integer"}},
+}
 _TIMES = 5  # ready, decoded, inferred, encoded, written
 
 
 class FlightRecorder:
     """Ring buffer + writer thread. Construct, call :meth:`start`, then record; :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike, n_in: int, n_out: int, n_cmd: int,
-                 metadata: dict[str, str] | None = None, rotate_mb: float = 64.0,
-                 rotate_s: float = 3600.0, keep: int = 5, capacity: int = 1 << 16):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        n_in: int,
+        n_out: int,
+        n_cmd: int,
+        metadata: dict[str, str] | None = None,
+        rotate_mb: float = 64.0,
+        rotate_s: float = 3600.0,
+        keep: int = 5,
+        capacity: int = 1 << 16,
+    ):
         self.path = Path(path)
         self.n_in, self.n_out, self.n_cmd = n_in, n_out, n_cmd
         self.metadata = dict(metadata or {})
@@ -61,7 +75,7 @@ class FlightRecorder:
         self.rotate_s, self.keep = rotate_s, keep
         self.cap = capacity
         self._f = np.zeros((capacity, n_in + n_out + n_cmd + 1), np.float64)  # x, y, u, elapsed
-        self._i = np.zeros((capacity, 4 + _TIMES), np.int64)             # seq, t_us, mode, reset, times
+        self._i = np.zeros((capacity, 4 + _TIMES), np.int64)  # seq, t_us, mode, reset, times
         self._head = 0  # next slot to write (loop thread only)
         self._tail = 0  # next slot to drain (writer thread only)
         self._events: list[tuple[int, str, str]] = []
@@ -77,8 +91,18 @@ class FlightRecorder:
         self._file = None
 
     # ------------------------------------------------------------- loop side
-    def record_step(self, seq: int, t_us: int, elapsed: float, mode: int, reset: bool, x, y, u,
-                    times: tuple[int, int, int, int, int]) -> None:
+    def record_step(
+        self,
+        seq: int,
+        t_us: int,
+        elapsed: float,
+        mode: int,
+        reset: bool,
+        x,
+        y,
+        u,
+        times: tuple[int, int, int, int, int],
+    ) -> None:
         """Copy one step into the ring; drops (and counts) when the ring is full."""
         head = self._head
         if head - self._tail >= self.cap:
@@ -88,8 +112,8 @@ class FlightRecorder:
         f = self._f[k]
         n_in, n_out = self.n_in, self.n_out
         f[:n_in] = x
-        f[n_in:n_in + n_out] = y
-        f[n_in + n_out:-1] = u
+        f[n_in : n_in + n_out] = y
+        f[n_in + n_out : -1] = u
         f[-1] = elapsed
         i = self._i[k]
         i[0], i[1], i[2], i[3] = seq, t_us, mode, reset
@@ -102,7 +126,7 @@ class FlightRecorder:
         self._wake.set()
 
     # ----------------------------------------------------------- writer side
-    def start(self) -> "FlightRecorder":
+    def start(self) -> FlightRecorder:
         self._thread = threading.Thread(target=self._run, name="edgeliquid-recorder", daemon=True)
         self._thread.start()
         return self
@@ -123,14 +147,19 @@ class FlightRecorder:
         from mcap.writer import CompressionType, Writer
 
         ts = time.strftime("%Y%m%d-%H%M%S")
-        name = self.path if not self.files else self.path.with_name(
-            f"{self.path.stem}-{ts}-{len(self.files)}{self.path.suffix}")
+        name = (
+            self.path
+            if not self.files
+            else self.path.with_name(f"{self.path.stem}-{ts}-{len(self.files)}{self.path.suffix}")
+        )
         name.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(name, "wb")
         self._writer = Writer(self._file, compression=CompressionType.NONE)
         self._writer.start(profile="", library="edgeliquid")
         sid = self._writer.register_schema("edgeliquid.Step", "jsonschema", json.dumps(STEP_SCHEMA).encode())
-        eid = self._writer.register_schema("edgeliquid.Event", "jsonschema", json.dumps(EVENT_SCHEMA).encode())
+        eid = self._writer.register_schema(
+            "edgeliquid.Event", "jsonschema", json.dumps(EVENT_SCHEMA).encode()
+        )
         self._step_ch = self._writer.register_channel(STEP_TOPIC, "json", sid)
         self._event_ch = self._writer.register_channel(EVENT_TOPIC, "json", eid)
         self._writer.add_metadata("edgeliquid", {k: str(v) for k, v in self.metadata.items()})
@@ -168,8 +197,13 @@ class FlightRecorder:
                 events, self._events = self._events, []
             try:
                 for t_ns, kind, text in events:
-                    self._writer.add_message(self._event_ch, t_ns, json.dumps(
-                        {"kind": kind, "text": text, "t_ns": t_ns}).encode(), t_ns, seq)
+                    self._writer.add_message(
+                        self._event_ch,
+                        t_ns,
+                        json.dumps({"kind": kind, "text": text, "t_ns": t_ns}).encode(),
+                        t_ns,
+                        seq,
+                    )
                     seq += 1
                 n = 0
                 while self._tail < self._head:
@@ -179,7 +213,10 @@ class FlightRecorder:
                     n += 1
                     if n % 4 == 0:
                         time.sleep(0)  # let the control loop take the GIL
-                if self._file.tell() > self.rotate_bytes or time.monotonic() - self._opened_at > self.rotate_s:
+                if (
+                    self._file.tell() > self.rotate_bytes
+                    or time.monotonic() - self._opened_at > self.rotate_s
+                ):
                     self._finish_file()
                     self._open()
             except Exception as exc:  # disk full, I/O error: an event and a counter, never a crash
@@ -199,11 +236,21 @@ class FlightRecorder:
         f, i = self._f[k], self._i[k]
         n_in, n_out = self.n_in, self.n_out
         t = [int(v) for v in i[4:]]
-        msg = {"seq": int(i[0]), "t_us": int(i[1]), "mode": int(i[2]), "reset": int(i[3]),
-               "elapsed": float(f[-1]),
-               "x": f[:n_in].tolist(), "y": f[n_in:n_in + n_out].tolist(),
-               "u": f[n_in + n_out:-1].tolist(), "t_ready_ns": t[0], "t_decoded_ns": t[1],
-               "t_inferred_ns": t[2], "t_encoded_ns": t[3], "t_written_ns": t[4]}
+        msg = {
+            "seq": int(i[0]),
+            "t_us": int(i[1]),
+            "mode": int(i[2]),
+            "reset": int(i[3]),
+            "elapsed": float(f[-1]),
+            "x": f[:n_in].tolist(),
+            "y": f[n_in : n_in + n_out].tolist(),
+            "u": f[n_in + n_out : -1].tolist(),
+            "t_ready_ns": t[0],
+            "t_decoded_ns": t[1],
+            "t_inferred_ns": t[2],
+            "t_encoded_ns": t[3],
+            "t_written_ns": t[4],
+        }
         self._writer.add_message(self._step_ch, t[0], json.dumps(msg).encode(), t[4], seq)
         self.written += 1
 

@@ -14,7 +14,7 @@ Array layouts (B = batch, I = inputs, U = units, M = motor neurons):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,7 +33,10 @@ def synapse_sigmoid(v_pre: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.
 
 
 def fused_semi_implicit_euler(
-    p: dict[str, np.ndarray], cfg: CellConfig, inputs: np.ndarray, v_pre: np.ndarray,
+    p: dict[str, np.ndarray],
+    cfg: CellConfig,
+    inputs: np.ndarray,
+    v_pre: np.ndarray,
     elapsed: np.ndarray,
 ) -> np.ndarray:
     """ncps' ``_ode_solver``: ``ode_unfolds`` fused semi-implicit Euler sub-steps.
@@ -43,8 +46,7 @@ def fused_semi_implicit_euler(
     why the update is a weighted average and cannot leave the reversal-potential
     range (Theorem 2).
     """
-    sensory_w_activation = p["sensory_w"] * synapse_sigmoid(
-        inputs, p["sensory_mu"], p["sensory_sigma"])
+    sensory_w_activation = p["sensory_w"] * synapse_sigmoid(inputs, p["sensory_mu"], p["sensory_sigma"])
     sensory_w_activation = sensory_w_activation * p["sensory_sparsity_mask"]
     sensory_rev_activation = sensory_w_activation * p["sensory_erev"]
     w_numerator_sensory = np.sum(sensory_rev_activation, axis=1)
@@ -75,14 +77,12 @@ def get_solver(name: str) -> Callable[..., np.ndarray]:
     try:
         return SOLVERS[name]
     except KeyError:
-        raise ModelFormatError(
-            f"unknown solver {name!r}; expected one of {sorted(SOLVERS)}") from None
+        raise ModelFormatError(f"unknown solver {name!r}; expected one of {sorted(SOLVERS)}") from None
 
 
 def lstm_step(p: dict[str, np.ndarray], x: np.ndarray, h: np.ndarray, c: np.ndarray):
     """ncps ``LSTMCell.forward`` (the mixed-memory cell); returns (h, c)."""
-    z = (x @ p["lstm.input_map.weight"].T + p["lstm.input_map.bias"]) \
-        + h @ p["lstm.recurrent_map.weight"].T
+    z = (x @ p["lstm.input_map.weight"].T + p["lstm.input_map.bias"]) + h @ p["lstm.recurrent_map.weight"].T
     i, ig, fg, og = np.split(z, 4, axis=1)
     input_activation = np.tanh(i)
     input_gate = sigmoid(ig)
@@ -101,7 +101,10 @@ def map_outputs(p: dict[str, np.ndarray], cfg: CellConfig, v: np.ndarray) -> np.
 
 
 def reference_step(
-    p: dict[str, np.ndarray], cfg: CellConfig, x: np.ndarray, state: np.ndarray,
+    p: dict[str, np.ndarray],
+    cfg: CellConfig,
+    x: np.ndarray,
+    state: np.ndarray,
     elapsed: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One step of ncps ``LTC`` (LSTM first if mixed memory, then ``LTCCell``).
@@ -135,5 +138,6 @@ class ReferenceCell:
 
     def step(self, x: np.ndarray, state: np.ndarray, elapsed: np.ndarray):
         dt = self.dtype
-        return reference_step(self.params, self.config, np.asarray(x, dt),
-                              np.asarray(state, dt), np.asarray(elapsed, dt))
+        return reference_step(
+            self.params, self.config, np.asarray(x, dt), np.asarray(state, dt), np.asarray(elapsed, dt)
+        )

@@ -20,8 +20,12 @@ from .recorder import read_recording
 from .runtime import load
 
 
-def replay(recording: str | os.PathLike, model: str | os.PathLike | None = None,
-           backend: str | None = None, dtype: str | None = None) -> dict[str, Any]:
+def replay(
+    recording: str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    backend: str | None = None,
+    dtype: str | None = None,
+) -> dict[str, Any]:
     """Replay ``recording``; returns the comparison (see module docstring)."""
     rec = read_recording(recording)
     meta, steps = rec["metadata"], rec["steps"]
@@ -48,18 +52,26 @@ def replay(recording: str | os.PathLike, model: str | os.PathLike | None = None,
     diff = np.abs(got - want)
     bad = np.flatnonzero(diff.max(axis=1) > 0)
     return {
-        "recording": str(recording), "model": str(path), "same_model": same_model,
-        "backend": backend, "recorded_backend": meta.get("backend"), "steps": len(steps),
-        "resets": int(resets.sum()), "bit_exact": exact,
+        "recording": str(recording),
+        "model": str(path),
+        "same_model": same_model,
+        "backend": backend,
+        "recorded_backend": meta.get("backend"),
+        "steps": len(steps),
+        "resets": int(resets.sum()),
+        "bit_exact": exact,
         "first_divergent_step": int(bad[0]) if bad.size else None,
-        "max_abs_error": diff.max(axis=0).tolist(), "mean_abs_error": diff.mean(axis=0).tolist(),
+        "max_abs_error": diff.max(axis=0).tolist(),
+        "mean_abs_error": diff.mean(axis=0).tolist(),
     }
 
 
 def format_report(r: dict[str, Any]) -> str:
-    head = (f"replayed {r['steps']} steps ({r['resets']} state resets) of {r['recording']}\n"
-            f"  model {r['model']} ({'the recorded one' if r['same_model'] else 'NOT the recorded model'}), "
-            f"backend {r['backend']} (recorded: {r['recorded_backend']})")
+    head = (
+        f"replayed {r['steps']} steps ({r['resets']} state resets) of {r['recording']}\n"
+        f"  model {r['model']} ({'the recorded one' if r['same_model'] else 'NOT the recorded model'}), "
+        f"backend {r['backend']} (recorded: {r['recorded_backend']})"
+    )
     if r["bit_exact"]:
         return head + "\n  outputs match bit for bit"
     lines = [head, f"  outputs differ; first divergent step: {r['first_divergent_step']}"]

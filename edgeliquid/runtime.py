@@ -79,8 +79,9 @@ class Policy:
     def _bad_input(self, x: np.ndarray, where: str = "") -> InputError:
         bad = np.argwhere(~np.isfinite(np.asarray(x, np.float64)))
         idx = tuple(int(i) for i in bad[0]) if len(bad) else ()
-        return InputError(f"x{list(idx)}{where} is {np.asarray(x)[idx]!r}: inputs must be "
-                          "finite; state unchanged")
+        return InputError(
+            f"x{list(idx)}{where} is {np.asarray(x)[idx]!r}: inputs must be finite; state unchanged"
+        )
 
     def _check_sequence(self, xs: Any, elapsed: Any) -> tuple[np.ndarray, np.ndarray]:
         xs = np.ascontiguousarray(xs, dtype=self.dtype)
@@ -92,12 +93,16 @@ class Policy:
             elapsed = 1.0
         e = np.asarray(elapsed, dtype=np.float64)
         try:
-            e = np.ascontiguousarray(np.broadcast_to(e.reshape(e.shape + (1,) * (len(lead) - e.ndim))
-                                                     if e.ndim < len(lead) else e, lead),
-                                     dtype=np.float64)
+            e = np.ascontiguousarray(
+                np.broadcast_to(
+                    e.reshape(e.shape + (1,) * (len(lead) - e.ndim)) if e.ndim < len(lead) else e, lead
+                ),
+                dtype=np.float64,
+            )
         except ValueError:
-            raise InputError(f"elapsed: expected a scalar or shape {lead[:1]} or {lead}, "
-                             f"got {np.shape(elapsed)}") from None
+            raise InputError(
+                f"elapsed: expected a scalar or shape {lead[:1]} or {lead}, got {np.shape(elapsed)}"
+            ) from None
         if not np.all(np.isfinite(e) & (e > 0)):
             raise InputError("elapsed must be finite and > 0 at every step; state unchanged")
         if not np.all(np.isfinite(xs)):
@@ -119,9 +124,11 @@ class Policy:
         return arr.astype(self.dtype)
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} backend={self.backend} in={self.n_inputs} "
-                f"out={self.n_outputs} state={self.n_state} batch={self.batch} "
-                f"dtype={self.dtype.name}>")
+        return (
+            f"<{type(self).__name__} backend={self.backend} in={self.n_inputs} "
+            f"out={self.n_outputs} state={self.n_state} batch={self.batch} "
+            f"dtype={self.dtype.name}>"
+        )
 
 
 class CpuPolicy(Policy):
@@ -138,17 +145,21 @@ class CpuPolicy(Policy):
         self._work = self._work2d[0]
         y0 = int(self._ip[W_Y])
         if self.batch is None:
-            self._y = self._work[y0: y0 + self.n_outputs]
+            self._y = self._work[y0 : y0 + self.n_outputs]
             self._state_view = self._work[: self.n_state]
         else:
-            self._y = self._work2d[:, y0: y0 + self.n_outputs]
+            self._y = self._work2d[:, y0 : y0 + self.n_outputs]
             self._state_view = self._work2d[:, : self.n_state]
         self._bad = np.zeros(rows, np.int64)
         import numba
 
-        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS,
-                                  kernels.batch_scratch_size(model.config.units,
-                                                             model.config.n_inputs)), self.dtype)
+        self._scratch = np.zeros(
+            (
+                numba.config.NUMBA_NUM_THREADS,
+                kernels.batch_scratch_size(model.config.units, model.config.n_inputs),
+            ),
+            self.dtype,
+        )
         self._kstep = kernels.step
         self._warm_up()
 
@@ -157,13 +168,25 @@ class CpuPolicy(Policy):
         scratch = self._work2d.copy()
         x = np.zeros(self._xshape, self.dtype)
         kernels.step(x if self.batch is None else x[0], 1.0, self._fp, self._ip, scratch[0])
-        kernels.run(np.zeros((1, self.n_inputs), self.dtype), np.ones(1, self.dtype),
-                    self._fp, self._ip, scratch[0], np.zeros((1, self.n_outputs), self.dtype))
+        kernels.run(
+            np.zeros((1, self.n_inputs), self.dtype),
+            np.ones(1, self.dtype),
+            self._fp,
+            self._ip,
+            scratch[0],
+            np.zeros((1, self.n_outputs), self.dtype),
+        )
         if self.batch is not None:
-            kernels.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad,
-                               self._scratch)
-            kernels.run_batch(x[None], self._ebuf[None], self._fp, self._ip, scratch,
-                              np.zeros((1, self.batch, self.n_outputs), self.dtype), self._bad)
+            kernels.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad, self._scratch)
+            kernels.run_batch(
+                x[None],
+                self._ebuf[None],
+                self._fp,
+                self._ip,
+                scratch,
+                np.zeros((1, self.batch, self.n_outputs), self.dtype),
+                self._bad,
+            )
 
     def step(self, x: Any, elapsed: float | np.ndarray = 1.0) -> np.ndarray:
         """Advance the state by ``elapsed`` model time units with inputs ``x``.
@@ -178,8 +201,12 @@ class CpuPolicy(Policy):
             next step.
         """
         if self.batch is None:
-            if type(x) is not np.ndarray or x.dtype is not self.dtype or x.shape != self._xshape \
-                    or not x.flags.c_contiguous:
+            if (
+                type(x) is not np.ndarray
+                or x.dtype is not self.dtype
+                or x.shape != self._xshape
+                or not x.flags.c_contiguous
+            ):
                 x = self._coerce_x(x)
             if type(elapsed) is not float:
                 elapsed = float(elapsed)
@@ -187,24 +214,27 @@ class CpuPolicy(Policy):
             if status:
                 raise self._status_error(status, x, elapsed)
             return self._y
-        if type(x) is not np.ndarray or x.dtype is not self.dtype or x.shape != self._xshape \
-                or not x.flags.c_contiguous:
+        if (
+            type(x) is not np.ndarray
+            or x.dtype is not self.dtype
+            or x.shape != self._xshape
+            or not x.flags.c_contiguous
+        ):
             x = self._coerce_x(x)
         e = self._coerce_elapsed(elapsed)
-        status, row = kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad,
-                                             self._scratch)
+        status, row = kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
         if status:
             raise self._status_error(status, x[row], e[row], f" (batch row {row})")
         return self._y
 
     def _status_error(self, status: int, x, elapsed, where: str = "") -> InputError:
         if status == kernels.STATUS_BAD_ELAPSED:
-            return InputError(f"elapsed{where} must be finite and > 0, got {elapsed!r}; "
-                              "state unchanged")
+            return InputError(f"elapsed{where} must be finite and > 0, got {elapsed!r}; state unchanged")
         if status == kernels.STATUS_BAD_INPUT:
             return self._bad_input(x, where)
-        return InputError(f"the step{where} produced a non-finite state (elapsed={elapsed!r}); "
-                          "state unchanged")
+        return InputError(
+            f"the step{where} produced a non-finite state (elapsed={elapsed!r}); state unchanged"
+        )
 
     def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:
         """Step through a sequence in one compiled loop; the state carries over.
@@ -260,8 +290,7 @@ class ReferencePolicy(Policy):
             raise self._bad_input(x)
         y, s = self._cell.step(x.reshape(-1, self.n_inputs), self._state, e)
         if not np.all(np.isfinite(s)):
-            raise InputError(f"the step produced a non-finite state (elapsed={elapsed!r}); "
-                             "state unchanged")
+            raise InputError(f"the step produced a non-finite state (elapsed={elapsed!r}); state unchanged")
         self._state[...] = s
         self._out[...] = y
         return self._y
@@ -272,8 +301,7 @@ class ReferencePolicy(Policy):
         state = self._state.copy()
         ys = np.empty((xs.shape[0], rows, self.n_outputs), self.dtype)
         for t in range(xs.shape[0]):
-            y, state = self._cell.step(xs[t].reshape(rows, -1), state,
-                                       np.broadcast_to(e[t], (rows,)))
+            y, state = self._cell.step(xs[t].reshape(rows, -1), state, np.broadcast_to(e[t], (rows,)))
             ys[t] = y
         if not np.all(np.isfinite(state)):
             raise InputError("the sequence produced a non-finite state")
@@ -298,8 +326,9 @@ def model_metadata(model: LTCModel) -> dict[str, str]:
     return metadata_for(model)
 
 
-def from_model(model: LTCModel, backend: str = "cpu", dtype=np.float32,
-               batch: int | None = None) -> Policy:
+def from_model(
+    model: LTCModel, backend: str = "cpu", dtype=np.float32, batch: int | None = None, mapped: bool = False
+) -> Policy:
     """Make a policy from an in-memory :class:`LTCModel` (see :func:`load`)."""
     if backend == "cpu":
         return CpuPolicy(model, dtype, batch)
@@ -308,12 +337,17 @@ def from_model(model: LTCModel, backend: str = "cpu", dtype=np.float32,
     if backend == "cuda":
         from .cuda_backend import CudaPolicy
 
-        return CudaPolicy(model, dtype, batch)
+        return CudaPolicy(model, dtype, batch, mapped=mapped)
     raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
-def load(path: str | os.PathLike, backend: str = "cpu", dtype=np.float32,
-         batch: int | None = None) -> Policy:
+def load(
+    path: str | os.PathLike,
+    backend: str = "cpu",
+    dtype=np.float32,
+    batch: int | None = None,
+    mapped: bool = False,
+) -> Policy:
     """Load an edgeliquid model file and return a warmed-up policy.
 
     Args:
@@ -321,6 +355,7 @@ def load(path: str | os.PathLike, backend: str = "cpu", dtype=np.float32,
         backend: ``"cpu"`` (numba), ``"reference"`` (numpy spec) or ``"cuda"`` (numba-cuda).
         dtype: ``np.float32`` or ``np.float64``.
         batch: None for one instance, or the number of instances stepped together.
+        mapped: cuda only: zero-copy mapped host memory for x and y (integrated GPUs, Jetson).
 
     Raises:
         ModelFormatError: the file is not a valid edgeliquid model (the message names it).
@@ -328,4 +363,4 @@ def load(path: str | os.PathLike, backend: str = "cpu", dtype=np.float32,
     """
     from .modelfile import read
 
-    return from_model(read(path), backend=backend, dtype=dtype, batch=batch)
+    return from_model(read(path), backend=backend, dtype=dtype, batch=batch, mapped=mapped)

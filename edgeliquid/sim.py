@@ -6,7 +6,9 @@ ACTUATE command until the next (zero-order hold), obeys STATUS SAFE by applying
 the fail-safe values it receives, and measures its round trip via ``ref_seq``.
 
 Transports: ``pty`` (creates a pseudo-terminal pair; the node opens
-``device.node_port``), or any pyserial URL/path the device should open.
+``device.node_port``), ``tcp-listen:[HOST:]PORT`` (the node opens ``socket://HOST:PORT``),
+or any pyserial URL/path the device should open (e.g. a USB-serial adapter wired to a
+node on another computer).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class CartPole:
             ct, st = math.cos(th), math.sin(th)
             tmp = (f + pml * thd * thd * st) / total
             thacc = (self.gravity * st - ct * tmp) / (
-                self.half_len * (4.0 / 3.0 - self.m_pole * ct * ct / total))
+                self.half_len * (4.0 / 3.0 - self.m_pole * ct * ct / total)
+            )
             xacc = tmp - pml * thacc * ct / total
             # semi-implicit Euler
             xd += h * xacc
@@ -101,6 +104,61 @@ class PtyMaster:
                 pass
 
 
+class TcpListenPort:
+    """The device end of a TCP link: listens, accepts the node's ``socket://host:port``.
+
+    Lets the same simulator stand in for a microcontroller behind a serial-to-TCP bridge,
+    or run on another computer than the node.
+    """
+
+    def __init__(self, host: str, port: int):
+        import socket
+
+        self._srv = socket.create_server((host, port))
+        self.address = self._srv.getsockname()
+        self.node_port = f"socket://{self.address[0]}:{self.address[1]}"
+        self._conn = None
+        self.timeout = 0.0
+
+    def _accept(self, wait: float) -> bool:
+        if self._conn is None:
+            r, _, _ = select.select([self._srv], [], [], wait)
+            if not r:
+                return False
+            self._conn, _ = self._srv.accept()
+        return True
+
+    def read(self, n: int) -> bytes:
+        if not self._accept(self.timeout):
+            return b""
+        r, _, _ = select.select([self._conn], [], [], self.timeout)
+        if not r:
+            return b""
+        data = self._conn.recv(max(n, 4096))
+        if not data:  # the node went away: wait for it to come back
+            self._conn.close()
+            self._conn = None
+        return data
+
+    @property
+    def in_waiting(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> int:
+        if self._conn is None:
+            return 0  # nobody connected yet: the bytes go nowhere, as on an unplugged wire
+        try:
+            self._conn.sendall(data)
+        except OSError:
+            self._conn = None
+        return len(data)
+
+    def close(self) -> None:
+        for s in (self._conn, self._srv):
+            if s is not None:
+                s.close()
+
+
 @dataclass
 class SimStats:
     sent: int = 0
@@ -118,10 +176,20 @@ class SimStats:
 class Device:
     """The simulated microcontroller. ``run(seconds)`` in a thread or process."""
 
-    def __init__(self, port=None, plant: str = "cartpole", rate_hz: float = 100.0,
-                 protocol: str = "cobs", noise: float = 0.0, jitter: float = 0.0, seed: int = 0,
-                 init_scale: float = 0.05, fault: str | None = None, fault_at_s: float = 2.0,
-                 fault_len_s: float = 0.5):
+    def __init__(
+        self,
+        port=None,
+        plant: str = "cartpole",
+        rate_hz: float = 100.0,
+        protocol: str = "cobs",
+        noise: float = 0.0,
+        jitter: float = 0.0,
+        seed: int = 0,
+        init_scale: float = 0.05,
+        fault: str | None = None,
+        fault_at_s: float = 2.0,
+        fault_len_s: float = 0.5,
+    ):
         self.port = port if port is not None else PtyMaster()
         self.node_port = getattr(self.port, "node_port", None)
         self.rng = np.random.default_rng(seed)
@@ -181,8 +249,9 @@ class Device:
                     self.stats.commands.append((time.monotonic_ns(), self.mode, float(values[0])))
             elif ptype == P.STATUS and values:
                 self.mode = int(values[0])
-                self.stats.statuses.append((time.monotonic_ns(), int(values[0]),
-                                            int(values[1]) if len(values) > 1 else 0))
+                self.stats.statuses.append(
+                    (time.monotonic_ns(), int(values[0]), int(values[1]) if len(values) > 1 else 0)
+                )
             elif ptype == P.HELLO:
                 self.stats.hello = tuple(values)
 
@@ -238,7 +307,12 @@ class Device:
 
 
 def open_device(port_spec: str, **kwargs) -> Device:
-    """A device on ``pty`` (new pair) or on a pyserial URL/path it opens itself."""
+    """A device on ``pty`` (new pair), ``tcp-listen:[HOST:]PORT`` (the node connects with
+    ``socket://HOST:PORT``), or a pyserial URL/path it opens itself."""
     if port_spec == "pty":
         return Device(None, **kwargs)
+    if port_spec.startswith("tcp-listen:"):
+        hostport = port_spec[len("tcp-listen:") :]
+        host, _, port = hostport.rpartition(":")
+        return Device(TcpListenPort(host or "127.0.0.1", int(port)), **kwargs)
     return Device(serial.serial_for_url(port_spec, baudrate=115200, timeout=0), **kwargs)

@@ -10,7 +10,7 @@ Malformed lines raise :class:`~edgeliquid.protocol.DecodeError` like bad frames.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 from .protocol import ACTUATE, HELLO, MAX_COUNT, SENSOR, STATUS, DecodeError, Packet
 

@@ -18,9 +18,15 @@ from .layout import FirmwareModel
 __all__ = ["export_firmware", "CodegenError"]
 
 
-def export_firmware(model_path: str | Path, out_dir: str | Path, name: str, *,
-                    fixed_point: bool = False, fast_sigmoid: bool = False,
-                    min_elapsed: float = 0.01) -> dict:
+def export_firmware(
+    model_path: str | Path,
+    out_dir: str | Path,
+    name: str,
+    *,
+    fixed_point: bool = False,
+    fast_sigmoid: bool = False,
+    min_elapsed: float = 0.01,
+) -> dict:
     """Generate the C files for ``model_path`` in ``out_dir``; returns the manifest."""
     from edgeliquid.modelfile import read
 
@@ -32,11 +38,16 @@ def export_firmware(model_path: str | Path, out_dir: str | Path, name: str, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {
-        "model": str(model_path), "model_sha256": sha, "name": name,
+        "model": str(model_path),
+        "model_sha256": sha,
+        "name": name,
         "variant": "fixed" if fixed_point else ("float32-fast-sigmoid" if fast_sigmoid else "float32"),
-        "n_inputs": model.config.n_inputs, "n_outputs": model.config.n_outputs,
-        "state_size": model.config.n_state, "units": model.config.units,
-        "synapses": fm.rec.count, "sensory_synapses": fm.sens.count,
+        "n_inputs": model.config.n_inputs,
+        "n_outputs": model.config.n_outputs,
+        "state_size": model.config.n_state,
+        "units": model.config.units,
+        "synapses": fm.rec.count,
+        "sensory_synapses": fm.sens.count,
     }
     if fixed_point:
         from .fixed_c import generate_fixed
@@ -60,13 +71,17 @@ def estimate_memory(fm: FirmwareModel, fixed_point: bool) -> dict:
     cfg = fm.cfg
     word = 4
     idx = 1 if fm.index_type() == "uint8_t" else 2
-    syn = (fm.rec.count + fm.sens.count)
+    syn = fm.rec.count + fm.sens.count
     flash = syn * (4 * word + 2 * idx) + cfg.units * 3 * word + 2 * (cfg.n_inputs + cfg.motor_size) * word
     if cfg.mixed_memory:
         flash += 4 * cfg.units * (cfg.n_inputs + cfg.units + 1) * word
     stack = (7 * cfg.units + cfg.n_inputs) * word + (5 * cfg.units * word if cfg.mixed_memory else 0)
-    return {"flash_params_bytes_estimate": flash, "ram_static_bytes": 0,
-            "state_bytes_caller_owned": cfg.n_state * word, "stack_bytes_estimate": stack}
+    return {
+        "flash_params_bytes_estimate": flash,
+        "ram_static_bytes": 0,
+        "state_bytes_caller_owned": cfg.n_state * word,
+        "stack_bytes_estimate": stack,
+    }
 
 
 def manifest_json(m: dict) -> str:

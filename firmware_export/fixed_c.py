@@ -58,24 +58,41 @@ def choose_q(fm: FirmwareModel, min_elapsed: float, max_elapsed: float, input_ra
             arg = max(arg, float((np.abs(syn.sigma) * (pre + np.abs(syn.mu))).max()))
     y = float((vb * np.abs(p["output_w"]) + np.abs(p["output_b"])).max())
     params = max(float(np.abs(v).max()) for k, v in p.items() if not k.startswith("lstm"))
-    bounds = {"state": vb, "inputs_mapped": xb, "cm_over_dt": cmt, "numerator": num,
-              "denominator": den, "sigmoid_argument": arg, "outputs": y, "parameters": params,
-              "elapsed": max_elapsed}
+    bounds = {
+        "state": vb,
+        "inputs_mapped": xb,
+        "cm_over_dt": cmt,
+        "numerator": num,
+        "denominator": den,
+        "sigmoid_argument": arg,
+        "outputs": y,
+        "parameters": params,
+        "elapsed": max_elapsed,
+    }
     m = max(bounds.values())
     int_bits = math.ceil(math.log2(m + 1.0))
     frac = min(24, 30 - int_bits)
     if frac < 8:
-        raise CodegenError(f"fixed point: values up to {m:.3g} leave only {frac} fractional bits; "
-                           "raise --min-elapsed or use the float variant")
-    return {"format": f"Q{31 - frac}.{frac} in int32", "frac_bits": frac, "bounds": bounds,
-            "min_elapsed": min_elapsed, "max_elapsed": max_elapsed, "input_range": input_range,
-            "resolution": 2.0 ** -frac, "sigmoid_table": f"{LUT_N + 1} x uint16 on [0, {LUT_RANGE:g}]",
-            "sigmoid_error_bound": 1.2e-5 + 1.5e-5 + 1.1e-7}
+        raise CodegenError(
+            f"fixed point: values up to {m:.3g} leave only {frac} fractional bits; "
+            "raise --min-elapsed or use the float variant"
+        )
+    return {
+        "format": f"Q{31 - frac}.{frac} in int32",
+        "frac_bits": frac,
+        "bounds": bounds,
+        "min_elapsed": min_elapsed,
+        "max_elapsed": max_elapsed,
+        "input_range": input_range,
+        "resolution": 2.0**-frac,
+        "sigmoid_table": f"{LUT_N + 1} x uint16 on [0, {LUT_RANGE:g}]",
+        "sigmoid_error_bound": 1.2e-5 + 1.5e-5 + 1.1e-7,
+    }
 
 
 def _q(values, frac: int) -> np.ndarray:
     q = np.round(np.asarray(values, np.float64) * (1 << frac))
-    if np.any(np.abs(q) >= 2 ** 31):
+    if np.any(np.abs(q) >= 2**31):
         raise CodegenError("fixed point: a parameter does not fit the chosen Q format")
     return q.astype(np.int64)
 
@@ -222,41 +239,78 @@ void ${name}_step(const float *x, float *state, float elapsed, float *y)
 """)
 
 
-def generate_fixed(fm: FirmwareModel, name: str, sha: str, min_elapsed: float = 0.01,
-                   max_elapsed: float = 100.0, input_range: float = 10.0) -> tuple[str, str, dict]:
+def generate_fixed(
+    fm: FirmwareModel,
+    name: str,
+    sha: str,
+    min_elapsed: float = 0.01,
+    max_elapsed: float = 100.0,
+    input_range: float = 10.0,
+) -> tuple[str, str, dict]:
     cfg, p = fm.cfg, fm.p
     if cfg.mixed_memory:
-        raise CodegenError("fixed point does not support mixed_memory (LSTM) models yet; "
-                           "use the float variant")
+        raise CodegenError(
+            "fixed point does not support mixed_memory (LSTM) models yet; use the float variant"
+        )
     info = choose_q(fm, min_elapsed, max_elapsed, input_range)
     f = info["frac_bits"]
     idx = fm.index_type()
     xs = np.linspace(0.0, LUT_RANGE, LUT_N + 1)
     lut = np.round(1.0 / (1.0 + np.exp(-xs)) * 32768).astype(np.int64)
-    arrays = [f"#define EPSILON_Q ((int32_t){max(1, int(round(cfg.epsilon * (1 << f))))})\n",
-              c_array("uint16_t", "lut", lut, per_line=12),
-              c_array("int32_t", "cm", _q(p["cm"], f)), c_array("int32_t", "gleak", _q(p["gleak"], f)),
-              c_array("int32_t", "gleak_vleak", _q(p["gleak"] * p["vleak"], f)),
-              c_array("int32_t", "in_w", _q(p["input_w"], f)), c_array("int32_t", "in_b", _q(p["input_b"], f)),
-              c_array("int32_t", "out_w", _q(p["output_w"], f)),
-              c_array("int32_t", "out_b", _q(p["output_b"], f))]
+    arrays = [
+        f"#define EPSILON_Q ((int32_t){max(1, int(round(cfg.epsilon * (1 << f))))})\n",
+        c_array("uint16_t", "lut", lut, per_line=12),
+        c_array("int32_t", "cm", _q(p["cm"], f)),
+        c_array("int32_t", "gleak", _q(p["gleak"], f)),
+        c_array("int32_t", "gleak_vleak", _q(p["gleak"] * p["vleak"], f)),
+        c_array("int32_t", "in_w", _q(p["input_w"], f)),
+        c_array("int32_t", "in_b", _q(p["input_b"], f)),
+        c_array("int32_t", "out_w", _q(p["output_w"], f)),
+        c_array("int32_t", "out_b", _q(p["output_b"], f)),
+    ]
     for prefix, syn in (("s", fm.sens), ("r", fm.rec)):
-        arrays += [c_array(idx, f"{prefix}_src", syn.src), c_array(idx, f"{prefix}_dst", syn.dst),
-                   c_array("int32_t", f"{prefix}_w", _q(syn.w, f)),
-                   c_array("int32_t", f"{prefix}_sigma", _q(syn.sigma, f)),
-                   c_array("int32_t", f"{prefix}_mu", _q(syn.mu, f)),
-                   c_array("int32_t", f"{prefix}_erev", _q(syn.erev, f))]
+        arrays += [
+            c_array(idx, f"{prefix}_src", syn.src),
+            c_array(idx, f"{prefix}_dst", syn.dst),
+            c_array("int32_t", f"{prefix}_w", _q(syn.w, f)),
+            c_array("int32_t", f"{prefix}_sigma", _q(syn.sigma, f)),
+            c_array("int32_t", f"{prefix}_mu", _q(syn.mu, f)),
+            c_array("int32_t", f"{prefix}_erev", _q(syn.erev, f)),
+        ]
     what = f"{name}: LTC policy, fixed point {info['format']}"
     up = name.upper()
-    decl = (f"\n/* Native fixed-point step: Q{31 - f}.{f} int32 values (x, state, elapsed, y). */\n"
-            f"#define {up}_Q_FRAC_BITS {f}\n"
-            f"void {name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq);\n")
-    header = HEADER.substitute(banner=banner(sha, what), UP=up, name=name, n_in=cfg.n_inputs,
-                               n_out=cfg.n_outputs, n_state=cfg.n_state, extra_decl=decl)
+    decl = (
+        f"\n/* Native fixed-point step: Q{31 - f}.{f} int32 values (x, state, elapsed, y). */\n"
+        f"#define {up}_Q_FRAC_BITS {f}\n"
+        f"void {name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq);\n"
+    )
+    header = HEADER.substitute(
+        banner=banner(sha, what),
+        UP=up,
+        name=name,
+        n_in=cfg.n_inputs,
+        n_out=cfg.n_outputs,
+        n_state=cfg.n_state,
+        extra_decl=decl,
+    )
     header = header.replace(f"#define {up}_H\n", f"#define {up}_H\n#include <stdint.h>\n", 1)
     source = SOURCE.substitute(
-        banner=banner(sha, what), name=name, UP=up, units=cfg.units, n_in=cfg.n_inputs,
-        n_out=cfg.n_outputs, unfolds=cfg.ode_unfolds, nnz=fm.rec.count, snnz=fm.sens.count, frac=f,
-        arrays="\n".join(arrays), lut_range=int(LUT_RANGE), lut_per_unit=int(LUT_N / LUT_RANGE),
-        lut_shift="s << (QF - 15)" if f >= 15 else "s >> (15 - QF)", x_limit=f"{input_range:.1f}f", e_min=f"{min_elapsed!r}f", e_max=f"{max_elapsed:.1f}f")
+        banner=banner(sha, what),
+        name=name,
+        UP=up,
+        units=cfg.units,
+        n_in=cfg.n_inputs,
+        n_out=cfg.n_outputs,
+        unfolds=cfg.ode_unfolds,
+        nnz=fm.rec.count,
+        snnz=fm.sens.count,
+        frac=f,
+        arrays="\n".join(arrays),
+        lut_range=int(LUT_RANGE),
+        lut_per_unit=int(LUT_N / LUT_RANGE),
+        lut_shift="s << (QF - 15)" if f >= 15 else "s >> (15 - QF)",
+        x_limit=f"{input_range:.1f}f",
+        e_min=f"{min_elapsed!r}f",
+        e_max=f"{max_elapsed:.1f}f",
+    )
     return header, source, info

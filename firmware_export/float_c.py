@@ -145,11 +145,12 @@ def generate_float(fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = 
     idx = fm.index_type()
     arrays = [
         f"#define EPSILON {c_float(cfg.epsilon)}\n",
-        c_array("float", "cm", p["cm"]), c_array("float", "gleak", p["gleak"]),
+        c_array("float", "cm", p["cm"]),
+        c_array("float", "gleak", p["gleak"]),
         c_array("float", "gleak_vleak", p["gleak"] * p["vleak"]),
     ]
     affine = {}
-    for side, n in (("in", cfg.n_inputs), ("out", cfg.motor_size)):
+    for side in ("in", "out"):
         w, b = p[f"{side}put_w"], p[f"{side}put_b"]
         var = "i" if side == "in" else "k"
         if np.all(w == 1.0) and np.all(b == 0.0):
@@ -158,14 +159,21 @@ def generate_float(fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = 
             arrays += [c_array("float", f"{side}_w", w), c_array("float", f"{side}_b", b)]
             affine[f"{side}_w"], affine[f"{side}_b"] = f"{side}_w[{var}]", f"{side}_b[{var}]"
     for prefix, syn in (("s", fm.sens), ("r", fm.rec)):
-        arrays += [c_array(idx, f"{prefix}_src", syn.src), c_array(idx, f"{prefix}_dst", syn.dst),
-                   c_array("float", f"{prefix}_w", syn.w), c_array("float", f"{prefix}_sigma", syn.sigma),
-                   c_array("float", f"{prefix}_mu", syn.mu), c_array("float", f"{prefix}_erev", syn.erev)]
+        arrays += [
+            c_array(idx, f"{prefix}_src", syn.src),
+            c_array(idx, f"{prefix}_dst", syn.dst),
+            c_array("float", f"{prefix}_w", syn.w),
+            c_array("float", f"{prefix}_sigma", syn.sigma),
+            c_array("float", f"{prefix}_mu", syn.mu),
+            c_array("float", f"{prefix}_erev", syn.erev),
+        ]
     lstm_decl = lstm_body = lstm_commit = ""
     if cfg.mixed_memory:
-        arrays += [c_array("float", "lstm_wi", p["lstm.input_map.weight"]),
-                   c_array("float", "lstm_bi", p["lstm.input_map.bias"]),
-                   c_array("float", "lstm_wr", p["lstm.recurrent_map.weight"])]
+        arrays += [
+            c_array("float", "lstm_wi", p["lstm.input_map.weight"]),
+            c_array("float", "lstm_bi", p["lstm.input_map.bias"]),
+            c_array("float", "lstm_wr", p["lstm.recurrent_map.weight"]),
+        ]
         lstm_decl = "    float z[4 * U], cn[U];\n"
         lstm_body = f"""    /* mixed memory: ncps LSTMCell on the raw inputs, h -> v, new c -> cn */
     for (i = 0; i < 4 * U; ++i) {{
@@ -189,11 +197,30 @@ def generate_float(fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = 
         lstm_body = "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
     sig = (SIGMOID_FAST if fast_sigmoid else SIGMOID_EXACT).substitute(name=name)
     what = f"{name}: LTC policy, float32{' (fast sigmoid)' if fast_sigmoid else ''}"
-    header = HEADER.substitute(banner=banner(sha, what), UP=up, name=name, n_in=cfg.n_inputs,
-                               n_out=cfg.n_outputs, n_state=cfg.n_state, extra_decl="")
-    source = SOURCE.substitute(banner=banner(sha, what), name=name, UP=up, units=cfg.units,
-                               n_in=cfg.n_inputs, n_out=cfg.n_outputs, unfolds=cfg.ode_unfolds,
-                               nnz=fm.rec.count, snnz=fm.sens.count, arrays="\n".join(arrays),
-                               sigmoid=sig, lstm_decl=lstm_decl, lstm_body=lstm_body,
-                               lstm_commit=lstm_commit, **affine)
+    header = HEADER.substitute(
+        banner=banner(sha, what),
+        UP=up,
+        name=name,
+        n_in=cfg.n_inputs,
+        n_out=cfg.n_outputs,
+        n_state=cfg.n_state,
+        extra_decl="",
+    )
+    source = SOURCE.substitute(
+        banner=banner(sha, what),
+        name=name,
+        UP=up,
+        units=cfg.units,
+        n_in=cfg.n_inputs,
+        n_out=cfg.n_outputs,
+        unfolds=cfg.ode_unfolds,
+        nnz=fm.rec.count,
+        snnz=fm.sens.count,
+        arrays="\n".join(arrays),
+        sigmoid=sig,
+        lstm_decl=lstm_decl,
+        lstm_body=lstm_body,
+        lstm_commit=lstm_commit,
+        **affine,
+    )
     return header, source

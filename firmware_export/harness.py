@@ -108,13 +108,14 @@ SECTIONS
 """
 
 
-def write_vectors(out: Path, xs: np.ndarray, el: np.ndarray, init_state: np.ndarray,
-                  reset_at: int) -> None:
+def write_vectors(out: Path, xs: np.ndarray, el: np.ndarray, init_state: np.ndarray, reset_at: int) -> None:
     t = xs.shape[0]
-    text = (f"#define T_STEPS {t}\n#define RESET_AT {reset_at}\n"
-            + c_array("float", "xs", xs.astype(np.float32), per_line=8)
-            + c_array("float", "el", el.astype(np.float32), per_line=8)
-            + c_array("float", "init_state", init_state.astype(np.float32), per_line=8))
+    text = (
+        f"#define T_STEPS {t}\n#define RESET_AT {reset_at}\n"
+        + c_array("float", "xs", xs.astype(np.float32), per_line=8)
+        + c_array("float", "el", el.astype(np.float32), per_line=8)
+        + c_array("float", "init_state", init_state.astype(np.float32), per_line=8)
+    )
     (out / "vectors.h").write_text(text)
 
 
@@ -128,8 +129,16 @@ def tool(name: str) -> str | None:
 
 def build_host(out: Path, name: str, extra: list[str] | None = None, exe: str = "host_test") -> Path:
     cc = os.environ.get("CC", "gcc")
-    cmd = [cc, *HOST_FLAGS, *(extra or []), "-o", str(out / exe), str(out / "driver.c"),
-           str(out / f"{name}.c"), "-lm"]
+    cmd = [
+        cc,
+        *HOST_FLAGS,
+        *(extra or []),
+        "-o",
+        str(out / exe),
+        str(out / "driver.c"),
+        str(out / f"{name}.c"),
+        "-lm",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out / exe
 
@@ -138,17 +147,44 @@ def build_m4(out: Path, name: str) -> Path:
     (out / "startup.c").write_text(STARTUP)
     (out / "mps2.ld").write_text(LINKER)
     elf = out / "m4_test.elf"
-    cmd = ["arm-none-eabi-gcc", *M4_FLAGS, "-std=c99", "-Wall", "-Wextra", "-Werror",
-           "-Wdouble-promotion", "--specs=rdimon.specs", "-nostartfiles", "-T", str(out / "mps2.ld"),
-           "-o", str(elf), str(out / "startup.c"), str(out / "driver.c"), str(out / f"{name}.c"),
-           "-lm"]
+    cmd = [
+        "arm-none-eabi-gcc",
+        *M4_FLAGS,
+        "-std=c99",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wdouble-promotion",
+        "--specs=rdimon.specs",
+        "-nostartfiles",
+        "-T",
+        str(out / "mps2.ld"),
+        "-o",
+        str(elf),
+        str(out / "startup.c"),
+        str(out / "driver.c"),
+        str(out / f"{name}.c"),
+        "-lm",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return elf
 
 
 def run_qemu(elf: Path, timeout: float = 300) -> str:
-    cmd = ["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none", "-serial", "none",
-           "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
+    cmd = [
+        "qemu-system-arm",
+        "-M",
+        "mps2-an386",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-kernel",
+        str(elf),
+    ]
     r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
     return r.stdout
 
@@ -156,8 +192,12 @@ def run_qemu(elf: Path, timeout: float = 300) -> str:
 def object_size(obj_cmd: list[str], out: Path, src: Path, flags: list[str]) -> dict[str, int]:
     """Compile one generated .c for a target and read text/data/bss with arm-none-eabi-size."""
     obj = out / (src.stem + "_" + flags[0].split("=")[-1] + ".o")
-    subprocess.run([*obj_cmd, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", "-o", str(obj),
-                    str(src)], check=True, capture_output=True, text=True)
+    subprocess.run(
+        [*obj_cmd, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", "-c", "-o", str(obj), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     r = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], check=True, capture_output=True, text=True)
     sizes = {"text": 0, "rodata": 0, "data": 0, "bss": 0}
     for line in r.stdout.splitlines():
@@ -178,7 +218,7 @@ def parse_hex(stdout: str, steps: int, n_out: int, n_state: int) -> tuple[np.nda
     if len(vals) < need:
         raise RuntimeError(f"expected {need} values from the test program, got {len(vals)}")
     f = np.array(vals[:need], np.uint32).view(np.float32).astype(np.float64)
-    return f[: steps * n_out].reshape(steps, n_out), f[steps * n_out:]
+    return f[: steps * n_out].reshape(steps, n_out), f[steps * n_out :]
 
 
 def reference_outputs(model, xs, el, init_state, reset_at):

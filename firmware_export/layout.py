@@ -41,11 +41,12 @@ class FirmwareModel:
     sens: Synapses
 
     @classmethod
-    def of(cls, model: LTCModel) -> "FirmwareModel":
+    def of(cls, model: LTCModel) -> FirmwareModel:
         p = effective_parameters(model, np.float64)
         rec = synapses(p["w"], p["sigma"], p["mu"], p["erev"], p["sparsity_mask"])
-        sens = synapses(p["sensory_w"], p["sensory_sigma"], p["sensory_mu"], p["sensory_erev"],
-                        p["sensory_sparsity_mask"])
+        sens = synapses(
+            p["sensory_w"], p["sensory_sigma"], p["sensory_mu"], p["sensory_erev"], p["sensory_sparsity_mask"]
+        )
         return cls(model, p, rec, sens)
 
     @property

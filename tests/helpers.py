@@ -28,20 +28,41 @@ def run_ncps(module, xs: np.ndarray, elapsed: np.ndarray, mixed: bool, dtype) ->
     tdt = torch.float64 if dtype == np.float64 else torch.float32
     m = module.to(tdt)
     u = m.state_size
-    hx = (torch.zeros(1, u, dtype=tdt), torch.zeros(1, u, dtype=tdt)) if mixed \
+    hx = (
+        (torch.zeros(1, u, dtype=tdt), torch.zeros(1, u, dtype=tdt))
+        if mixed
         else torch.zeros(1, u, dtype=tdt)
+    )
     with torch.no_grad():
-        y, _ = m(torch.tensor(xs[None], dtype=tdt), hx,
-                 timespans=torch.tensor(elapsed[None, :, None], dtype=tdt))
+        y, _ = m(
+            torch.tensor(xs[None], dtype=tdt), hx, timespans=torch.tensor(elapsed[None, :, None], dtype=tdt)
+        )
     return y[0].numpy().astype(np.float64)
 
 
-def random_model(rng: np.random.Generator, units: int = 6, n_in: int = 3, motors: int = 2,
-                 density: float = 0.5, positivity: str = "softplus", input_mapping: str = "affine",
-                 output_mapping: str = "affine", mixed: bool = False, unfolds: int = 6) -> LTCModel:
+def random_model(
+    rng: np.random.Generator,
+    units: int = 6,
+    n_in: int = 3,
+    motors: int = 2,
+    density: float = 0.5,
+    positivity: str = "softplus",
+    input_mapping: str = "affine",
+    output_mapping: str = "affine",
+    mixed: bool = False,
+    unfolds: int = 6,
+) -> LTCModel:
     """A random model built without torch (for property tests of the kernels)."""
-    cfg = CellConfig(n_in, units, motors, ode_unfolds=unfolds, positivity=positivity,
-                     input_mapping=input_mapping, output_mapping=output_mapping, mixed_memory=mixed)
+    cfg = CellConfig(
+        n_in,
+        units,
+        motors,
+        ode_unfolds=unfolds,
+        positivity=positivity,
+        input_mapping=input_mapping,
+        output_mapping=output_mapping,
+        mixed_memory=mixed,
+    )
     u = units
 
     def pos(shape, lo, hi):
@@ -51,13 +72,19 @@ def random_model(rng: np.random.Generator, units: int = 6, n_in: int = 3, motors
     mask = (rng.random((u, u)) < density).astype(float)
     smask = (rng.random((n_in, u)) < max(density, 0.3)).astype(float)
     p = {
-        "gleak": pos(u, 0.001, 1.0), "vleak": rng.uniform(-0.2, 0.2, u), "cm": pos(u, 0.4, 0.6),
-        "w": pos((u, u), 0.001, 1.0), "sigma": rng.uniform(3, 8, (u, u)),
-        "mu": rng.uniform(0.3, 0.8, (u, u)), "erev": rng.choice([-1.0, 1.0], (u, u)) * mask,
-        "sensory_w": pos((n_in, u), 0.001, 1.0), "sensory_sigma": rng.uniform(3, 8, (n_in, u)),
+        "gleak": pos(u, 0.001, 1.0),
+        "vleak": rng.uniform(-0.2, 0.2, u),
+        "cm": pos(u, 0.4, 0.6),
+        "w": pos((u, u), 0.001, 1.0),
+        "sigma": rng.uniform(3, 8, (u, u)),
+        "mu": rng.uniform(0.3, 0.8, (u, u)),
+        "erev": rng.choice([-1.0, 1.0], (u, u)) * mask,
+        "sensory_w": pos((n_in, u), 0.001, 1.0),
+        "sensory_sigma": rng.uniform(3, 8, (n_in, u)),
         "sensory_mu": rng.uniform(0.3, 0.8, (n_in, u)),
         "sensory_erev": rng.choice([-1.0, 1.0], (n_in, u)) * smask,
-        "sparsity_mask": mask, "sensory_sparsity_mask": smask,
+        "sparsity_mask": mask,
+        "sensory_sparsity_mask": smask,
     }
     if input_mapping != "none":
         p["input_w"] = rng.uniform(0.5, 1.5, n_in)

@@ -7,9 +7,10 @@ import pytest
 
 pytest.importorskip("numba.cuda")
 
+from helpers import random_model  # noqa: E402
+
 from edgeliquid import BackendError, InputError  # noqa: E402
 from edgeliquid.runtime import from_model  # noqa: E402
-from helpers import random_model  # noqa: E402
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # The simulator runs every GPU thread as a Python thread: keep CI's sizes small.
@@ -67,3 +68,13 @@ def test_no_cuda_gives_clear_error(monkeypatch):
     monkeypatch.setattr(cuda, "is_available", lambda: False)
     with pytest.raises(BackendError, match="no CUDA device or driver found; use backend='cpu'"):
         cuda_backend._cuda()
+
+
+def test_cuda_mapped_host_memory_same_numbers():
+    rng = np.random.default_rng(9)
+    model = _ncp_like(rng)
+    a = from_model(model, "cuda", batch=7)
+    b = from_model(model, "cuda", batch=7, mapped=True)
+    xs = rng.normal(size=(3, 7, 3))
+    for x in xs:
+        np.testing.assert_array_equal(a.step(x, 0.7), b.step(x, 0.7))

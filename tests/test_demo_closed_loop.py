@@ -54,12 +54,48 @@ def test_corruption_burst_costs_no_control():
 
 
 def test_demo_cli_json():
-    out = subprocess.run([sys.executable, "-m", "edgeliquid", "demo", "--seconds", "5", "--json"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeliquid", "demo", "--seconds", "5", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
-    for key in ("steps", "seconds", "balanced", "max_abs_angle", "latency_us", "deadline_misses",
-                "frame_errors", "failsafe_events"):
+    for key in (
+        "steps",
+        "seconds",
+        "balanced",
+        "max_abs_angle",
+        "latency_us",
+        "deadline_misses",
+        "frame_errors",
+        "failsafe_events",
+    ):
         assert key in d
     assert {"p50", "p99", "max"} <= set(d["latency_us"])
     assert d["balanced"] is True
+
+
+def test_sim_over_tcp_with_node_on_socket_url(tmp_path):
+    """The rig over TCP: the simulator listens, the node connects with socket://."""
+    import threading
+
+    from edgeliquid.config import load_config
+    from edgeliquid.node import Node
+    from edgeliquid.sim import open_device
+
+    dev = open_device("tcp-listen:127.0.0.1:0", noise=0.002, jitter=0.2, seed=6)
+    data = yaml.safe_load((ROOT / "configs" / "cartpole_demo.yaml").read_text())
+    data["model"] = str(ROOT / "edgeliquid" / "data" / "cartpole_ncp.onnx")
+    data["serial"]["port"] = dev.port.node_port
+    p = tmp_path / "tcp.yaml"
+    p.write_text(yaml.safe_dump(data))
+    node = Node(load_config(p))
+    th = threading.Thread(target=node.run, args=(4.5,), daemon=True)
+    th.start()
+    st = dev.run(4.0)
+    th.join(5)
+    dev.port.close()
+    assert st.actuations > 300 and st.max_abs_angle < 0.2 and st.max_abs_x < 2.4

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from helpers import perturbed_ncps, run_ncps  # noqa: E402
 from ncps import wirings  # noqa: E402
-from ncps.torch import CfC, LTC, LTCCell  # noqa: E402
+from ncps.torch import LTC, CfC, LTCCell  # noqa: E402
 
 import edgeliquid  # noqa: E402
 from edgeliquid import CheckpointError, UnsupportedModelError  # noqa: E402
 from edgeliquid.cli import main  # noqa: E402
 from edgeliquid.export import export_checkpoint  # noqa: E402
-from helpers import perturbed_ncps, run_ncps  # noqa: E402
 
 
 def _agrees(path, module, mixed=False, n_in=4):
@@ -41,11 +41,16 @@ def test_pickled_module_needs_trust(tmp_path, ltc):
 
 def test_state_dict_with_spec(tmp_path):
     torch.manual_seed(1)
-    m = perturbed_ncps(LTC(4, wirings.NCP(4, 3, 2, 2, 2, 1, 2), ode_unfolds=3, epsilon=1e-6,
-                           implicit_param_constraints=False), 1)
+    m = perturbed_ncps(
+        LTC(
+            4, wirings.NCP(4, 3, 2, 2, 2, 1, 2), ode_unfolds=3, epsilon=1e-6, implicit_param_constraints=False
+        ),
+        1,
+    )
     torch.save(m.state_dict(), tmp_path / "sd.pt")
-    (tmp_path / "spec.yaml").write_text("ode_unfolds: 3\nepsilon: 1.0e-6\n"
-                                        "implicit_param_constraints: false\n")
+    (tmp_path / "spec.yaml").write_text(
+        "ode_unfolds: 3\nepsilon: 1.0e-6\nimplicit_param_constraints: false\n"
+    )
     model = export_checkpoint(tmp_path / "sd.pt", tmp_path / "m.onnx", spec=tmp_path / "spec.yaml")
     assert model.config.positivity == "none" and model.config.ode_unfolds == 3
     assert model.roles[:2] == ["motor", "motor"] and "command" in model.roles
@@ -90,8 +95,9 @@ def test_corrupt_checkpoint_gets_clear_error(tmp_path, ltc, damage):
     ck = tmp_path / "bad.pt"
     torch.save(ltc.state_dict(), ck)
     data = ck.read_bytes()
-    ck.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x80\x02junk" * 50,
-                    "empty": b""}[damage])
+    ck.write_bytes(
+        {"truncate": data[: len(data) // 2], "garbage": b"\x80\x02junk" * 50, "empty": b""}[damage]
+    )
     with pytest.raises(CheckpointError, match=r"bad.pt: "):
         export_checkpoint(ck, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
@@ -104,7 +110,7 @@ def test_cli_export_inspect_bench(tmp_path, ltc, capsys):
     import json
 
     out = capsys.readouterr().out
-    d = json.loads(out[out.index("{"):])
+    d = json.loads(out[out.index("{") :])
     assert d["units"] == 10 and len(d["neurons"]) == 10
     assert all(n["tau_min"] <= (n["tau_max"] or np.inf) for n in d["neurons"])
     assert main(["bench", str(tmp_path / "m.onnx"), "--steps", "300", "--batch", "16", "--json"]) == 0

@@ -4,8 +4,12 @@ from edgeliquid.fastexp import exp32_array
 
 
 def test_exp32_within_2_ulp_over_clamped_range():
-    x = np.concatenate([np.linspace(-87.3, 88.3, 2_000_001, dtype=np.float32),
-                        np.random.default_rng(0).uniform(-10, 10, 500_000).astype(np.float32)])
+    x = np.concatenate(
+        [
+            np.linspace(-87.3, 88.3, 2_000_001, dtype=np.float32),
+            np.random.default_rng(0).uniform(-10, 10, 500_000).astype(np.float32),
+        ]
+    )
     out = np.empty_like(x)
     exp32_array(x, out)
     ref = np.exp(x.astype(np.float64))

@@ -7,37 +7,41 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import random_model
 
 from edgeliquid import protocol as P
 from edgeliquid.modelfile import save
 from firmware_export import CodegenError, export_firmware
 from firmware_export import harness as H
 from firmware_export.cgen import check_name
-from helpers import random_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "edgeliquid" / "data" / "cartpole_ncp.onnx"
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
-needs_arm = pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None,
-                               reason="arm-none-eabi-gcc not installed (apt-get install gcc-arm-none-eabi "
-                                      "libnewlib-arm-none-eabi)")
-needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-arm") is None,
-                                reason="qemu-system-arm not installed (apt-get install qemu-system-arm)")
+needs_arm = pytest.mark.skipif(
+    shutil.which("arm-none-eabi-gcc") is None,
+    reason="arm-none-eabi-gcc not installed (apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi)",
+)
+needs_qemu = pytest.mark.skipif(
+    shutil.which("qemu-system-arm") is None,
+    reason="qemu-system-arm not installed (apt-get install qemu-system-arm)",
+)
 
 
 def _vectors(rng, n_in, n_state, steps):
     xs = rng.normal(0, 1, (steps, n_in)).astype(np.float32)
-    el = rng.uniform(0.05, 3.0, steps).astype(np.float32)   # irregular sampling
+    el = rng.uniform(0.05, 3.0, steps).astype(np.float32)  # irregular sampling
     s0 = rng.uniform(-0.5, 0.5, n_state).astype(np.float32)  # non-zero initial state
-    return xs, el, s0, steps // 2                            # and a reset midway
+    return xs, el, s0, steps // 2  # and a reset midway
 
 
 def _model_file(tmp, kind):
     if kind == "demo":
         return DEMO
     rng = np.random.default_rng({"sparse": 1, "dense": 2, "mixed": 3}[kind])
-    m = random_model(rng, units=12, n_in=5, motors=3, density=0.25 if kind != "dense" else 1.0,
-                     mixed=kind == "mixed")
+    m = random_model(
+        rng, units=12, n_in=5, motors=3, density=0.25 if kind != "dense" else 1.0, mixed=kind == "mixed"
+    )
     p = tmp / f"{kind}.onnx"
     save(m, p)
     return p
@@ -54,9 +58,12 @@ def _run_host(tmp, path, name, steps, **kw):
     H.write_vectors(out, xs, el, s0, reset_at)
     H.write_driver(out, name)
     exe = H.build_host(out, name)
-    got_y, got_s = H.parse_hex(subprocess.run([str(exe)], capture_output=True, text=True,
-                                              check=True).stdout, steps, model.config.n_outputs,
-                               model.config.n_state)
+    got_y, got_s = H.parse_hex(
+        subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout,
+        steps,
+        model.config.n_outputs,
+        model.config.n_state,
+    )
     want_y, want_s = H.reference_outputs(model, xs, el, s0, reset_at)
     scale = max(1.0, float(np.abs(want_y).max()))
     return np.abs(got_y - want_y).max(axis=1) / scale, np.abs(got_s - want_s).max() / scale, out
@@ -77,11 +84,14 @@ def test_fast_sigmoid_variant_within_bound(tmp_path):
     err, _, out = _run_host(tmp_path, _model_file(tmp_path, "sparse"), "fast", 2000, fast_sigmoid=True)
     assert err.max() <= 2e-5, err.max()
     # the sigmoid itself, against double precision, over its useful range
-    (out / "sig.c").write_text('#include <stdio.h>\n#include <stdint.h>\n#include "fast.c"\n'
-                               'int main(void){int i; for(i=-4000;i<=4000;++i){float x=(float)i/200.0f;'
-                               'printf("%.9e\\n",(double)fast_sigmoid(x));} return 0;}\n')
-    subprocess.run(["gcc", "-std=c99", "-O2", "-o", str(out / "sig"), str(out / "sig.c"), "-lm"],
-                   check=True, cwd=out)
+    (out / "sig.c").write_text(
+        '#include <stdio.h>\n#include <stdint.h>\n#include "fast.c"\n'
+        "int main(void){int i; for(i=-4000;i<=4000;++i){float x=(float)i/200.0f;"
+        'printf("%.9e\\n",(double)fast_sigmoid(x));} return 0;}\n'
+    )
+    subprocess.run(
+        ["gcc", "-std=c99", "-O2", "-o", str(out / "sig"), str(out / "sig.c"), "-lm"], check=True, cwd=out
+    )
     got = np.array(subprocess.run([str(out / "sig")], capture_output=True, text=True).stdout.split(), float)
     x = np.arange(-4000, 4001) / 200.0
     assert np.abs(got - 1 / (1 + np.exp(-x))).max() <= 1e-6
@@ -90,8 +100,9 @@ def test_fast_sigmoid_variant_within_bound(tmp_path):
 @needs_gcc
 @pytest.mark.parametrize("kind", ["demo", "sparse", "dense"])
 def test_fixed_point_within_documented_bound(tmp_path, kind):
-    err, err_state, out = _run_host(tmp_path, _model_file(tmp_path, kind), f"q_{kind}", 5000,
-                                    fixed_point=True)
+    err, err_state, out = _run_host(
+        tmp_path, _model_file(tmp_path, kind), f"q_{kind}", 5000, fixed_point=True
+    )
     man = json.loads((out / "manifest.json").read_text())
     assert man["fixed_point"]["frac_bits"] >= 15
     # docs/firmware.md: <= 1e-3 of the output scale per step (measured ~1e-4)
@@ -114,9 +125,13 @@ def test_banner_interface_and_no_mutable_globals(tmp_path):
     export_firmware(DEMO, tmp_path, "cp")
     h, c = (tmp_path / "cp.h").read_text(), (tmp_path / "cp.c").read_text()
     assert "generated by edgeliquid from model sha256" in h and "do not edit" in c
-    for decl in ("#define CP_N_INPUTS 4", "#define CP_N_OUTPUTS 1", "#define CP_STATE_SIZE 12",
-                 "void cp_reset(float *state);",
-                 "void cp_step(const float *x, float *state, float elapsed, float *y);"):
+    for decl in (
+        "#define CP_N_INPUTS 4",
+        "#define CP_N_OUTPUTS 1",
+        "#define CP_STATE_SIZE 12",
+        "void cp_reset(float *state);",
+        "void cp_step(const float *x, float *state, float elapsed, float *y);",
+    ):
         assert decl in h
     for line in c.splitlines():
         if line.startswith("static ") and "[" in line and "=" in line:
@@ -128,15 +143,19 @@ def test_banner_interface_and_no_mutable_globals(tmp_path):
 def test_two_models_link_into_one_firmware(tmp_path):
     export_firmware(DEMO, tmp_path, "a")
     export_firmware(_model_file(tmp_path, "sparse"), tmp_path, "b")
-    (tmp_path / "main.c").write_text('#include "a.h"\n#include "b.h"\nint main(void){float s[A_STATE_SIZE];'
-                                     'float t[B_STATE_SIZE]; float x[5]={0}; float y[3];'
-                                     'a_reset(s); b_reset(t); a_step(x,s,1.0f,y); b_step(x,t,1.0f,y);'
-                                     'return 0;}\n')
-    subprocess.run(["gcc", *H.HOST_FLAGS, "-o", "two", "main.c", "a.c", "b.c", "-lm"], check=True,
-                   cwd=tmp_path)
+    (tmp_path / "main.c").write_text(
+        '#include "a.h"\n#include "b.h"\nint main(void){float s[A_STATE_SIZE];'
+        "float t[B_STATE_SIZE]; float x[5]={0}; float y[3];"
+        "a_reset(s); b_reset(t); a_step(x,s,1.0f,y); b_step(x,t,1.0f,y);"
+        "return 0;}\n"
+    )
+    subprocess.run(
+        ["gcc", *H.HOST_FLAGS, "-o", "two", "main.c", "a.c", "b.c", "-lm"], check=True, cwd=tmp_path
+    )
 
 
 # ----------------------------------------------------------------- Cortex-M targets
+
 
 @needs_arm
 @needs_qemu
@@ -164,7 +183,7 @@ def test_cross_compiles_for_m4f_and_m0(tmp_path):
     export_firmware(DEMO, tmp_path / "q", "cp", fixed_point=True)
     m4 = H.object_size(["arm-none-eabi-gcc"], tmp_path / "f", tmp_path / "f" / "cp.c", H.M4_FLAGS)
     m0 = H.object_size(["arm-none-eabi-gcc"], tmp_path / "q", tmp_path / "q" / "cp.c", H.M0_FLAGS)
-    assert m4["ram"] == 0 and m0["ram"] == 0       # no global mutable state
+    assert m4["ram"] == 0 and m0["ram"] == 0  # no global mutable state
     assert 0 < m4["flash"] <= 8192 and 0 < m0["flash"] <= 4096
 
 
@@ -217,8 +236,11 @@ def codec(tmp_path_factory):
     d = tmp_path_factory.mktemp("codec")
     export_firmware(DEMO, d, "cp")
     (d / "codec_main.c").write_text(CODEC_MAIN)
-    subprocess.run(["gcc", *H.HOST_FLAGS, "-Wno-conversion", "-o", "codec", "codec_main.c",
-                    "edgeliquid_proto.c"], check=True, cwd=d)
+    subprocess.run(
+        ["gcc", *H.HOST_FLAGS, "-Wno-conversion", "-o", "codec", "codec_main.c", "edgeliquid_proto.c"],
+        check=True,
+        cwd=d,
+    )
     return d / "codec"
 
 
@@ -255,13 +277,15 @@ def test_malformed_frames_same_verdict_in_c_and_python(codec):
         b = bytes(b[:-2])
         return cobs.encode(b + P.crc16(b).to_bytes(2, "little")) + b"\x00"
 
-    cases = [bytes([good[0]]) + bytes([good[1] ^ 0x10]) + good[2:],  # bit flip -> crc
-             resign(bytearray([2]) + body[1:]),                      # version
-             resign(body[:2] + bytearray([1]) + body[3:]),           # flags
-             resign(body[:3] + bytearray([5]) + body[4:]),           # count mismatch
-             resign(body[:1] + bytearray([9]) + body[2:]),           # type
-             b"\x05\x01\x00",                                        # cobs / length
-             good[: len(good) // 2] + b"\x00"]                       # truncated
+    cases = [
+        bytes([good[0]]) + bytes([good[1] ^ 0x10]) + good[2:],  # bit flip -> crc
+        resign(bytearray([2]) + body[1:]),  # version
+        resign(body[:2] + bytearray([1]) + body[3:]),  # flags
+        resign(body[:3] + bytearray([5]) + body[4:]),  # count mismatch
+        resign(body[:1] + bytearray([9]) + body[2:]),  # type
+        b"\x05\x01\x00",  # cobs / length
+        good[: len(good) // 2] + b"\x00",
+    ]  # truncated
     for frame in cases:
         c_line = _c_decode(codec, frame + good)
         py_kinds = []
@@ -278,10 +302,13 @@ def test_malformed_frames_same_verdict_in_c_and_python(codec):
 
 def test_c_frames_decoded_by_python(codec):
     vals = np.array([0.5, -1.25, 3e-38, 65504.0], np.float32)
-    spec = f"3 65535 4294967295 17 4 " + " ".join(f"{u:08x}" for u in vals.view(np.uint32)) + "\n"
+    spec = "3 65535 4294967295 17 4 " + " ".join(f"{u:08x}" for u in vals.view(np.uint32)) + "\n"
     spec += "4 0 0 0 0\n"
-    out = subprocess.run([str(codec), "encode"], input=spec.encode(), capture_output=True,
-                         check=True).stdout.decode().split()
+    out = (
+        subprocess.run([str(codec), "encode"], input=spec.encode(), capture_output=True, check=True)
+        .stdout.decode()
+        .split()
+    )
     frames = [bytes.fromhex(h) for h in out]
     pkt = P.decode_frame(frames[0][:-1])
     assert (pkt.type, pkt.seq, pkt.t_us, pkt.ref_seq) == (3, 65535, 4294967295, 17)

@@ -2,17 +2,25 @@
 
 import numpy as np
 import pytest
+from helpers import random_model
 
 from edgeliquid.guarantees import guarantees
 from edgeliquid.runtime import from_model
-from helpers import random_model
 
 
 def test_leaky_neuron_without_synapses_decays_in_closed_form():
     """No synapses: each sub-step is v <- (cm/h v + gleak vleak)/(cm/h + gleak + eps)."""
     rng = np.random.default_rng(0)
-    m = random_model(rng, units=4, n_in=2, motors=4, positivity="none",
-                     input_mapping="none", output_mapping="none", unfolds=6)
+    m = random_model(
+        rng,
+        units=4,
+        n_in=2,
+        motors=4,
+        positivity="none",
+        input_mapping="none",
+        output_mapping="none",
+        unfolds=6,
+    )
     m.params["sparsity_mask"][:] = 0
     m.params["sensory_sparsity_mask"][:] = 0
     cm, gl, vl, eps = m.params["cm"], m.params["gleak"], m.params["vleak"], m.config.epsilon

@@ -2,23 +2,25 @@
 
 import numpy as np
 import pytest
+from helpers import random_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgeliquid.runtime import from_model
-from helpers import random_model
 
-models = st.fixed_dictionaries({
-    "seed": st.integers(0, 2**31 - 1),
-    "units": st.integers(2, 24),
-    "n_in": st.integers(1, 6),
-    "density": st.sampled_from([0.1, 0.4, 1.0]),
-    "positivity": st.sampled_from(["softplus", "none"]),
-    "input_mapping": st.sampled_from(["affine", "linear", "none"]),
-    "output_mapping": st.sampled_from(["affine", "linear", "none"]),
-    "mixed": st.booleans(),
-    "unfolds": st.sampled_from([1, 2, 6]),
-})
+models = st.fixed_dictionaries(
+    {
+        "seed": st.integers(0, 2**31 - 1),
+        "units": st.integers(2, 24),
+        "n_in": st.integers(1, 6),
+        "density": st.sampled_from([0.1, 0.4, 1.0]),
+        "positivity": st.sampled_from(["softplus", "none"]),
+        "input_mapping": st.sampled_from(["affine", "linear", "none"]),
+        "output_mapping": st.sampled_from(["affine", "linear", "none"]),
+        "mixed": st.booleans(),
+        "unfolds": st.sampled_from([1, 2, 6]),
+    }
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

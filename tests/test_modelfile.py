@@ -3,12 +3,12 @@
 import numpy as np
 import onnx
 import pytest
+from helpers import random_model
 from onnx import numpy_helper
 
 import edgeliquid
 from edgeliquid import ModelFormatError
 from edgeliquid.modelfile import build_graph, read, save
-from helpers import random_model
 
 
 @pytest.fixture()
@@ -19,8 +19,16 @@ def model_path(tmp_path):
 
 
 def test_round_trip_keeps_parameters_and_config(tmp_path):
-    m = random_model(np.random.default_rng(1), units=7, n_in=4, motors=3, positivity="none",
-                     input_mapping="linear", output_mapping="none", unfolds=3)
+    m = random_model(
+        np.random.default_rng(1),
+        units=7,
+        n_in=4,
+        motors=3,
+        positivity="none",
+        input_mapping="linear",
+        output_mapping="none",
+        unfolds=3,
+    )
     save(m, tmp_path / "a.onnx")
     back = read(tmp_path / "a.onnx")
     assert back.config == m.config
@@ -32,9 +40,19 @@ def test_round_trip_keeps_parameters_and_config(tmp_path):
 
 def test_metadata_keys(model_path):
     meta = {p.key: p.value for p in onnx.load(model_path).metadata_props}
-    for key in ("format_version", "cell", "ode_unfolds", "epsilon", "positivity", "input_mapping",
-                "output_mapping", "motor_neurons", "neuron_roles", "mixed_memory",
-                "exporter_version"):
+    for key in (
+        "format_version",
+        "cell",
+        "ode_unfolds",
+        "epsilon",
+        "positivity",
+        "input_mapping",
+        "output_mapping",
+        "motor_neurons",
+        "neuron_roles",
+        "mixed_memory",
+        "exporter_version",
+    ):
         assert "edgeliquid." + key in meta
     assert meta["edgeliquid.cell"] == "ltc"
     pol = edgeliquid.load(model_path, backend="reference")
@@ -70,9 +88,12 @@ def test_missing_file(tmp_path):
 
 def test_plain_onnx_without_metadata(tmp_path):
     p = tmp_path / "plain.onnx"
-    g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["a"], ["b"])], "g",
-                               [onnx.helper.make_tensor_value_info("a", 1, [1])],
-                               [onnx.helper.make_tensor_value_info("b", 1, [1])])
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["a"], ["b"])],
+        "g",
+        [onnx.helper.make_tensor_value_info("a", 1, [1])],
+        [onnx.helper.make_tensor_value_info("b", 1, [1])],
+    )
     onnx.save(onnx.helper.make_model(g), p)
     with pytest.raises(ModelFormatError, match="not an edgeliquid model"):
         edgeliquid.load(p)
@@ -83,6 +104,7 @@ def _set_meta(key, value):
         for prop in m.metadata_props:
             if prop.key == "edgeliquid." + key:
                 prop.value = value
+
     return mutate
 
 
@@ -103,6 +125,7 @@ def _replace_init(name, arr):
         for i, init in enumerate(m.graph.initializer):
             if init.name == name:
                 m.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+
     return mutate
 
 
@@ -111,6 +134,7 @@ def test_missing_parameter(model_path):
         keep = [i for i in m.graph.initializer if i.name != "sigma"]
         del m.graph.initializer[:]
         m.graph.initializer.extend(keep)
+
     _rewrite(model_path, drop)
     with pytest.raises(ModelFormatError, match=r"m.onnx: missing parameter 'sigma'"):
         edgeliquid.load(model_path)
@@ -146,6 +170,7 @@ def test_negative_capacitance_without_constraint(tmp_path):
 def test_graph_signature_checked(model_path):
     def rename(m):
         m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 99
+
     _rewrite(model_path, rename)
     with pytest.raises(ModelFormatError, match=r"graph input 'x' has dims \['batch', 99\]"):
         edgeliquid.load(model_path)

@@ -1,6 +1,5 @@
 """The node over real pseudo-terminals (pyserial on the node side), with injected faults."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,9 @@ MODEL = Path(__file__).resolve().parents[1] / "edgeliquid" / "data" / "cartpole_
 
 
 def _cfg(tmp_path, port, **over):
-    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "cartpole_demo.yaml").read_text())
+    data = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "cartpole_demo.yaml").read_text()
+    )
     data["model"] = str(MODEL)
     data["serial"]["port"] = port
     data["serial"]["exclusive"] = False
@@ -78,6 +79,7 @@ def rig(tmp_path):
         dev.send(P.HELLO, [4, 1, 100])
         dev.pump(0.1)
         return node
+
     yield dev, start
     if made:
         made["node"].stop()
@@ -100,7 +102,7 @@ def test_actuate_equals_policy_step_for_step(rig):
     rng = np.random.default_rng(0)
     t = 1_000_000
     sent = []
-    for i in range(40):
+    for _ in range(40):
         v = rng.normal(0, 0.05, 4)
         dt_us = int(rng.uniform(5_000, 15_000))
         t += dt_us
@@ -111,7 +113,6 @@ def test_actuate_equals_policy_step_for_step(rig):
     acts = [p for p in dev.actuations() if p.ref_seq != 0]
     assert len(acts) == 40
     scale = np.array([1.0, 1.0, 5.0, 1.0])
-    last = 0.0
     for i, ((v, dt_us), a) in enumerate(zip(sent, acts)):
         x = np.clip(v, [-5, -10, -1.5, -20], [5, 10, 1.5, 20]) * scale
         elapsed = 0.01 / 0.01 if i == 0 else dt_us / 1e6 / 0.01
@@ -206,8 +207,11 @@ def test_sighup_with_broken_model_keeps_old(tmp_path, rig):
 def test_sigterm_sends_failsafe_and_exits_zero(tmp_path):
     dev = Dev()
     cfgp = _cfg(tmp_path, dev.pty.node_port)
-    proc = subprocess.Popen([sys.executable, "-m", "edgeliquid", "run", "--config", str(cfgp)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeliquid", "run", "--config", str(cfgp)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while not dev.rx and time.monotonic() < deadline:
@@ -250,7 +254,7 @@ def test_unplug_replug_over_socket_reconnects(tmp_path):
                 time.sleep(0.01)
                 try:
                     got += [P.decode_frame(f) for f in split.feed(conn.recv(4096))]
-                except socket.timeout:
+                except TimeoutError:
                     pass
             assert any(p.type == P.ACTUATE and p.ref_seq for p in got), attempt
             conn.close()  # unplug
@@ -261,15 +265,20 @@ def test_unplug_replug_over_socket_reconnects(tmp_path):
         srv.close()
 
 
-@pytest.mark.parametrize("patch, match", [
-    ({"loop": {"mode": "sometimes"}}, r"loop.mode: 'sometimes' is not one of"),
-    ({"loop": {"rate_hz": -5}}, r"loop.rate_hz: -5 out of range"),
-    ({"serial": {"baud": 9600, "port": "x"}}, r"serial.baud: unknown key"),
-    ({"outputs": [{"name": "f", "clip": [-1, 1], "failsafe": 5}]}, r"outputs\[0\].failsafe: 5"),
-    ({"inputs": []}, r"inputs: required"),
-])
+@pytest.mark.parametrize(
+    "patch, match",
+    [
+        ({"loop": {"mode": "sometimes"}}, r"loop.mode: 'sometimes' is not one of"),
+        ({"loop": {"rate_hz": -5}}, r"loop.rate_hz: -5 out of range"),
+        ({"serial": {"baud": 9600, "port": "x"}}, r"serial.baud: unknown key"),
+        ({"outputs": [{"name": "f", "clip": [-1, 1], "failsafe": 5}]}, r"outputs\[0\].failsafe: 5"),
+        ({"inputs": []}, r"inputs: required"),
+    ],
+)
 def test_config_errors_name_key_and_file(tmp_path, patch, match):
-    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "cartpole_demo.yaml").read_text())
+    data = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "configs" / "cartpole_demo.yaml").read_text()
+    )
     for k, v in patch.items():
         if isinstance(v, dict) and isinstance(data.get(k), dict):
             data[k] = {**data[k], **v}

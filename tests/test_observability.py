@@ -57,8 +57,9 @@ def test_recorder_never_blocks_the_loop_and_counts_drops(tmp_path, monkeypatch):
     import edgeliquid.recorder as R
 
     real_open = builtins.open
-    monkeypatch.setattr(R, "open", lambda p, m="r", *a, **k: _SlowFile(p) if "w" in m else real_open(p, m),
-                        raising=False)
+    monkeypatch.setattr(
+        R, "open", lambda p, m="r", *a, **k: _SlowFile(p) if "w" in m else real_open(p, m), raising=False
+    )
     rec = FlightRecorder(tmp_path / "slow.mcap", 2, 1, 1, capacity=1024)
     rec.start()
     t = time.perf_counter()
@@ -124,16 +125,23 @@ def test_profile_recording_stages_and_events(recorded_demo, tmp_path, capsys):
 
 def test_percentiles_of_a_known_distribution():
     r = percentiles(np.arange(1, 10001))
-    assert (r["p50"], r["p90"], r["p99"], r["p99.9"], r["p99.99"], r["max"]) == \
-        (5000, 9000, 9900, 9990, 9999, 10000)
+    assert (r["p50"], r["p90"], r["p99"], r["p99.9"], r["p99.99"], r["max"]) == (
+        5000,
+        9000,
+        9900,
+        9990,
+        9999,
+        10000,
+    )
     r = percentiles(np.random.default_rng(0).exponential(100.0, 1_000_000))
     assert r["p50"] == pytest.approx(100 * np.log(2), rel=0.01)
     assert r["p99"] == pytest.approx(100 * np.log(100), rel=0.01)
 
 
 def test_baseline_ratios():
-    assert with_baseline({"p50": 2.0, "p99": 9.0}, {"p50": 1.0, "p99": 3.0}) == \
-        {"result": {"p50": 2.0, "p99": 3.0}}
+    assert with_baseline({"p50": 2.0, "p99": 9.0}, {"p50": 1.0, "p99": 3.0}) == {
+        "result": {"p50": 2.0, "p99": 3.0}
+    }
 
 
 def _responder(pty, stall_at, drop_every, stop):
@@ -168,7 +176,7 @@ def test_link_profile_sees_a_stall_as_a_tail_and_drops_as_losses():
         pty.close()
     assert r["sent"] > 1500
     assert r["lost"] >= r["sent"] // 200 - 1
-    assert r["max"] >= 5000                       # the stall is in the tail
+    assert r["max"] >= 5000  # the stall is in the tail
     # coordinated omission: the stall hid ~5 sends; the corrected histogram adds them back
     assert r["corrected_count"] > r["answered"]
     assert r["p99.9"] >= 0.99 * r["uncorrected"]["p99.9"]

@@ -9,11 +9,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 ncps_torch = pytest.importorskip("ncps.torch")
+from helpers import irregular_elapsed, perturbed_ncps, run_ncps  # noqa: E402
 from ncps import wirings  # noqa: E402
 
 import edgeliquid  # noqa: E402
 from edgeliquid.export import export_module  # noqa: E402
-from helpers import irregular_elapsed, perturbed_ncps, run_ncps  # noqa: E402
 
 STEPS = 500
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
@@ -49,16 +49,27 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=range(len(CASES)), ids=[
-    f"{c[0]}-{'softplus' if c[1] else 'noconstraint'}-{c[2]}-{c[3]}-u{c[4]}{'-mixed' if c[5] else ''}"
-    for c in CASES])
+@pytest.fixture(
+    scope="module",
+    params=range(len(CASES)),
+    ids=[
+        f"{c[0]}-{'softplus' if c[1] else 'noconstraint'}-{c[2]}-{c[3]}-u{c[4]}{'-mixed' if c[5] else ''}"
+        for c in CASES
+    ],
+)
 def case(request, tmp_path_factory):
     kind, implicit, in_map, out_map, unfolds, mixed = CASES[request.param]
     torch.manual_seed(request.param)
     n_in = 5
-    module = ncps_torch.LTC(n_in, _wiring(kind, n_in), mixed_memory=mixed, input_mapping=in_map,
-                            output_mapping=out_map, ode_unfolds=unfolds,
-                            implicit_param_constraints=implicit)
+    module = ncps_torch.LTC(
+        n_in,
+        _wiring(kind, n_in),
+        mixed_memory=mixed,
+        input_mapping=in_map,
+        output_mapping=out_map,
+        ode_unfolds=unfolds,
+        implicit_param_constraints=implicit,
+    )
     perturbed_ncps(module, seed=request.param)
     path = tmp_path_factory.mktemp("m") / "model.onnx"
     export_module(module, path)
@@ -100,8 +111,9 @@ def test_onnxruntime_matches_ncps(case):
     state = np.zeros((1, pol.n_state), np.float32)
     ys = []
     for x, e in zip(case["xs"], case["el"]):
-        y, state = sess.run(None, {"x": x[None].astype(np.float32), "state": state,
-                                   "elapsed": np.array([[e]], np.float32)})
+        y, state = sess.run(
+            None, {"x": x[None].astype(np.float32), "state": state, "elapsed": np.array([[e]], np.float32)}
+        )
         ys.append(y[0])
     assert _err(np.array(ys), case["oracle"][np.float32]) <= TOL[np.float32]
 

@@ -29,15 +29,18 @@ def _frames(data: bytes, splitter=None):
 GOOD = P.encode_frame(P.SENSOR, 7, 100, [1.0, 2.0, 3.0])
 
 
-@pytest.mark.parametrize("kind, bad", [
-    ("crc", lambda: _flip(GOOD, 3)),
-    ("version", lambda: _reframe(lambda b: bytes([2]) + b[1:])),
-    ("flags", lambda: _reframe(lambda b: b[:2] + bytes([0x01]) + b[3:])),
-    ("length", lambda: _reframe(lambda b: b[:3] + bytes([9]) + b[4:])),
-    ("length", lambda: _reframe(lambda b: b[:-6])),
-    ("type", lambda: _reframe(lambda b: b[:1] + bytes([9]) + b[2:])),
-    ("length", lambda: cobs.encode(b"\x01\x02") + b"\x00"),
-])
+@pytest.mark.parametrize(
+    "kind, bad",
+    [
+        ("crc", lambda: _flip(GOOD, 3)),
+        ("version", lambda: _reframe(lambda b: bytes([2]) + b[1:])),
+        ("flags", lambda: _reframe(lambda b: b[:2] + bytes([0x01]) + b[3:])),
+        ("length", lambda: _reframe(lambda b: b[:3] + bytes([9]) + b[4:])),
+        ("length", lambda: _reframe(lambda b: b[:-6])),
+        ("type", lambda: _reframe(lambda b: b[:1] + bytes([9]) + b[2:])),
+        ("length", lambda: cobs.encode(b"\x01\x02") + b"\x00"),
+    ],
+)
 def test_malformed_frames_rejected_by_kind_next_frame_survives(kind, bad):
     frames = _frames(bad() + GOOD)
     with pytest.raises(P.DecodeError) as exc:
@@ -100,8 +103,12 @@ def test_fuzz_decoder_never_raises_anything_else(data):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(0, 3), st.integers(0, 2**16 - 1), st.integers(0, 2**32 - 1),
-       st.lists(st.floats(width=32, allow_nan=False), max_size=64))
+@given(
+    st.integers(0, 3),
+    st.integers(0, 2**16 - 1),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.floats(width=32, allow_nan=False), max_size=64),
+)
 def test_fuzz_round_trip(t, seq, t_us, values):
     f = P.encode_frame(P.TYPES[t], seq, t_us, values)
     assert f.count(0) == 1

@@ -4,11 +4,11 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from helpers import random_model
 
 import edgeliquid
 from edgeliquid import BackendError, InputError
 from edgeliquid.modelfile import save
-from helpers import random_model
 
 BACKENDS = ["cpu", "reference"]
 
@@ -21,12 +21,15 @@ def path(tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("bad, match", [
-    (np.array([1.0, np.nan, 0.0]), r"x\[1\] is .*nan.*: inputs must be finite; state unchanged"),
-    (np.array([1.0, 0.0, np.inf]), r"x\[2\] is .*inf"),
-    (np.zeros(4), r"x: expected shape \(3,\), got \(4,\)"),
-    (np.zeros((1, 3)), r"x: expected shape \(3,\), got \(1, 3\)"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.array([1.0, np.nan, 0.0]), r"x\[1\] is .*nan.*: inputs must be finite; state unchanged"),
+        (np.array([1.0, 0.0, np.inf]), r"x\[2\] is .*inf"),
+        (np.zeros(4), r"x: expected shape \(3,\), got \(4,\)"),
+        (np.zeros((1, 3)), r"x: expected shape \(3,\), got \(1, 3\)"),
+    ],
+)
 def test_bad_x_raises_and_keeps_state(path, backend, bad, match):
     pol = edgeliquid.load(path, backend=backend)
     pol.step(np.ones(3), 0.5)

@@ -66,15 +66,49 @@ def insn_per_step(out: Path, name: str) -> float:
         (out / "startup.c").write_text(H.STARTUP)
         (out / "mps2.ld").write_text(H.LINKER)
         elf = out / f"insn{steps}.elf"
-        subprocess.run(["arm-none-eabi-gcc", *H.M4_FLAGS, "-std=c99", "--specs=rdimon.specs",
-                        "-nostartfiles", "-T", str(out / "mps2.ld"), "-o", str(elf),
-                        str(out / "startup.c"), str(out / "bench_main.c"), str(out / f"{name}.c"),
-                        "-lm"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "arm-none-eabi-gcc",
+                *H.M4_FLAGS,
+                "-std=c99",
+                "--specs=rdimon.specs",
+                "-nostartfiles",
+                "-T",
+                str(out / "mps2.ld"),
+                "-o",
+                str(elf),
+                str(out / "startup.c"),
+                str(out / "bench_main.c"),
+                str(out / f"{name}.c"),
+                "-lm",
+            ],
+            check=True,
+            capture_output=True,
+        )
         log = out / f"exec{steps}.log"
-        subprocess.run(["qemu-system-arm", "-M", "mps2-an386", "-nographic", "-monitor", "none",
-                        "-serial", "none", "-semihosting-config", "enable=on,target=native",
-                        "-singlestep", "-d", "exec,nochain", "-D", str(log), "-kernel", str(elf)],
-                       capture_output=True, timeout=600)
+        subprocess.run(
+            [
+                "qemu-system-arm",
+                "-M",
+                "mps2-an386",
+                "-nographic",
+                "-monitor",
+                "none",
+                "-serial",
+                "none",
+                "-semihosting-config",
+                "enable=on,target=native",
+                "-singlestep",
+                "-d",
+                "exec,nochain",
+                "-D",
+                str(log),
+                "-kernel",
+                str(elf),
+            ],
+            capture_output=True,
+            timeout=600,
+        )
         with open(log, "rb") as f:
             counts.append(sum(chunk.count(b"Trace ") for chunk in iter(lambda: f.read(1 << 20), b"")))
         log.unlink()
@@ -84,8 +118,20 @@ def insn_per_step(out: Path, name: str) -> float:
 def host_ns(out: Path, name: str) -> float:
     (out / "bench_main.c").write_text(BENCH_MAIN.format(name=name, UP=name.upper(), steps=200000))
     exe = out / "bench_host"
-    subprocess.run(["gcc", "-std=c99", "-O2", "-DTIMED", "-o", str(exe), str(out / "bench_main.c"),
-                    str(out / f"{name}.c"), "-lm"], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c99",
+            "-O2",
+            "-DTIMED",
+            "-o",
+            str(exe),
+            str(out / "bench_main.c"),
+            str(out / f"{name}.c"),
+            "-lm",
+        ],
+        check=True,
+    )
     return float(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout)
 
 
@@ -119,18 +165,31 @@ def main() -> int:
                 src = out / "pol.c"
                 m4 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M4_FLAGS)
                 m0 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M0_FLAGS)
-                row = {"model": label, "variant": variant, "m4f_flash": m4["flash"], "m4f_ram": m4["ram"],
-                       "m0_flash": m0["flash"], "m0_ram": m0["ram"], "state_bytes": m["state_bytes_caller_owned"],
-                       "stack_bytes_estimate": m["stack_bytes_estimate"], "host_ns_step": host_ns(out, "pol"),
-                       "numba_ns_step": nb, "m4_insn_per_step": insn_per_step(out, "pol")}
+                row = {
+                    "model": label,
+                    "variant": variant,
+                    "m4f_flash": m4["flash"],
+                    "m4f_ram": m4["ram"],
+                    "m0_flash": m0["flash"],
+                    "m0_ram": m0["ram"],
+                    "state_bytes": m["state_bytes_caller_owned"],
+                    "stack_bytes_estimate": m["stack_bytes_estimate"],
+                    "host_ns_step": host_ns(out, "pol"),
+                    "numba_ns_step": nb,
+                    "m4_insn_per_step": insn_per_step(out, "pol"),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n{'model':15} {'variant':8} {'M4F flash':>9} {'M0 flash':>9} {'RAM':>4} {'state B':>7} "
-          f"{'stack B':>7} {'host ns':>8} {'numba ns':>9} {'M4 insn/step':>12}")
+    print(
+        f"\n{'model':15} {'variant':8} {'M4F flash':>9} {'M0 flash':>9} {'RAM':>4} {'state B':>7} "
+        f"{'stack B':>7} {'host ns':>8} {'numba ns':>9} {'M4 insn/step':>12}"
+    )
     for r in rows:
-        print(f"{r['model']:15} {r['variant']:8} {r['m4f_flash']:9d} {r['m0_flash']:9d} {r['m4f_ram']:4d} "
-              f"{r['state_bytes']:7d} {r['stack_bytes_estimate']:7d} {r['host_ns_step']:8.0f} "
-              f"{r['numba_ns_step']:9.0f} {r['m4_insn_per_step']:12.0f}")
+        print(
+            f"{r['model']:15} {r['variant']:8} {r['m4f_flash']:9d} {r['m0_flash']:9d} {r['m4f_ram']:4d} "
+            f"{r['state_bytes']:7d} {r['stack_bytes_estimate']:7d} {r['host_ns_step']:8.0f} "
+            f"{r['numba_ns_step']:9.0f} {r['m4_insn_per_step']:12.0f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -85,10 +85,18 @@ def naive_loop(rate_hz: float, seconds: float, seed: int = 0) -> dict:
     ser.close()
     dev = rig.finish()
     a = np.array(lat) if lat else np.array([np.nan])
-    return {"steps": len(lat), "latency_us": {"p50": float(np.percentile(a, 50)),
-                                              "p99": float(np.percentile(a, 99)), "max": float(a.max())},
-            "device_rtt_us": dev.get("rtt_us", {}), "max_abs_angle": dev["max_abs_angle"],
-            "balanced": bool(dev["max_abs_angle"] < 0.2), "deadline_misses": None}
+    return {
+        "steps": len(lat),
+        "latency_us": {
+            "p50": float(np.percentile(a, 50)),
+            "p99": float(np.percentile(a, 99)),
+            "max": float(a.max()),
+        },
+        "device_rtt_us": dev.get("rtt_us", {}),
+        "max_abs_angle": dev["max_abs_angle"],
+        "balanced": bool(dev["max_abs_angle"] < 0.2),
+        "deadline_misses": None,
+    }
 
 
 def main() -> int:
@@ -96,15 +104,26 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--no-naive", action="store_true")
-    ap.add_argument("--realtime", action="store_true",
-                    help="node on CPU 1 at SCHED_FIFO 50, device on CPU 0 at SCHED_FIFO 40")
+    ap.add_argument(
+        "--realtime",
+        action="store_true",
+        help="node on CPU 1 at SCHED_FIFO 50, device on CPU 0 at SCHED_FIFO 40",
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     results = {}
     for mode in ("event", "fixed"):
-        r, cpu = _cpu_wall(lambda: run_demo(seconds=args.seconds, rate_hz=args.rate, mode=mode,
-                                            live=False, noise=0.002, jitter=0.2,
-                                            realtime=args.realtime))
+        r, cpu = _cpu_wall(
+            lambda mode=mode: run_demo(
+                seconds=args.seconds,
+                rate_hz=args.rate,
+                mode=mode,
+                live=False,
+                noise=0.002,
+                jitter=0.2,
+                realtime=args.realtime,
+            )
+        )
         r.pop("_device", None)
         r["cpu_use"] = cpu
         results[f"node-{mode}"] = r
@@ -112,15 +131,21 @@ def main() -> int:
         r, cpu = _cpu_wall(lambda: naive_loop(args.rate, args.seconds))
         r["cpu_use"] = cpu
         results["naive-torch"] = r
-    print(f"closed loop at {args.rate:.0f} Hz for {args.seconds:.0f} s over a pty pair"
-          f"{' (realtime: pinned, SCHED_FIFO)' if args.realtime else ''}")
-    print(f"  {'loop':12} {'steps':>7} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8} {'rtt p50':>8} "
-          f"{'misses':>7} {'cpu':>6} {'pole':>9}")
+    print(
+        f"closed loop at {args.rate:.0f} Hz for {args.seconds:.0f} s over a pty pair"
+        f"{' (realtime: pinned, SCHED_FIFO)' if args.realtime else ''}"
+    )
+    print(
+        f"  {'loop':12} {'steps':>7} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8} {'rtt p50':>8} "
+        f"{'misses':>7} {'cpu':>6} {'pole':>9}"
+    )
     for name, r in results.items():
         lat, rtt = r["latency_us"], r.get("device_rtt_us") or {}
-        print(f"  {name:12} {r['steps']:7d} {lat['p50']:8.1f} {lat['p99']:8.1f} {lat['max']:8.1f} "
-              f"{rtt.get('p50', float('nan')):8.1f} {str(r['deadline_misses']):>7} "
-              f"{100 * r['cpu_use']:5.0f}% {'balanced' if r['balanced'] else 'FELL':>9}")
+        print(
+            f"  {name:12} {r['steps']:7d} {lat['p50']:8.1f} {lat['p99']:8.1f} {lat['max']:8.1f} "
+            f"{rtt.get('p50', float('nan')):8.1f} {str(r['deadline_misses']):>7} "
+            f"{100 * r['cpu_use']:5.0f}% {'balanced' if r['balanced'] else 'FELL':>9}"
+        )
     if "naive-torch" in results:
         ratio = results["naive-torch"]["latency_us"]["p50"] / results["node-event"]["latency_us"]["p50"]
         print(f"  naive p50 / node (event) p50 = {ratio:.1f}x")

@@ -69,8 +69,9 @@ def main() -> int:
     env = dict(os.environ)
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     if not args.skip_tests:
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_cuda.py")],
-                             env=env, cwd=ROOT)
+        rc = subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_cuda.py")], env=env, cwd=ROOT
+        )
         print(f"cuda parity tests: {'PASS' if rc == 0 else 'FAIL'}", flush=True)
     import torch
     from ncps.torch import LTC
@@ -85,7 +86,10 @@ def main() -> int:
     floor = launch_floor_us()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, n_in, wiring in (("driving-ncp-19", 8, AutoNCP(19, 1)), ("fc-256", 32, FullyConnected(256))):
+        for label, n_in, wiring in (
+            ("driving-ncp-19", 8, AutoNCP(19, 1)),
+            ("fc-256", 32, FullyConnected(256)),
+        ):
             torch.manual_seed(0)
             module = LTC(n_in, wiring)
             path = Path(tmp) / f"{label}.onnx"
@@ -116,11 +120,15 @@ def main() -> int:
                 rows.append((label, b, step_s * 1e6, b / step_s, b / run_s, cpu_rate, tr))
                 print(rows[-1], flush=True)
     print(f"\nGPU: {name}; empty-kernel launch + sync floor: {floor:.1f} µs")
-    print(f"{'model':15} {'batch':>6} {'step µs':>9} {'M inst-steps/s step':>20} {'run':>8} "
-          f"{'cpu':>8} {'torch':>8} {'x torch':>8}")
+    print(
+        f"{'model':15} {'batch':>6} {'step µs':>9} {'M inst-steps/s step':>20} {'run':>8} "
+        f"{'cpu':>8} {'torch':>8} {'x torch':>8}"
+    )
     for label, b, us, r_step, r_run, r_cpu, r_t in rows:
-        print(f"{label:15} {b:6d} {us:9.1f} {r_step / 1e6:20.2f} {r_run / 1e6:8.2f} "
-              f"{r_cpu / 1e6:8.2f} {r_t / 1e6:8.2f} {r_run / r_t:8.1f}")
+        print(
+            f"{label:15} {b:6d} {us:9.1f} {r_step / 1e6:20.2f} {r_run / 1e6:8.2f} "
+            f"{r_cpu / 1e6:8.2f} {r_t / 1e6:8.2f} {r_run / r_t:8.1f}"
+        )
     return 0
 
 

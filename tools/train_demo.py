@@ -27,9 +27,9 @@ from ncps.wirings import AutoNCP
 from edgeliquid.export import export_module
 from edgeliquid.sim import CartPole
 
-MODEL_DT = 0.01                                   # s of real time per model time unit
-SCALE = np.array([1.0, 1.0, 5.0, 1.0])            # input normalisation (config: scale)
-FORCE_SCALE = 10.0                                # output: force = y * 10 N
+MODEL_DT = 0.01  # s of real time per model time unit
+SCALE = np.array([1.0, 1.0, 5.0, 1.0])  # input normalisation (config: scale)
+FORCE_SCALE = 10.0  # output: force = y * 10 N
 
 
 def lqr_gain(dt: float = 0.01) -> np.ndarray:
@@ -71,7 +71,7 @@ def rollouts(k: np.ndarray, n: int, steps: int, rng: np.random.Generator):
             xs[i, t] = obs * SCALE
             ys[i, t] = u / FORCE_SCALE
             el[i, t] = dt / MODEL_DT
-            p.step(u + rng.normal(0, 2.0), dt)   # exploration: visit states LQR must correct
+            p.step(u + rng.normal(0, 2.0), dt)  # exploration: visit states LQR must correct
     return xs, ys, el
 
 
@@ -113,7 +113,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "edgeliquid/data/cartpole_ncp.onnx"))
+    ap.add_argument(
+        "--out", default=str(Path(__file__).resolve().parents[1] / "edgeliquid/data/cartpole_ncp.onnx")
+    )
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -138,13 +140,26 @@ def main() -> int:
     print("closed-loop (max |theta| rad, max |x| m):", json.dumps(checks))
     # Balanced = pole within 0.2 rad AND cart within 2.4 m (no drifting away to keep it up).
     ok = all(th < 0.2 and x < 2.4 for th, x in checks.values())
-    export_module(model, args.out, input_names="x,x_dot,theta,theta_dot", output_names="force",
-                  input_normalization=json.dumps({"offset": [0, 0, 0, 0], "scale": SCALE.tolist()}),
-                  training=json.dumps({"script": "tools/train_demo.py", "seed": args.seed,
-                                       "epochs": args.epochs, "teacher": "LQR",
-                                       "lqr_gain": k.round(4).tolist(), "model_dt_s": MODEL_DT,
-                                       "force_scale_N": FORCE_SCALE, "final_loss": float(loss.detach()),
-                                       "closed_loop_max_abs_theta": checks}))
+    export_module(
+        model,
+        args.out,
+        input_names="x,x_dot,theta,theta_dot",
+        output_names="force",
+        input_normalization=json.dumps({"offset": [0, 0, 0, 0], "scale": SCALE.tolist()}),
+        training=json.dumps(
+            {
+                "script": "tools/train_demo.py",
+                "seed": args.seed,
+                "epochs": args.epochs,
+                "teacher": "LQR",
+                "lqr_gain": k.round(4).tolist(),
+                "model_dt_s": MODEL_DT,
+                "force_scale_N": FORCE_SCALE,
+                "final_loss": float(loss.detach()),
+                "closed_loop_max_abs_theta": checks,
+            }
+        ),
+    )
     print(f"wrote {args.out}; closed loop {'OK' if ok else 'FAILED'}")
     return 0 if ok else 1
 
