@@ -56,6 +56,7 @@ class NodeConfig:
     sched_fifo: int | None = None
     mlockall: bool = False
     gc_freeze: bool = True
+    spin_us: float = 0.0
     stats_every_s: float = 10.0
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 2.0
@@ -149,7 +150,7 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
         raise r.fail("serial.port", "required: a device path or a pyserial URL")
     loop = r.section(data, "loop", {"mode", "rate_hz", "model_dt"})
     fs = r.section(data, "failsafe", {"sensor_timeout_ms", "hold_cycles", "on_recovery", "arm_after"})
-    rt = r.section(data, "realtime", {"cpu", "sched_fifo", "mlockall", "gc_freeze"})
+    rt = r.section(data, "realtime", {"cpu", "sched_fifo", "mlockall", "gc_freeze", "spin_us"})
     rc = r.section(data, "reconnect", {"min_s", "max_s"})
     cfg = NodeConfig(
         model=model,
@@ -173,6 +174,7 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
         sched_fifo=r.num(rt, "sched_fifo", "realtime.sched_fifo", None, 1, 99, kind=int),
         mlockall=bool(rt.get("mlockall", False)),
         gc_freeze=bool(rt.get("gc_freeze", True)),
+        spin_us=r.num(rt, "spin_us", "realtime.spin_us", 0.0, 0),
         stats_every_s=r.num(data, "stats_every_s", "stats_every_s", 10.0, 0, strict_lo=True),
         reconnect_min_s=r.num(rc, "min_s", "reconnect.min_s", 0.05, 0, strict_lo=True),
         reconnect_max_s=r.num(rc, "max_s", "reconnect.max_s", 2.0, 0, strict_lo=True),

@@ -119,6 +119,7 @@ def run_demo(
     out=sys.stdout,
     realtime: bool = False,
     record: str | None = None,
+    spin_us: float = 0.0,
 ) -> dict[str, Any]:
     """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
     cfg = load_config(config or default_config_path())
@@ -136,6 +137,7 @@ def run_demo(
     )
     if realtime:  # node thread on CPU 1 at SCHED_FIFO 50; warnings if the OS refuses
         cfg.cpu, cfg.sched_fifo = (1 if (os.cpu_count() or 1) > 1 else 0), 50
+    cfg.spin_us = spin_us
     cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = (
         rig.node_port,
         False,

@@ -60,6 +60,7 @@ class NodeStats:
     reloads: int = 0
     hello_mismatch: int = 0
     wrong_size: int = 0
+    miss_log: list = field(default_factory=list)  # (monotonic s, ticks missed), first 100
     latency_ns: np.ndarray = field(default_factory=lambda: np.zeros(LAT_RING, np.int64))
     n_lat: int = 0
 
@@ -73,6 +74,38 @@ class NodeStats:
             return {"p50": math.nan, "p99": math.nan, "max": math.nan}
         a = self.latency_ns[:n] / 1000.0
         return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+
+def check_normalization(cfg: NodeConfig, metadata: dict[str, str]) -> bool:
+    """Warn when the config's input scale/offset differ from the model's recorded normalisation.
+
+    A policy fed differently normalised inputs than it was trained on misbehaves without
+    any error; this is the one check that can catch it before the robot moves.
+    """
+    import json
+
+    raw = metadata.get("input_normalization")
+    if not raw:
+        return True
+    try:
+        norm = json.loads(raw)
+        off, scale = np.asarray(norm["offset"], float), np.asarray(norm["scale"], float)
+    except (ValueError, KeyError, TypeError):
+        log.warning("model metadata input_normalization is not valid JSON {offset, scale}: %r", raw)
+        return False
+    got_off = np.array([c.offset for c in cfg.inputs])
+    got_scale = np.array([c.scale for c in cfg.inputs])
+    if off.shape != got_off.shape or not (np.allclose(off, got_off) and np.allclose(scale, got_scale)):
+        log.warning(
+            "%s: inputs offset/scale %s / %s differ from the model's training normalisation %s / %s",
+            cfg.source,
+            got_off.tolist(),
+            got_scale.tolist(),
+            off.tolist(),
+            scale.tolist(),
+        )
+        return False
+    return True
 
 
 def make_recorder(cfg: NodeConfig, policy):
@@ -130,6 +163,7 @@ class Node:
                 f"has {self.policy.n_inputs} / {self.policy.n_outputs}"
             )
         self.maps = ChannelMaps(cfg.inputs, cfg.outputs, self.policy.dtype)
+        check_normalization(cfg, self.policy.metadata)
         self._bind_policy()
         self.rx = P.RxCounters()
         self.stats = NodeStats()
@@ -155,6 +189,7 @@ class Node:
         self._pending_ns = 0
         self._period_ns = int(1e9 / cfg.rate_hz)
         self._timeout_ns = int(cfg.sensor_timeout_ms * 1e6)
+        self._spin_s = cfg.spin_us / 1e6
         self.events: list[tuple[float, str]] = []
         self._t_decoded = 0
         self._rec_elapsed, self._rec_t_us = 0.0, 0
@@ -568,7 +603,9 @@ class Node:
                 try:
                     now = time.monotonic_ns()
                     if self.cfg.mode == "fixed":
-                        wait = (next_tick - now) / 1e9
+                        # Sleep only until spin_us before the tick, then poll without sleeping:
+                        # on a VM an idle vCPU can take milliseconds to wake (halt + reschedule).
+                        wait = (next_tick - now) / 1e9 - self._spin_s
                         self._poll(min(wait, 0.05) if wait > 0 else 0)
                         now = time.monotonic_ns()
                         if now >= next_tick:
@@ -577,9 +614,11 @@ class Node:
                             if now >= next_tick:  # overran: skip, never burst
                                 missed = (now - next_tick) // self._period_ns + 1
                                 self.stats.deadline_misses += int(missed)
+                                if len(self.stats.miss_log) < 100:
+                                    self.stats.miss_log.append((now / 1e9, int(missed)))
                                 next_tick += int(missed) * self._period_ns
                     else:
-                        self._poll(min(self._timeout_ns / 4e9, 0.05))
+                        self._poll(0 if self._spin_s else min(self._timeout_ns / 4e9, 0.05))
                     now = time.monotonic_ns()
                     self._check_timeout(now)
                     if self.mode != P.MODE_RUN and now - self._last_status_ns > 1e9:

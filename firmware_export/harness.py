@@ -170,8 +170,9 @@ def build_m4(out: Path, name: str) -> Path:
     return elf
 
 
-def run_qemu(elf: Path, timeout: float = 300) -> str:
-    cmd = [
+def qemu_cmd(elf: Path, *extra: str) -> list[str]:
+    """qemu-system-arm on an MPS2 AN386 board (Cortex-M4), semihosting on, no display."""
+    return [
         "qemu-system-arm",
         "-M",
         "mps2-an386",
@@ -182,9 +183,14 @@ def run_qemu(elf: Path, timeout: float = 300) -> str:
         "none",
         "-semihosting-config",
         "enable=on,target=native",
+        *extra,
         "-kernel",
         str(elf),
     ]
+
+
+def run_qemu(elf: Path, timeout: float = 300) -> str:
+    cmd = qemu_cmd(elf)
     r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
     return r.stdout
 

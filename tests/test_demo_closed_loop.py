@@ -99,3 +99,8 @@ def test_sim_over_tcp_with_node_on_socket_url(tmp_path):
     th.join(5)
     dev.port.close()
     assert st.actuations > 300 and st.max_abs_angle < 0.2 and st.max_abs_x < 2.4
+
+
+def test_text_protocol_closed_loop():
+    s = run_demo(seconds=4, protocol="text", seed=7, noise=0.002, jitter=0.2, live=False)
+    assert s["balanced"] and s["steps"] > 300 and s["frame_errors"] == 0

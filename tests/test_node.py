@@ -292,3 +292,13 @@ def test_example_configs_are_valid():
     root = Path(__file__).resolve().parents[1] / "configs"
     for p in root.glob("*.yaml"):
         load_config(p)
+
+
+def test_normalisation_mismatch_is_flagged(tmp_path):
+    from edgeliquid.node import check_normalization
+
+    cfg = load_config(_cfg(tmp_path, "loop://"))
+    meta = load(MODEL).metadata
+    assert check_normalization(cfg, meta)
+    cfg.inputs[2].scale = 1.0
+    assert not check_normalization(cfg, meta)

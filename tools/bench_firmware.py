@@ -87,25 +87,7 @@ def insn_per_step(out: Path, name: str) -> float:
         )
         log = out / f"exec{steps}.log"
         subprocess.run(
-            [
-                "qemu-system-arm",
-                "-M",
-                "mps2-an386",
-                "-nographic",
-                "-monitor",
-                "none",
-                "-serial",
-                "none",
-                "-semihosting-config",
-                "enable=on,target=native",
-                "-singlestep",
-                "-d",
-                "exec,nochain",
-                "-D",
-                str(log),
-                "-kernel",
-                str(elf),
-            ],
+            H.qemu_cmd(elf, "-singlestep", "-d", "exec,nochain", "-D", str(log)),
             capture_output=True,
             timeout=600,
         )

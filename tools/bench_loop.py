@@ -104,6 +104,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--no-naive", action="store_true")
+    ap.add_argument("--spin-us", type=float, default=0.0, help="node realtime.spin_us (0: sleep)")
     ap.add_argument(
         "--realtime",
         action="store_true",
@@ -122,6 +123,7 @@ def main() -> int:
                 noise=0.002,
                 jitter=0.2,
                 realtime=args.realtime,
+                spin_us=args.spin_us,
             )
         )
         r.pop("_device", None)
@@ -134,6 +136,7 @@ def main() -> int:
     print(
         f"closed loop at {args.rate:.0f} Hz for {args.seconds:.0f} s over a pty pair"
         f"{' (realtime: pinned, SCHED_FIFO)' if args.realtime else ''}"
+        f"{f' (spin {args.spin_us:.0f} µs)' if args.spin_us else ''}"
     )
     print(
         f"  {'loop':12} {'steps':>7} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8} {'rtt p50':>8} "
