@@ -148,6 +148,9 @@ def run_demo(
     cfg.stats_every_s = max(seconds, 1.0) * 10  # the demo prints its own status line
     if record:
         cfg.telemetry = {"path": record, "rotate_mb": 256.0, "rotate_s": 1e9, "keep": 1}
+    if live:
+        out.write("loading and warming the policy (the first run on a machine compiles kernels)...\n")
+        out.flush()
     node = Node(cfg)  # loads and warms the policy before anything moves
     rig.start(seconds)
     t = threading.Thread(target=node.run, args=(seconds + 0.5,), daemon=True)
