@@ -23,8 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import __version__
 from .checks import FORMAT_VERSION, check_cell, check_format_version, check_model
 from .errors import ModelFormatError
-from .model import CellConfig, LTCModel, make_positive
-from .packing import Packed
+from .model import CellConfig, LTCModel
 
 OPSET = 17
 PREFIX = "edgeliquid."
@@ -318,9 +317,4 @@ def _check_signature(onnx_model: onnx.ModelProto, cfg: CellConfig, source: str) 
                 )
 
 
-def positive_params(model: LTCModel) -> dict[str, np.ndarray]:
-    """The constrained parameters as the graph computes them (for inspect)."""
-    return {k: make_positive(model.config, model.params[k]) for k in ("gleak", "cm", "w", "sensory_w")}
-
-
-__all__ = ["read", "read_bytes", "save", "build_graph", "metadata_for", "Packed"]
+__all__ = ["read", "read_bytes", "save", "build_graph", "metadata_for"]

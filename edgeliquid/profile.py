@@ -191,7 +191,6 @@ def profile_link(
     from hdrh.histogram import HdrHistogram
 
     from . import protocol as P
-    from .sim import PtyMaster  # noqa: F401  (ports: any pyserial URL or path)
 
     ser = serial.serial_for_url(port, baudrate=921600, timeout=0)
     split = P.Packetizer()

@@ -228,8 +228,6 @@ class Device:
         return self.fault_at_s <= t < self.fault_at_s + self.fault_len_s
 
     def _receive(self, data: bytes) -> None:
-        from .textproto import LineSplitter as _LS  # noqa: F401
-
         for chunk in self._splitter.feed(data):
             try:
                 pkt = self._decode(chunk)

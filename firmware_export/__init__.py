@@ -82,7 +82,3 @@ def estimate_memory(fm: FirmwareModel, fixed_point: bool) -> dict:
         "state_bytes_caller_owned": cfg.n_state * word,
         "stack_bytes_estimate": stack,
     }
-
-
-def manifest_json(m: dict) -> str:
-    return json.dumps(m, indent=2)
