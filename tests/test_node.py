@@ -302,3 +302,38 @@ def test_normalisation_mismatch_is_flagged(tmp_path):
     assert check_normalization(cfg, meta)
     cfg.inputs[2].scale = 1.0
     assert not check_normalization(cfg, meta)
+
+
+def test_drop_burst_over_255_counted_and_control_continues(rig):
+    dev, start = rig
+    node = start()
+    t = _sensors(dev, 5)
+    dev.seq += 300  # 300 frames lost on the wire (more than a u8 could count)
+    _sensors(dev, 5, start_t=t + 10_000)
+    assert node.rx.lost == 300
+    assert node.mode == P.MODE_RUN and node.stats.failsafe_events == 0
+
+
+def test_reordered_frame_is_dropped_and_counted(rig):
+    dev, start = rig
+    node = start()
+    t = _sensors(dev, 5)
+    for seq in (20, 22, 21, 23):  # 21 arrives after 22
+        dev.send(P.SENSOR, [0.0, 0.0, 0.01, 0.0], t_us=t + seq * 1000, seq=seq)
+        dev.pump(0.01)
+    assert node.rx.reordered == 1
+    answered = {p.ref_seq for p in dev.actuations()}
+    assert {20, 22, 23} <= answered and 21 not in answered
+
+
+def test_byte_by_byte_trickle_decodes(rig):
+    dev, start = rig
+    node = start()
+    t = _sensors(dev, 5)
+    frame = P.encode_frame(P.SENSOR, 77, t + 10_000, [0.0, 0.0, 0.01, 0.0])
+    for b in frame:
+        dev.send(None, None, raw=bytes([b]))
+        time.sleep(0.0005)
+    dev.pump(0.05)
+    assert any(p.ref_seq == 77 for p in dev.actuations())
+    assert node.rx.total_errors == 0
