@@ -86,6 +86,7 @@ class FlightRecorder:
         self.written = 0
         self.write_errors = 0
         self.files: list[Path] = []
+        self._n_opened = 0
         self._thread: threading.Thread | None = None
         self._writer = None
         self._file = None
@@ -147,14 +148,19 @@ class FlightRecorder:
         from mcap.writer import CompressionType, Writer
 
         ts = time.strftime("%Y%m%d-%H%M%S")
+        self._n_opened += 1
         name = (
             self.path
-            if not self.files
-            else self.path.with_name(f"{self.path.stem}-{ts}-{len(self.files)}{self.path.suffix}")
+            if self._n_opened == 1
+            else self.path.with_name(f"{self.path.stem}-{ts}-{self._n_opened - 1}{self.path.suffix}")
         )
         name.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(name, "wb")
-        self._writer = Writer(self._file, compression=CompressionType.NONE)
+        # Chunks no larger than a tenth of the rotation size, so what is on disk stays close to
+        # what was written (the writer buffers a whole chunk in memory).
+        chunk = max(4096, min(1 << 20, self.rotate_bytes // 10))
+        self._writer = Writer(self._file, chunk_size=chunk, compression=CompressionType.NONE)
+        self._bytes = 0
         self._writer.start(profile="", library="edgeliquid")
         sid = self._writer.register_schema("edgeliquid.Step", "jsonschema", json.dumps(STEP_SCHEMA).encode())
         eid = self._writer.register_schema(
@@ -213,10 +219,7 @@ class FlightRecorder:
                     n += 1
                     if n % 4 == 0:
                         time.sleep(0)  # let the control loop take the GIL
-                if (
-                    self._file.tell() > self.rotate_bytes
-                    or time.monotonic() - self._opened_at > self.rotate_s
-                ):
+                if self._bytes > self.rotate_bytes or time.monotonic() - self._opened_at > self.rotate_s:
                     self._finish_file()
                     self._open()
             except Exception as exc:  # disk full, I/O error: an event and a counter, never a crash
@@ -251,7 +254,9 @@ class FlightRecorder:
             "t_encoded_ns": t[3],
             "t_written_ns": t[4],
         }
-        self._writer.add_message(self._step_ch, t[0], json.dumps(msg).encode(), t[4], seq)
+        data = json.dumps(msg).encode()
+        self._writer.add_message(self._step_ch, t[0], data, t[4], seq)
+        self._bytes += len(data)
         self.written += 1
 
 

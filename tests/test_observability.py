@@ -195,3 +195,17 @@ def test_profile_policy_json_and_plot(tmp_path, capsys):
     assert {"cpu", "reference"} <= set(d["backends"])
     assert {"p50", "p90", "p99", "p99.9", "max", "cold_first_call"} <= set(d["backends"]["cpu"])
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_recorder_rotates_by_size_and_keeps_the_last_n(tmp_path):
+    rec = FlightRecorder(tmp_path / "rot.mcap", 2, 1, 1, {}, rotate_mb=0.02, keep=2)
+    rec.start()
+    for _ in range(6):
+        _record(rec, 300)
+        time.sleep(0.15)  # let the writer drain and rotate between bursts
+    rec.close()
+    files = sorted(tmp_path.glob("rot*.mcap"))
+    assert len(files) == 2 and rec.files == [f for f in rec.files if f.exists()]
+    assert rec.dropped == 0
+    total = sum(len(read_recording(f)["steps"]) for f in files)
+    assert 0 < total < 1800  # older files were deleted: only the last two remain
