@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from .config import InputChannel, OutputChannel
+from .errors import InputError
+from .kernels import STATUS_BAD_INPUT, STATUS_BAD_OUTPUT, STATUS_OK
 
 
 class ChannelMaps:
@@ -41,9 +43,6 @@ class ChannelMaps:
 
     def apply_numpy(self, policy, raw, elapsed: float, dt_s: float) -> int:
         """What :func:`~edgeliquid.kernels.control_step` does, for non-numba backends."""
-        from .errors import InputError
-        from .kernels import STATUS_BAD_INPUT, STATUS_BAD_OUTPUT, STATUS_OK
-
         n, m, c = self.n, self.m, self.chan
         raw = np.asarray(raw, np.float64)
         if not np.all(np.isfinite(raw)):

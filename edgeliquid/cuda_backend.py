@@ -18,7 +18,6 @@ tests run unchanged on a GPU.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -192,16 +191,9 @@ def bench_cuda(model: LTCModel, batches=(1, 64, 1024, 65536), steps: int = 50) -
 
     from .runtime import from_model
 
-    out = {"device": os.environ.get("CUDA_DEVICE_NAME", "")}
     cuda = _cuda()
-    try:
-        out["device"] = (
-            cuda.get_current_device().name.decode()
-            if hasattr(cuda.get_current_device().name, "decode")
-            else str(cuda.get_current_device().name)
-        )
-    except Exception:
-        pass
+    name = cuda.get_current_device().name
+    out = {"device": name.decode() if isinstance(name, bytes) else str(name)}
     rows = {}
     for b in batches:
         pol = from_model(model, "cuda", np.float32, batch=b)

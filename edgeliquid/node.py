@@ -233,13 +233,16 @@ class Node:
             data = data[n:]
         self.port.write(data)
 
-    def _send(self, ptype: int, values, ref_seq: int = 0) -> None:
+    def _encode(self, ptype: int, values, ref_seq: int = 0) -> bytes:
+        """The next outgoing frame (or text line), with this node's seq and clock."""
         self._tx_seq = (self._tx_seq + 1) & 0xFFFF
         if self._text:
-            self._write(encode_line(ptype, self._tx_seq, values, ref_seq))
-        else:
-            t_us = (time.monotonic_ns() // 1000) & 0xFFFFFFFF
-            self._write(P.encode_frame(ptype, self._tx_seq, t_us, values, ref_seq))
+            return encode_line(ptype, self._tx_seq, values, ref_seq)
+        t_us = (time.monotonic_ns() // 1000) & 0xFFFFFFFF
+        return P.encode_frame(ptype, self._tx_seq, t_us, values, ref_seq)
+
+    def _send(self, ptype: int, values, ref_seq: int = 0) -> None:
+        self._write(self._encode(ptype, values, ref_seq))
 
     def _set_mode(self, mode: int, reason: int) -> None:
         if mode != self.mode or reason != self.reason:
@@ -375,13 +378,7 @@ class Node:
         self._last_cmd_ns = now
         t_inferred = time.monotonic_ns()
         u = self.maps.u
-        self._tx_seq = (self._tx_seq + 1) & 0xFFFF
-        if self._text:
-            data = encode_line(P.ACTUATE, self._tx_seq, u.tolist(), ref_seq)
-        else:
-            data = P.encode_frame(
-                P.ACTUATE, self._tx_seq, (t_inferred // 1000) & 0xFFFFFFFF, u.tolist(), ref_seq
-            )
+        data = self._encode(P.ACTUATE, u.tolist(), ref_seq)
         t_encoded = time.monotonic_ns()
         self._write(data)
         t_written = time.monotonic_ns()

@@ -133,9 +133,3 @@ class Packed:
         self.fp = np.concatenate(floats).astype(self.dtype)
         self.ip = np.concatenate([ip] + ints)
         self.work_size = int(off)
-        self.n_state = cfg.n_state
-        self.n_outputs = m
-        self.state_slice = slice(0, cfg.n_state)
-        self.y_slice = slice(int(ip[W_Y]), int(ip[W_Y]) + m)
-        self.nnz = int(ip[NNZ])
-        self.sensory_nnz = int(ip[SNNZ])

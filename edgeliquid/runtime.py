@@ -160,7 +160,6 @@ class CpuPolicy(Policy):
             ),
             self.dtype,
         )
-        self._kstep = kernels.step
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -200,20 +199,8 @@ class CpuPolicy(Policy):
             y [n_outputs] (or [batch, n_outputs]): the policy's buffer, valid until the
             next step.
         """
-        if self.batch is None:
-            if (
-                type(x) is not np.ndarray
-                or x.dtype is not self.dtype
-                or x.shape != self._xshape
-                or not x.flags.c_contiguous
-            ):
-                x = self._coerce_x(x)
-            if type(elapsed) is not float:
-                elapsed = float(elapsed)
-            status = self._kstep(x, elapsed, self._fp, self._ip, self._work)
-            if status:
-                raise self._status_error(status, x, elapsed)
-            return self._y
+        # Anything but an exact-type contiguous array goes through one copy into a buffer, so
+        # numba never sees a new signature (a JIT compile in the control loop).
         if (
             type(x) is not np.ndarray
             or x.dtype is not self.dtype
@@ -221,6 +208,13 @@ class CpuPolicy(Policy):
             or not x.flags.c_contiguous
         ):
             x = self._coerce_x(x)
+        if self.batch is None:
+            if type(elapsed) is not float:
+                elapsed = float(elapsed)
+            status = kernels.step(x, elapsed, self._fp, self._ip, self._work)
+            if status:
+                raise self._status_error(status, x, elapsed)
+            return self._y
         e = self._coerce_elapsed(elapsed)
         status, row = kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
         if status:

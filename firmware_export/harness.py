@@ -143,10 +143,11 @@ def build_host(out: Path, name: str, extra: list[str] | None = None, exe: str = 
     return out / exe
 
 
-def build_m4(out: Path, name: str) -> Path:
+def build_m4(out: Path, name: str, driver: str = "driver.c", elf_name: str = "m4_test.elf") -> Path:
+    """Link a driver and the generated model for the MPS2 AN386 (Cortex-M4F) under qemu."""
     (out / "startup.c").write_text(STARTUP)
     (out / "mps2.ld").write_text(LINKER)
-    elf = out / "m4_test.elf"
+    elf = out / elf_name
     cmd = [
         "arm-none-eabi-gcc",
         *M4_FLAGS,
@@ -162,7 +163,7 @@ def build_m4(out: Path, name: str) -> Path:
         "-o",
         str(elf),
         str(out / "startup.c"),
-        str(out / "driver.c"),
+        str(out / driver),
         str(out / f"{name}.c"),
         "-lm",
     ]

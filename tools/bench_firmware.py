@@ -63,28 +63,7 @@ def insn_per_step(out: Path, name: str) -> float:
     counts = []
     for steps in (1, 21):
         (out / "bench_main.c").write_text(BENCH_MAIN.format(name=name, UP=name.upper(), steps=steps))
-        (out / "startup.c").write_text(H.STARTUP)
-        (out / "mps2.ld").write_text(H.LINKER)
-        elf = out / f"insn{steps}.elf"
-        subprocess.run(
-            [
-                "arm-none-eabi-gcc",
-                *H.M4_FLAGS,
-                "-std=c99",
-                "--specs=rdimon.specs",
-                "-nostartfiles",
-                "-T",
-                str(out / "mps2.ld"),
-                "-o",
-                str(elf),
-                str(out / "startup.c"),
-                str(out / "bench_main.c"),
-                str(out / f"{name}.c"),
-                "-lm",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        elf = H.build_m4(out, name, driver="bench_main.c", elf_name=f"insn{steps}.elf")
         log = out / f"exec{steps}.log"
         subprocess.run(
             H.qemu_cmd(elf, "-singlestep", "-d", "exec,nochain", "-D", str(log)),
