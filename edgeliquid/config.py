@@ -57,6 +57,7 @@ class NodeConfig:
     mlockall: bool = False
     gc_freeze: bool = True
     spin_us: float = 0.0
+    cpu_dma_latency_us: int | None = None
     stats_every_s: float = 10.0
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 2.0
@@ -150,7 +151,9 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
         raise r.fail("serial.port", "required: a device path or a pyserial URL")
     loop = r.section(data, "loop", {"mode", "rate_hz", "model_dt"})
     fs = r.section(data, "failsafe", {"sensor_timeout_ms", "hold_cycles", "on_recovery", "arm_after"})
-    rt = r.section(data, "realtime", {"cpu", "sched_fifo", "mlockall", "gc_freeze", "spin_us"})
+    rt = r.section(
+        data, "realtime", {"cpu", "sched_fifo", "mlockall", "gc_freeze", "spin_us", "cpu_dma_latency_us"}
+    )
     rc = r.section(data, "reconnect", {"min_s", "max_s"})
     cfg = NodeConfig(
         model=model,
@@ -175,6 +178,9 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
         mlockall=bool(rt.get("mlockall", False)),
         gc_freeze=bool(rt.get("gc_freeze", True)),
         spin_us=r.num(rt, "spin_us", "realtime.spin_us", 0.0, 0),
+        cpu_dma_latency_us=r.num(
+            rt, "cpu_dma_latency_us", "realtime.cpu_dma_latency_us", None, 0, 2**31 - 1, kind=int
+        ),
         stats_every_s=r.num(data, "stats_every_s", "stats_every_s", 10.0, 0, strict_lo=True),
         reconnect_min_s=r.num(rc, "min_s", "reconnect.min_s", 0.05, 0, strict_lo=True),
         reconnect_max_s=r.num(rc, "max_s", "reconnect.max_s", 2.0, 0, strict_lo=True),

@@ -24,6 +24,10 @@ BALANCED_RAD = 0.2  # pole within this angle ...
 BALANCED_X_M = 2.4  # ... and the cart within this distance (no drifting away to keep it up)
 
 
+# With realtime=True the device process takes CPU 0 (SCHED_FIFO 40), the node thread this.
+REALTIME_NODE = {"cpu": 1 if (os.cpu_count() or 1) > 1 else 0, "sched_fifo": 50}
+
+
 def default_config_path() -> Path:
     here = Path(__file__).resolve().parent
     for cand in (here.parent / "configs" / "cartpole_demo.yaml", here / "data" / "cartpole_demo.yaml"):
@@ -120,6 +124,7 @@ def run_demo(
     realtime: bool = False,
     record: str | None = None,
     spin_us: float = 0.0,
+    cpu_dma_latency_us: int | None = None,
 ) -> dict[str, Any]:
     """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
     cfg = load_config(config or default_config_path())
@@ -135,9 +140,9 @@ def run_demo(
         fault_len_s=0.3,
         realtime=realtime,
     )
-    if realtime:  # node thread on CPU 1 at SCHED_FIFO 50; warnings if the OS refuses
-        cfg.cpu, cfg.sched_fifo = (1 if (os.cpu_count() or 1) > 1 else 0), 50
-    cfg.spin_us = spin_us
+    if realtime:  # warnings if the OS refuses
+        cfg.cpu, cfg.sched_fifo = REALTIME_NODE["cpu"], REALTIME_NODE["sched_fifo"]
+    cfg.spin_us, cfg.cpu_dma_latency_us = spin_us, cpu_dma_latency_us
     cfg.port, cfg.exclusive, cfg.mode, cfg.rate_hz, cfg.protocol = (
         rig.node_port,
         False,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import serial
 
-from . import kernels
+from . import kernels, realtime
 from . import protocol as P
 from .channels import ChannelMaps
 from .config import NodeConfig
@@ -190,6 +190,7 @@ class Node:
         self._period_ns = int(1e9 / cfg.rate_hz)
         self._timeout_ns = int(cfg.sensor_timeout_ms * 1e6)
         self._spin_s = cfg.spin_us / 1e6
+        self._held = realtime.Held()
         self.events: list[tuple[float, str]] = []
         self._t_decoded = 0
         self._rec_elapsed, self._rec_t_us = 0.0, 0
@@ -493,33 +494,6 @@ class Node:
             self._bad_streak = int(cycles)
             self._degrade(R_TIMEOUT, 0, now, None)
 
-    def _apply_realtime(self) -> None:
-        c = self.cfg
-        if c.cpu is not None:
-            try:
-                os.sched_setaffinity(0, {c.cpu})
-            except (OSError, AttributeError) as exc:
-                log.warning("realtime.cpu=%s refused: %s", c.cpu, exc)
-        if c.sched_fifo is not None:
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(c.sched_fifo))
-            except (OSError, AttributeError) as exc:
-                log.warning("realtime.sched_fifo=%s refused: %s", c.sched_fifo, exc)
-        if c.mlockall:
-            try:
-                import ctypes
-
-                if ctypes.CDLL(None, use_errno=True).mlockall(3) != 0:
-                    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-            except (OSError, AttributeError) as exc:
-                log.warning("realtime.mlockall refused: %s", exc)
-        if c.gc_freeze:
-            # Freeze what exists, and keep the collector out of the loop: a generation-2
-            # pass can take milliseconds. Young objects are collected at stats time.
-            gc.collect()
-            gc.freeze()
-            gc.disable()
-
     def _connect(self) -> None:
         delay = self.cfg.reconnect_min_s
         while not self._stop:
@@ -588,7 +562,8 @@ class Node:
         """Run the loop until stopped (or for ``duration_s``); always ends in SAFE."""
         if self.recorder is not None:
             self.recorder.start()
-        self._apply_realtime()
+        c = self.cfg
+        self._held = realtime.apply(c.cpu, c.sched_fifo, c.mlockall, c.gc_freeze, c.cpu_dma_latency_us)
         t_end = None if duration_s is None else time.monotonic_ns() + int(duration_s * 1e9)
         self._connect()
         next_tick = time.monotonic_ns() + self._period_ns
@@ -640,9 +615,7 @@ class Node:
                     self._connect()
         finally:
             self._shutdown()
-            if self.cfg.gc_freeze:
-                gc.unfreeze()
-                gc.enable()
+            self._held.release()
         if self.recorder is not None:
             self.recorder.close()
         log.info("final: %s", self.stats_line())

@@ -76,6 +76,13 @@ def add_parsers(sub: argparse._SubParsersAction, fmt) -> None:
     s.add_argument("--link", help="live: play the device on this port/URL against a running node")
     s.add_argument("--rate", type=float, default=1000.0, help="live: SENSOR rate, Hz")
     s.add_argument("--seconds", type=float, default=10.0, help="live: duration")
+    s.add_argument(
+        "--wakeup",
+        action="store_true",
+        help="machine: how late an idle loop ticking at --rate wakes (cyclictest-like), with the "
+        "realtime settings of --config; its misses are the floor under the node's fixed mode",
+    )
+    s.add_argument("--config", help="--wakeup: take realtime settings (and spin_us) from this node config")
     s.add_argument("--trace-tau", action="store_true", help="policy: liquid time constants over a run")
     s.add_argument("--input", help="--trace-tau: a recording whose inputs to use")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -92,10 +99,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_wakeup(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .realtime import probe_wakeups
+
+    settings, spin_us = {}, 0.0
+    if args.config:
+        c = load_config(args.config)
+        settings = dict(
+            cpu=c.cpu,
+            sched_fifo=c.sched_fifo,
+            mlockall=c.mlockall,
+            gc_freeze=c.gc_freeze,
+            cpu_dma_latency_us=c.cpu_dma_latency_us,
+        )
+        spin_us = c.spin_us
+    r = probe_wakeups(args.rate, args.seconds, spin_us, **settings)
+    r["settings"] = {**settings, "spin_us": spin_us}
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    lat = r["lateness_us"]
+    shown = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if v is not None and v is not False)
+    print(
+        f"wake-up lateness of an idle loop at {r['rate_hz']:.0f} Hz for {r['seconds']:.0f} s "
+        f"({shown or 'no realtime settings'}):\n"
+        f"  ticks {r['ticks']}, p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, "
+        f"p99.9 {lat['p99.9']:.0f} µs, max {lat['max']:.0f} µs\n"
+        f"  ticks a fixed-mode node would miss here doing no work at all: {r['missed']}"
+    )
+    return 0
+
+
 @command
 def cmd_profile(args: argparse.Namespace) -> int:
     from . import profile as pf
 
+    if args.wakeup:
+        return _profile_wakeup(args)
     if args.link:
         r = pf.profile_link(args.link, rate_hz=args.rate, seconds=args.seconds)
         text = pf.table(

@@ -273,6 +273,8 @@ def test_unplug_replug_over_socket_reconnects(tmp_path):
         ({"serial": {"baud": 9600, "port": "x"}}, r"serial.baud: unknown key"),
         ({"outputs": [{"name": "f", "clip": [-1, 1], "failsafe": 5}]}, r"outputs\[0\].failsafe: 5"),
         ({"inputs": []}, r"inputs: required"),
+        ({"realtime": {"cpu_dma_latency_us": -1}}, r"realtime.cpu_dma_latency_us: -1 out of range"),
+        ({"realtime": {"cpu_dma_latency_us": 2.5}}, r"realtime.cpu_dma_latency_us: expected an integer"),
     ],
 )
 def test_config_errors_name_key_and_file(tmp_path, patch, match):
@@ -337,3 +339,33 @@ def test_byte_by_byte_trickle_decodes(rig):
     dev.pump(0.05)
     assert any(p.ref_seq == 77 for p in dev.actuations())
     assert node.rx.total_errors == 0
+
+
+def test_steady_state_loop_holds_no_new_memory(rig):
+    # A daemon runs for days: after warm-up, thousands of cycles must leave nothing alive
+    # behind (no growing lists, no per-step arrays kept). Transient frame bytes are freed.
+    import tracemalloc
+
+    dev, start = rig
+    node = start(failsafe={"arm_after": 1})
+
+    def stream(n, t):
+        for _ in range(n):
+            t += 2000
+            dev.send(P.SENSOR, [0.01, 0.0, 0.02, 0.0], t_us=t)
+            dev.pump(0.002)
+            dev.rx.clear()
+        return t
+
+    t = stream(300, 1_000_000)
+    steps0 = node.stats.steps
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        stream(2000, t)
+        grown = tracemalloc.get_traced_memory()[0] - base
+        top = tracemalloc.take_snapshot().statistics("lineno")[:5]
+    finally:
+        tracemalloc.stop()
+    assert node.stats.steps - steps0 >= 1900
+    assert grown < 32 * 1024, f"{grown} B still alive after 2000 cycles; largest: {top}"

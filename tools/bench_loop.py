@@ -8,8 +8,11 @@ Both run against the simulated cart-pole device (its own process) over a pty pai
 
 Reported: node latency (SENSOR frame readable -> ACTUATE written) p50/p99/max, the device's
 round trip, deadline misses, CPU use (process CPU time / wall time), whether the pole stayed up.
+Before the fixed-mode run, the same settings are given to an idle loop that only waits for
+its ticks (``edgeliquid profile --wakeup``): its misses ("floor") are what the machine itself
+costs, so the node's own share is node misses minus floor, in the same run.
 
-    python tools/bench_loop.py [--rate 1000] [--seconds 60] [--json out.json]
+    python tools/bench_loop.py [--rate 1000] [--seconds 60] [--realtime] [--cpu-latency-us 0]
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from cobs import cobs
 
 from edgeliquid import protocol as P
 from edgeliquid.config import load_config
-from edgeliquid.demo import DeviceRig, default_config_path, run_demo
+from edgeliquid.demo import REALTIME_NODE, DeviceRig, default_config_path, run_demo
+from edgeliquid.realtime import probe_wakeups
 
 
 def _cpu_wall(fn):
@@ -110,10 +114,22 @@ def main() -> int:
         action="store_true",
         help="node on CPU 1 at SCHED_FIFO 50, device on CPU 0 at SCHED_FIFO 40",
     )
+    ap.add_argument(
+        "--cpu-latency-us", type=int, default=None, help="node realtime.cpu_dma_latency_us (PM QoS)"
+    )
     ap.add_argument("--json")
     args = ap.parse_args()
     results = {}
+    node_cfg = load_config(default_config_path())
+    settings = {
+        **(REALTIME_NODE if args.realtime else {}),
+        "gc_freeze": node_cfg.gc_freeze,
+        "cpu_dma_latency_us": args.cpu_latency_us,
+    }
     for mode in ("event", "fixed"):
+        floor = None
+        if mode == "fixed":
+            floor = probe_wakeups(args.rate, args.seconds, args.spin_us, **settings)
         r, cpu = _cpu_wall(
             lambda mode=mode: run_demo(
                 seconds=args.seconds,
@@ -124,31 +140,38 @@ def main() -> int:
                 jitter=0.2,
                 realtime=args.realtime,
                 spin_us=args.spin_us,
+                cpu_dma_latency_us=args.cpu_latency_us,
             )
         )
         r.pop("_device", None)
         r["cpu_use"] = cpu
+        r["floor_misses"] = None if floor is None else floor["missed"]
+        r["floor"] = floor
         results[f"node-{mode}"] = r
     if not args.no_naive:
         r, cpu = _cpu_wall(lambda: naive_loop(args.rate, args.seconds))
         r["cpu_use"] = cpu
+        r["floor_misses"] = None
         results["naive-torch"] = r
     print(
         f"closed loop at {args.rate:.0f} Hz for {args.seconds:.0f} s over a pty pair"
         f"{' (realtime: pinned, SCHED_FIFO)' if args.realtime else ''}"
         f"{f' (spin {args.spin_us:.0f} µs)' if args.spin_us else ''}"
+        f"{f' (cpu_dma_latency {args.cpu_latency_us} µs)' if args.cpu_latency_us is not None else ''}"
     )
     print(
         f"  {'loop':12} {'steps':>7} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8} {'rtt p50':>8} "
-        f"{'misses':>7} {'cpu':>6} {'pole':>9}"
+        f"{'misses':>7} {'floor':>6} {'cpu':>6} {'pole':>9}"
     )
     for name, r in results.items():
         lat, rtt = r["latency_us"], r.get("device_rtt_us") or {}
         print(
             f"  {name:12} {r['steps']:7d} {lat['p50']:8.1f} {lat['p99']:8.1f} {lat['max']:8.1f} "
             f"{rtt.get('p50', float('nan')):8.1f} {str(r['deadline_misses']):>7} "
+            f"{'-' if r['floor_misses'] is None else r['floor_misses']:>6} "
             f"{100 * r['cpu_use']:5.0f}% {'balanced' if r['balanced'] else 'FELL':>9}"
         )
+    print("  floor: ticks an idle loop with the node's realtime settings missed just before (same rate/time)")
     if "naive-torch" in results:
         ratio = results["naive-torch"]["latency_us"]["p50"] / results["node-event"]["latency_us"]["p50"]
         print(f"  naive p50 / node (event) p50 = {ratio:.1f}x")

@@ -1,0 +1,171 @@
+"""Real-time settings for the calling thread, and a probe of what they buy on this machine.
+
+`apply` sets what a node config's ``realtime:`` section asks for (CPU pinning, SCHED_FIFO,
+mlockall, a CPU wake-up latency request); each setting the OS refuses is a warning, never a
+failure. `probe_wakeups` is a small cyclictest: a loop that waits for absolute ticks exactly
+as the node's fixed mode does, with nothing else to do, so its late ticks are the floor this
+machine and these settings put under the node (``edgeliquid profile --wakeup``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import multiprocessing as mp
+import os
+import select
+import struct
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger("edgeliquid.realtime")
+
+CPU_LATENCY_PATH = "/dev/cpu_dma_latency"
+
+
+@dataclass
+class Held:
+    """What must stay alive (and be released) for the settings to hold."""
+
+    qos_fd: int | None = None
+    gc_frozen: bool = False
+
+    def release(self) -> None:
+        if self.qos_fd is not None:
+            os.close(self.qos_fd)  # closing the file drops the latency request
+            self.qos_fd = None
+        if self.gc_frozen:
+            gc.unfreeze()
+            gc.enable()
+            self.gc_frozen = False
+
+
+def hold_cpu_latency(us: int, path: str = CPU_LATENCY_PATH) -> int | None:
+    """Ask the kernel (PM QoS) to keep CPU wake-up latency under ``us`` µs; the fd holds it.
+
+    A sleeping loop is woken late when its idle CPU sits in a deep C-state (in a VM: a halted
+    vCPU). With 0 the idle loop polls instead, as cyclictest does; the cost is an idle core
+    that never sleeps. The request lasts while the returned fd is open. Refused: warning, None.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except OSError as exc:
+        log.warning("realtime.cpu_dma_latency_us=%s refused: %s", us, exc)
+        return None
+    try:
+        os.write(fd, struct.pack("i", us))
+    except OSError as exc:
+        os.close(fd)
+        log.warning("realtime.cpu_dma_latency_us=%s refused: %s", us, exc)
+        return None
+    return fd
+
+
+def apply(
+    cpu: int | None = None,
+    sched_fifo: int | None = None,
+    mlockall: bool = False,
+    gc_freeze: bool = False,
+    cpu_dma_latency_us: int | None = None,
+) -> Held:
+    """Apply the settings to the calling thread; call ``release()`` on the result when done."""
+    held = Held()
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except (OSError, AttributeError) as exc:
+            log.warning("realtime.cpu=%s refused: %s", cpu, exc)
+    if sched_fifo is not None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(sched_fifo))
+        except (OSError, AttributeError) as exc:
+            log.warning("realtime.sched_fifo=%s refused: %s", sched_fifo, exc)
+    if mlockall:
+        try:
+            if ctypes.CDLL(None, use_errno=True).mlockall(3) != 0:  # MCL_CURRENT | MCL_FUTURE
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as exc:
+            log.warning("realtime.mlockall refused: %s", exc)
+    if cpu_dma_latency_us is not None:
+        held.qos_fd = hold_cpu_latency(cpu_dma_latency_us)
+    if gc_freeze:
+        # Freeze what exists, and keep the collector out of the loop: a generation-2
+        # pass can take milliseconds. Young objects are collected at stats time.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        held.gc_frozen = True
+    return held
+
+
+def _probe_loop(rate_hz: float, seconds: float, spin_us: float, settings: dict) -> dict:
+    held = apply(**settings)
+    try:
+        period = int(1e9 / rate_hz)
+        r, w = os.pipe()  # never written: select() sleeps its full timeout, as on a quiet port
+        lateness = np.zeros(int(seconds * rate_hz) + 2, dtype=np.int64)
+        n = missed = 0
+        next_tick = time.monotonic_ns() + period
+        end = next_tick + int(seconds * 1e9)
+        while n < len(lateness):
+            # Node.run's fixed-mode wait: select() until spin_us before the tick, then poll.
+            wait = (next_tick - time.monotonic_ns()) / 1e9 - spin_us / 1e6
+            select.select([r], [], [], min(wait, 0.05) if wait > 0 else 0)
+            now = time.monotonic_ns()
+            if now < next_tick:
+                continue
+            if now >= end:
+                break
+            lateness[n] = now - next_tick
+            n += 1
+            next_tick += period
+            if now >= next_tick:  # the node would skip these ticks and count them as misses
+                skipped = (now - next_tick) // period + 1
+                missed += int(skipped)
+                next_tick += int(skipped) * period
+        os.close(r)
+        os.close(w)
+    finally:
+        held.release()
+    late_us = lateness[:n] / 1e3
+    return {
+        "rate_hz": rate_hz,
+        "seconds": seconds,
+        "ticks": n,
+        "missed": missed,
+        "lateness_us": {
+            "p50": float(np.percentile(late_us, 50)),
+            "p99": float(np.percentile(late_us, 99)),
+            "p99.9": float(np.percentile(late_us, 99.9)),
+            "max": float(late_us.max()),
+        },
+    }
+
+
+def _child(conn, *args) -> None:
+    conn.send(_probe_loop(*args))
+
+
+def probe_wakeups(rate_hz: float = 1000.0, seconds: float = 10.0, spin_us: float = 0.0, **settings) -> dict:
+    """Tick at ``rate_hz`` for ``seconds`` doing nothing else, in a fresh process with the
+    given realtime ``settings`` (the keywords of :func:`apply`) and the node's wait.
+
+    Returns ticks, ``missed`` (ticks the node's fixed mode would have skipped, counted the
+    same way) and the wake-up lateness percentiles in µs.
+    """
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_child, args=(child, rate_hz, seconds, spin_us, settings), daemon=True)
+    p.start()
+    child.close()
+    try:
+        if not parent.poll(seconds + 30):
+            raise TimeoutError("wake-up probe did not finish")
+        return parent.recv()
+    finally:
+        p.join(5)
+        if p.is_alive():
+            p.kill()

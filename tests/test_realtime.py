@@ -1,0 +1,86 @@
+"""Realtime settings (refusals are warnings) and the wake-up probe's tick accounting."""
+
+import json
+import logging
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from edgeliquid import realtime
+
+LATENCY = realtime.CPU_LATENCY_PATH
+
+
+def test_refused_settings_are_warnings_not_failures(caplog, tmp_path):
+    caplog.set_level(logging.WARNING, logger="edgeliquid.realtime")
+    missing = tmp_path / "no-such-device"
+    assert realtime.hold_cpu_latency(0, str(missing)) is None
+    held = realtime.apply(cpu=100_000)  # no such CPU
+    held.release()
+    text = caplog.text
+    assert "realtime.cpu_dma_latency_us=0 refused" in text
+    assert "realtime.cpu=100000 refused" in text
+
+
+@pytest.mark.skipif(not os.access(LATENCY, os.W_OK), reason="needs a writable /dev/cpu_dma_latency")
+def test_cpu_latency_request_holds_while_open():
+    def current() -> int:
+        with open(LATENCY, "rb") as f:
+            return struct.unpack("i", f.read(4))[0]
+
+    before = current()
+    fd = realtime.hold_cpu_latency(0)
+    assert fd is not None
+    try:
+        assert current() == 0
+    finally:
+        realtime.Held(qos_fd=fd).release()
+    assert current() == before
+
+
+def test_gc_freeze_is_undone_on_release():
+    import gc
+
+    held = realtime.apply(gc_freeze=True)
+    assert not gc.isenabled()
+    held.release()
+    assert gc.isenabled()
+
+
+@pytest.mark.parametrize("rate_hz", [500.0, 200_000.0])
+def test_probe_accounts_for_every_tick(rate_hz):
+    # Each period is either a tick taken or a tick missed; at 200 kHz (5 µs) Python cannot
+    # keep up, so the probe must report misses rather than hide them.
+    seconds = 0.4
+    r = realtime.probe_wakeups(rate_hz, seconds)
+    expected = rate_hz * seconds
+    assert abs(r["ticks"] + r["missed"] - expected) <= 0.01 * expected + 2
+    if rate_hz > 100_000:
+        assert r["missed"] > r["ticks"]
+    lat = r["lateness_us"]
+    assert 0 <= lat["p50"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+
+
+def test_cli_wakeup_reads_the_config_realtime_section(tmp_path):
+    model = os.path.join(os.path.dirname(realtime.__file__), "data", "cartpole_ncp.onnx")
+    cfg = tmp_path / "rt.yaml"
+    cfg.write_text(
+        f"model: {model}\nserial: {{port: 'loop://'}}\n"
+        "inputs: [{name: a}, {name: b}, {name: c}, {name: d}]\n"
+        "outputs: [{name: u, failsafe: 0}]\n"
+        "realtime: {gc_freeze: false, spin_us: 50}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeliquid", "profile", "--wakeup", "--seconds", "0.3", "--rate", "200"]
+        + ["--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    r = json.loads(out)
+    assert r["settings"]["spin_us"] == 50 and r["settings"]["gc_freeze"] is False
+    assert abs(r["ticks"] + r["missed"] - 60) <= 2
