@@ -86,7 +86,7 @@ def test_full_disk_is_survived_and_reported(tmp_path):
 
 def test_demo_with_a_full_disk_still_balances():
     s = run_demo(seconds=3, seed=4, live=False, record="/dev/full")
-    assert s["balanced"] and s["steps"] > 250
+    assert s["balanced"] and s["steps"] > 250, {k: v for k, v in s.items() if k != "_device"}
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +177,10 @@ def test_link_profile_sees_a_stall_as_a_tail_and_drops_as_losses():
     assert r["sent"] > 1500
     assert r["lost"] >= r["sent"] // 200 - 1
     assert r["max"] >= 5000  # the stall is in the tail
-    # coordinated omission: the stall hid ~5 sends; the corrected histogram adds them back
-    assert r["corrected_count"] > r["answered"]
-    assert r["p99.9"] >= 0.99 * r["uncorrected"]["p99.9"]
+    # Coordinated omission: a 5 ms stall at a 1 ms period hid at least 4 sends; the corrected
+    # histogram adds them back (4, 3, 2, 1 ms). Those lie below the stall, so they may lower
+    # the very top percentile slightly; no percentile inequality is asserted for that reason.
+    assert r["corrected_count"] - r["answered"] >= 4
 
 
 def test_trace_tau_within_theorem1(tmp_path, capsys):
