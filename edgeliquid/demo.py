@@ -96,6 +96,10 @@ class DeviceRig:
         self.proc.start()
         self._parent.send(self.pty)
 
+    def done(self) -> bool:
+        """True once the device has finished and sent its summary."""
+        return self._parent.poll(0)
+
     def finish(self, timeout: float = 5.0) -> dict[str, Any]:
         """Wait for the device's summary (max angle, round trips, statuses...)."""
         dev = (
@@ -157,12 +161,21 @@ def run_demo(
         out.write("loading and warming the policy (the first run on a machine compiles kernels)...\n")
         out.flush()
     node = Node(cfg)  # loads and warms the policy before anything moves
-    rig.start(seconds)
-    t = threading.Thread(target=node.run, args=(seconds + 0.5,), daemon=True)
+    t = threading.Thread(target=node.run, args=(seconds + 60,), daemon=True)  # 60: a backstop
     t0 = time.monotonic()
     t.start()
+    # The device starts once the node listens, and the node stops 0.5 s after the device is
+    # done (so the summary includes its reaction to the stream ending): realtime setup (a full
+    # gc pass) or a fork in a big process can take a noticeable part of a short run.
+    node.ready.wait(30)
+    rig.start(seconds)
+    stop_at = None
     while t.is_alive():
         t.join(0.25)
+        if stop_at is None and rig.done():
+            stop_at = time.monotonic() + 0.5
+        if stop_at is not None and time.monotonic() >= stop_at:
+            node.stop()
         if live:
             lat = node.stats.latency_us()
             out.write(

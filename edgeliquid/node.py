@@ -18,6 +18,7 @@ import math
 import os
 import select
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,6 +192,7 @@ class Node:
         self._timeout_ns = int(cfg.sensor_timeout_ms * 1e6)
         self._spin_s = cfg.spin_us / 1e6
         self._held = realtime.Held()
+        self.ready = threading.Event()  # set once the port is open and the handshake sent
         self.events: list[tuple[float, str]] = []
         self._t_decoded = 0
         self._rec_elapsed, self._rec_t_us = 0.0, 0
@@ -566,6 +568,7 @@ class Node:
         self._held = realtime.apply(c.cpu, c.sched_fifo, c.mlockall, c.gc_freeze, c.cpu_dma_latency_us)
         t_end = None if duration_s is None else time.monotonic_ns() + int(duration_s * 1e9)
         self._connect()
+        self.ready.set()
         next_tick = time.monotonic_ns() + self._period_ns
         next_stats = time.monotonic_ns() + int(self.cfg.stats_every_s * 1e9)
         try:
