@@ -65,6 +65,16 @@ class NodeConfig:
     telemetry: dict[str, Any] | None = None
     source: str = "<dict>"
 
+    def realtime_settings(self) -> dict[str, Any]:
+        """The ``realtime:`` section as keywords of :func:`edgeliquid.realtime.apply`."""
+        return {
+            "cpu": self.cpu,
+            "sched_fifo": self.sched_fifo,
+            "mlockall": self.mlockall,
+            "gc_freeze": self.gc_freeze,
+            "cpu_dma_latency_us": self.cpu_dma_latency_us,
+        }
+
 
 _TOP = {
     "model",

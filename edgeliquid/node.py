@@ -564,8 +564,7 @@ class Node:
         """Run the loop until stopped (or for ``duration_s``); always ends in SAFE."""
         if self.recorder is not None:
             self.recorder.start()
-        c = self.cfg
-        self._held = realtime.apply(c.cpu, c.sched_fifo, c.mlockall, c.gc_freeze, c.cpu_dma_latency_us)
+        self._held = realtime.apply(**self.cfg.realtime_settings())
         t_end = None if duration_s is None else time.monotonic_ns() + int(duration_s * 1e9)
         self._connect()
         self.ready.set()

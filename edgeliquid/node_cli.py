@@ -106,14 +106,7 @@ def _profile_wakeup(args: argparse.Namespace) -> int:
     settings, spin_us = {}, 0.0
     if args.config:
         c = load_config(args.config)
-        settings = dict(
-            cpu=c.cpu,
-            sched_fifo=c.sched_fifo,
-            mlockall=c.mlockall,
-            gc_freeze=c.gc_freeze,
-            cpu_dma_latency_us=c.cpu_dma_latency_us,
-        )
-        spin_us = c.spin_us
+        settings, spin_us = c.realtime_settings(), c.spin_us
     r = probe_wakeups(args.rate, args.seconds, spin_us, **settings)
     r["settings"] = {**settings, "spin_us": spin_us}
     if args.json:

@@ -121,9 +121,9 @@ def main() -> int:
     args = ap.parse_args()
     results = {}
     node_cfg = load_config(default_config_path())
-    settings = {
+    settings = {  # what run_demo gives the node
+        **node_cfg.realtime_settings(),
         **(REALTIME_NODE if args.realtime else {}),
-        "gc_freeze": node_cfg.gc_freeze,
         "cpu_dma_latency_us": args.cpu_latency_us,
     }
     for mode in ("event", "fixed"):
