@@ -90,11 +90,20 @@ class DeviceRig:
         self.proc = None
 
     def start(self, seconds: float) -> None:
+        """Fork the device process and let it run for ``seconds``."""
+        self.spawn(seconds)
+        self.go()
+
+    def spawn(self, seconds: float) -> None:
+        """Fork the device process; it waits for :meth:`go`. Fork before a loop starts: a fork
+        write-protects the whole address space, and the running loop pays for it in stalls."""
         self.proc = self._ctx.Process(
             target=_device_main, args=(self._child, self.shared, self.kwargs, seconds), daemon=True
         )
         self.proc.start()
-        self._parent.send(self.pty)
+
+    def go(self) -> None:
+        self._parent.send(self.pty)  # the device process starts when it receives its pty
 
     def done(self) -> bool:
         """True once the device has finished and sent its summary."""
@@ -161,14 +170,15 @@ def run_demo(
         out.write("loading and warming the policy (the first run on a machine compiles kernels)...\n")
         out.flush()
     node = Node(cfg)  # loads and warms the policy before anything moves
+    rig.spawn(seconds)
     t = threading.Thread(target=node.run, args=(seconds + 60,), daemon=True)  # 60: a backstop
     t0 = time.monotonic()
     t.start()
     # The device starts once the node listens, and the node stops 0.5 s after the device is
     # done (so the summary includes its reaction to the stream ending): realtime setup (a full
-    # gc pass) or a fork in a big process can take a noticeable part of a short run.
+    # gc pass) in a big process can take a noticeable part of a short run.
     node.ready.wait(30)
-    rig.start(seconds)
+    rig.go()
     stop_at = None
     while t.is_alive():
         t.join(0.25)
