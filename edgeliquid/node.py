@@ -579,18 +579,15 @@ class Node:
                     if self.cfg.mode == "fixed":
                         # Sleep only until spin_us before the tick, then poll without sleeping:
                         # on a VM an idle vCPU can take milliseconds to wake (halt + reschedule).
-                        wait = (next_tick - now) / 1e9 - self._spin_s
-                        self._poll(min(wait, 0.05) if wait > 0 else 0)
+                        self._poll(realtime.tick_wait_s(next_tick, now, self._spin_s))
                         now = time.monotonic_ns()
                         if now >= next_tick:
                             self._tick(now)
-                            next_tick += self._period_ns
-                            if now >= next_tick:  # overran: skip, never burst
-                                missed = (now - next_tick) // self._period_ns + 1
-                                self.stats.deadline_misses += int(missed)
+                            next_tick, missed = realtime.next_tick_after(now, next_tick, self._period_ns)
+                            if missed:  # overran: skipped, never a burst
+                                self.stats.deadline_misses += missed
                                 if len(self.stats.miss_log) < 100:
-                                    self.stats.miss_log.append((now / 1e9, int(missed)))
-                                next_tick += int(missed) * self._period_ns
+                                    self.stats.miss_log.append((now / 1e9, missed))
                     else:
                         self._poll(0 if self._spin_s else min(self._timeout_ns / 4e9, 0.05))
                     now = time.monotonic_ns()

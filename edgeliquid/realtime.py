@@ -101,6 +101,26 @@ def apply(
     return held
 
 
+def tick_wait_s(next_tick_ns: int, now_ns: int, spin_s: float) -> float:
+    """How long the fixed loop may sleep in select(): until ``spin_s`` before the tick (capped
+    at 50 ms so signals and timeouts are seen), 0 inside the spin window."""
+    wait = (next_tick_ns - now_ns) / 1e9 - spin_s
+    return min(wait, 0.05) if wait > 0 else 0.0
+
+
+def next_tick_after(now_ns: int, tick_ns: int, period_ns: int) -> tuple[int, int]:
+    """The deadline after the tick ``tick_ns`` taken at ``now_ns``, and the ticks missed.
+
+    Absolute deadlines (no drift); an overrun skips every tick already past and counts it,
+    never a burst of catch-up steps.
+    """
+    nxt = tick_ns + period_ns
+    if now_ns < nxt:
+        return nxt, 0
+    missed = (now_ns - nxt) // period_ns + 1
+    return nxt + missed * period_ns, missed
+
+
 def _probe_loop(rate_hz: float, seconds: float, spin_us: float, settings: dict) -> dict:
     held = apply(**settings)
     try:
@@ -111,9 +131,8 @@ def _probe_loop(rate_hz: float, seconds: float, spin_us: float, settings: dict) 
         next_tick = time.monotonic_ns() + period
         end = next_tick + int(seconds * 1e9)
         while n < len(lateness):
-            # Node.run's fixed-mode wait: select() until spin_us before the tick, then poll.
-            wait = (next_tick - time.monotonic_ns()) / 1e9 - spin_us / 1e6
-            select.select([r], [], [], min(wait, 0.05) if wait > 0 else 0)
+            # Node.run's fixed-mode wait and tick accounting, on a port that stays quiet.
+            select.select([r], [], [], tick_wait_s(next_tick, time.monotonic_ns(), spin_us / 1e6))
             now = time.monotonic_ns()
             if now < next_tick:
                 continue
@@ -121,11 +140,8 @@ def _probe_loop(rate_hz: float, seconds: float, spin_us: float, settings: dict) 
                 break
             lateness[n] = now - next_tick
             n += 1
-            next_tick += period
-            if now >= next_tick:  # the node would skip these ticks and count them as misses
-                skipped = (now - next_tick) // period + 1
-                missed += int(skipped)
-                next_tick += int(skipped) * period
+            next_tick, skipped = next_tick_after(now, next_tick, period)
+            missed += skipped
         os.close(r)
         os.close(w)
     finally:

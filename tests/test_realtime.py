@@ -84,3 +84,13 @@ def test_cli_wakeup_reads_the_config_realtime_section(tmp_path):
     r = json.loads(out)
     assert r["settings"]["spin_us"] == 50 and r["settings"]["gc_freeze"] is False
     assert abs(r["ticks"] + r["missed"] - 60) <= 2
+
+
+def test_next_tick_skips_overruns_and_never_drifts():
+    period = 1_000_000
+    assert realtime.next_tick_after(5_200_000, 5_000_000, period) == (6_000_000, 0)  # on time
+    assert realtime.next_tick_after(6_000_000, 5_000_000, period) == (7_000_000, 1)  # one late
+    assert realtime.next_tick_after(8_500_000, 5_000_000, period) == (9_000_000, 3)  # no burst
+    assert realtime.tick_wait_s(2_000_000, 1_000_000, 0.0003) == pytest.approx(0.0007)
+    assert realtime.tick_wait_s(2_000_000, 1_800_000, 0.0003) == 0.0  # inside the spin window
+    assert realtime.tick_wait_s(10**12, 0, 0.0) == 0.05  # capped
