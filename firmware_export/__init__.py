@@ -2,20 +2,31 @@
 
 ``export_firmware(model_path, out_dir, name)`` writes ``NAME.h``/``NAME.c`` (float32,
 or fixed point with ``fixed_point=True``), the protocol v1 device codec
-``edgeliquid_proto.h/.c`` and ``manifest.json``. See docs/firmware.md.
+``edgeliquid_proto.h/.c`` and ``manifest.json``; ``NAME_normalize`` when the model records its
+input normalisation. Names and output paths are checked before anything is written, and no
+file is written through a link. See docs/firmware.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import stat
 from pathlib import Path
 
 from .cgen import CodegenError, check_name
+from .channels import channels_of
 from .float_c import generate_float
 from .layout import FirmwareModel
+from .outdir import prepare, write_all
 
 __all__ = ["export_firmware", "CodegenError"]
+
+# A model file bigger than this is not a policy for a microcontroller (and reading it whole
+# to hash it would cost that much memory).
+MAX_MODEL_BYTES = 256 << 20
 
 
 def export_firmware(
@@ -27,16 +38,25 @@ def export_firmware(
     fast_sigmoid: bool = False,
     min_elapsed: float = 0.01,
 ) -> dict:
-    """Generate the C files for ``model_path`` in ``out_dir``; returns the manifest."""
-    from edgeliquid.modelfile import read
+    """Generate the C files for ``model_path`` in ``out_dir``; returns the manifest.
+
+    Raises :class:`CodegenError` (an ``EdgeliquidError``) for a bad ``name``, output path or
+    metadata, and ``ModelFormatError`` for a missing or invalid model file; nothing is
+    written unless every check passed, and nothing is ever written through a link.
+    """
+    from edgeliquid.modelfile import read_bytes
+
+    from .proto_c import codec_files
 
     check_name(name)
+    if not (isinstance(min_elapsed, int | float) and math.isfinite(min_elapsed) and 0 < min_elapsed <= 100):
+        raise CodegenError(f"--min-elapsed {min_elapsed!r} must be a number in (0, 100] (model time units)")
     model_path = Path(model_path)
-    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    model = read(model_path)
+    data = _read_model(model_path)
+    sha = hashlib.sha256(data).hexdigest()
+    model = read_bytes(data, str(model_path))
     fm = FirmwareModel.of(model)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    ch = channels_of(model)
     manifest = {
         "model": str(model_path),
         "model_sha256": sha,
@@ -48,22 +68,35 @@ def export_firmware(
         "units": model.config.units,
         "synapses": fm.rec.count,
         "sensory_synapses": fm.sens.count,
+        **ch.manifest(name),
     }
     if fixed_point:
         from .fixed_c import generate_fixed
 
-        header, source, qinfo = generate_fixed(fm, name, sha, min_elapsed=min_elapsed)
+        header, source, qinfo = generate_fixed(fm, name, sha, min_elapsed=min_elapsed, channels=ch)
         manifest["fixed_point"] = qinfo
     else:
-        header, source = generate_float(fm, name, sha, fast_sigmoid)
-    (out / f"{name}.h").write_text(header)
-    (out / f"{name}.c").write_text(source)
-    from .proto_c import write_codec
-
-    write_codec(out, sha)
+        header, source = generate_float(fm, name, sha, fast_sigmoid, channels=ch)
     manifest.update(estimate_memory(fm, fixed_point))
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    files = {f"{name}.h": header, f"{name}.c": source, **codec_files(sha)}
+    files["manifest.json"] = json.dumps(manifest, indent=2)
+    write_all(prepare(out_dir, list(files)), files)
     return manifest
+
+
+def _read_model(path: Path) -> bytes:
+    from edgeliquid.errors import ModelFormatError
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            raise ModelFormatError(f"{path}: not a regular file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_MODEL_BYTES + 1)
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot read model file ({exc.strerror})") from None
+    if len(data) > MAX_MODEL_BYTES:
+        raise ModelFormatError(f"{path}: larger than {MAX_MODEL_BYTES >> 20} MiB, not a firmware policy")
+    return data
 
 
 def estimate_memory(fm: FirmwareModel, fixed_point: bool) -> dict:

@@ -12,21 +12,58 @@ import numpy as np
 
 from edgeliquid.errors import EdgeliquidError
 
-from .creserved import C_RESERVED
+from .creserved import C_HEADERS, C_RESERVED, WINDOWS_DEVICES
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+# NAME_Q_FRAC_BITS, the longest generated identifier, adds 12 characters: with NAME <= 48 every
+# identifier stays within the 63 significant characters C99 guarantees (5.2.4.1).
+MAX_NAME = 48
+
+# The device codec written next to the model: its files and its C namespace (elq_*, ELQ_*).
+CODEC_STEM = "edgeliquid_proto"
+CODEC_PREFIX = "elq"
 
 
 class CodegenError(EdgeliquidError):
-    """Raised when a model cannot be turned into C (bad name, too large for the index type)."""
+    """Raised when a model cannot be turned into C: bad --name, bad output path, bad metadata,
+    too large for the index type or the Q format."""
+
+
+def show(value: object, limit: int = 40) -> str:
+    """``repr`` of a user value, cut to ``limit`` characters (error messages stay one short line)."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(str(value))} characters)"
 
 
 def check_name(name: str) -> str:
-    """A valid, non-reserved C identifier prefix (the model's NAME)."""
-    if not _IDENT.match(name) or name.startswith("__"):
-        raise CodegenError(f"--name {name!r} is not a C identifier ([A-Za-z_][A-Za-z0-9_]*)")
-    if name in C_RESERVED or name.upper() in C_RESERVED:
-        raise CodegenError(f"--name {name!r} is a reserved word in C")
+    """NAME must be a safe C identifier prefix and file stem; raises :class:`CodegenError`.
+
+    A full match of ``[A-Za-z][A-Za-z0-9_]*`` (no leading underscore: reserved in C at file
+    scope), at most :data:`MAX_NAME` characters, not a C keyword, not a C standard header
+    name (``math`` would shadow ``<math.h>``), not the codec's file or prefix, not a
+    Windows device name.
+    """
+    if not isinstance(name, str) or not name:
+        raise CodegenError("--name is empty; give a C identifier such as 'policy'")
+    if len(name) > MAX_NAME:
+        raise CodegenError(f"--name {show(name)} is longer than {MAX_NAME} characters")
+    if not _IDENT.fullmatch(name):
+        raise CodegenError(
+            f"--name {show(name)} is not a C identifier starting with a letter ([A-Za-z][A-Za-z0-9_]*)"
+        )
+    low = name.lower()
+    if name in C_RESERVED or name.upper() in C_RESERVED or low in C_RESERVED:
+        raise CodegenError(f"--name {name!r} is a reserved word or identifier in C")
+    if low in C_HEADERS:
+        raise CodegenError(f"--name {name!r}: {name}.h would shadow the C standard header <{low}.h>")
+    if low == CODEC_STEM or low == CODEC_PREFIX or low.startswith(CODEC_PREFIX + "_"):
+        raise CodegenError(
+            f"--name {name!r} collides with the generated protocol codec "
+            f"({CODEC_STEM}.h/.c, {CODEC_PREFIX}_* / {CODEC_PREFIX.upper()}_*)"
+        )
+    if low in WINDOWS_DEVICES:
+        raise CodegenError(f"--name {name!r} is a reserved device name on Windows ({name}.h cannot exist)")
     return name
 
 

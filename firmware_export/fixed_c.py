@@ -30,6 +30,7 @@ import numpy as np
 from edgeliquid.guarantees import guarantees
 
 from .cgen import CodegenError, banner, c_array
+from .channels import Channels, channels_of, header_doc, normalize_c
 from .float_c import HEADER
 from .layout import FirmwareModel
 
@@ -158,7 +159,7 @@ static int32_t to_q(float f, float limit)
     }
     return (int32_t)(f * (float)QONE + (f >= 0.0f ? 0.5f : -0.5f));
 }
-
+$normalize
 void ${name}_reset(float *state)
 {
     int i;
@@ -246,8 +247,11 @@ def generate_fixed(
     min_elapsed: float = 0.01,
     max_elapsed: float = 100.0,
     input_range: float = 10.0,
+    channels: Channels | None = None,
 ) -> tuple[str, str, dict]:
+    """(header, source, Q-format info) of the int32 fixed-point variant."""
     cfg, p = fm.cfg, fm.p
+    ch = channels or channels_of(fm.model)
     if cfg.mixed_memory:
         raise CodegenError(
             "fixed point does not support mixed_memory (LSTM) models yet; use the float variant"
@@ -279,7 +283,9 @@ def generate_fixed(
         ]
     what = f"{name}: LTC policy, fixed point {info['format']}"
     up = name.upper()
-    decl = (
+    norm_decl, norm_def = normalize_c(ch, name, fixed_frac=f, input_range=input_range)
+    decl = norm_decl + (
+        f"\n/* {name}_step saturates each x[i] to +-{input_range:g} (the Q format's input range). */\n"
         f"\n/* Native fixed-point step: Q{31 - f}.{f} int32 values (x, state, elapsed, y). */\n"
         f"#define {up}_Q_FRAC_BITS {f}\n"
         f"void {name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq);\n"
@@ -291,6 +297,7 @@ def generate_fixed(
         n_in=cfg.n_inputs,
         n_out=cfg.n_outputs,
         n_state=cfg.n_state,
+        inputs_doc=header_doc(ch, name),
         extra_decl=decl,
     )
     header = header.replace(f"#define {up}_H\n", f"#define {up}_H\n#include <stdint.h>\n", 1)
@@ -305,6 +312,7 @@ def generate_fixed(
         nnz=fm.rec.count,
         snnz=fm.sens.count,
         frac=f,
+        normalize=norm_def,
         arrays="\n".join(arrays),
         lut_range=int(LUT_RANGE),
         lut_per_unit=int(LUT_N / LUT_RANGE),

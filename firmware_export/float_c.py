@@ -7,6 +7,7 @@ from string import Template
 import numpy as np
 
 from .cgen import banner, c_array, c_float
+from .channels import Channels, channels_of, header_doc, normalize_c
 from .layout import FirmwareModel
 
 HEADER = Template("""$banner
@@ -21,10 +22,11 @@ HEADER = Template("""$banner
 extern "C" {
 #endif
 
+$inputs_doc
 /* Zero the state (ncps' initial state). state: ${UP}_STATE_SIZE floats, owned by the caller. */
 void ${name}_reset(float *state);
 
-/* One LTC step: x[${UP}_N_INPUTS] raw inputs (finite), elapsed > 0 in model time units
+/* One LTC step: x[${UP}_N_INPUTS] model inputs as above (finite), elapsed > 0 in model time units
  * (ncps: 1.0 per sample), state updated in place, y[${UP}_N_OUTPUTS] written. */
 void ${name}_step(const float *x, float *state, float elapsed, float *y);
 $extra_decl
@@ -48,7 +50,7 @@ SOURCE = Template("""$banner
 
 $arrays
 $sigmoid
-
+$normalize
 void ${name}_reset(float *state)
 {
     int i;
@@ -139,8 +141,13 @@ static float ${name}_sigmoid(float x)
 """)
 
 
-def generate_float(fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = False) -> tuple[str, str]:
+def generate_float(
+    fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = False, channels: Channels | None = None
+) -> tuple[str, str]:
+    """(header, source) of the float32 variant; ``channels`` documents and normalises the inputs."""
     cfg, p = fm.cfg, fm.p
+    ch = channels or channels_of(fm.model)
+    norm_decl, norm_def = normalize_c(ch, name)
     up = name.upper()
     idx = fm.index_type()
     arrays = [
@@ -204,7 +211,8 @@ def generate_float(fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = 
         n_in=cfg.n_inputs,
         n_out=cfg.n_outputs,
         n_state=cfg.n_state,
-        extra_decl="",
+        inputs_doc=header_doc(ch, name),
+        extra_decl=norm_decl,
     )
     source = SOURCE.substitute(
         banner=banner(sha, what),
@@ -218,6 +226,7 @@ def generate_float(fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = 
         snnz=fm.sens.count,
         arrays="\n".join(arrays),
         sigmoid=sig,
+        normalize=norm_def,
         lstm_decl=lstm_decl,
         lstm_body=lstm_body,
         lstm_commit=lstm_commit,

@@ -123,11 +123,61 @@ def write_driver(out: Path, name: str) -> None:
     (out / "driver.c").write_text(DRIVER.format(name=name, UP=name.upper()))
 
 
+NORMALIZE_DRIVER = """#include "{name}.h"
+#include "raws.h"
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+
+int main(void)
+{{
+    float x[{UP}_N_INPUTS];
+    int32_t xq[{UP}_N_INPUTS];
+    uint32_t u;
+    int t, i;
+    (void)xq;
+    for (t = 0; t < N_ROWS; ++t) {{
+        {name}_normalize(&raws[t * {UP}_N_INPUTS], x);
+        for (i = 0; i < {UP}_N_INPUTS; ++i) {{
+            memcpy(&u, &x[i], sizeof u);
+            printf("f %08lx\\n", (unsigned long)u);
+        }}
+#ifdef {UP}_Q_FRAC_BITS
+        {name}_normalize_q(&raws[t * {UP}_N_INPUTS], xq);
+        for (i = 0; i < {UP}_N_INPUTS; ++i) {{
+            printf("q %ld\\n", (long)xq[i]);
+        }}
+#endif
+    }}
+    return 0;
+}}
+"""
+
+
+def write_normalize_driver(out: Path, name: str, raws: np.ndarray) -> None:
+    """``norm_driver.c``: NAME_normalize (and NAME_normalize_q when fixed point) on each row of raws."""
+    text = f"#define N_ROWS {raws.shape[0]}\n" + c_array("float", "raws", raws.astype(np.float32), per_line=8)
+    (out / "raws.h").write_text(text)
+    (out / "norm_driver.c").write_text(NORMALIZE_DRIVER.format(name=name, UP=name.upper()))
+
+
+def parse_normalize(stdout: str, rows: int, n_in: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(x as float32 [rows, n_in], xq as int64 [rows, n_in] or None) from the driver's output."""
+    fs = [int(w[2:], 16) for w in stdout.splitlines() if w.startswith("f ")]
+    qs = [int(w[2:]) for w in stdout.splitlines() if w.startswith("q ")]
+    if len(fs) != rows * n_in:
+        raise RuntimeError(f"expected {rows * n_in} normalised values, got {len(fs)}")
+    x = np.array(fs, np.uint32).view(np.float32).reshape(rows, n_in)
+    return x, (np.array(qs, np.int64).reshape(rows, n_in) if qs else None)
+
+
 def tool(name: str) -> str | None:
     return shutil.which(name)
 
 
-def build_host(out: Path, name: str, extra: list[str] | None = None, exe: str = "host_test") -> Path:
+def build_host(
+    out: Path, name: str, extra: list[str] | None = None, exe: str = "host_test", driver: str = "driver.c"
+) -> Path:
     cc = os.environ.get("CC", "gcc")
     cmd = [
         cc,
@@ -135,7 +185,7 @@ def build_host(out: Path, name: str, extra: list[str] | None = None, exe: str = 
         *(extra or []),
         "-o",
         str(out / exe),
-        str(out / "driver.c"),
+        str(out / driver),
         str(out / f"{name}.c"),
         "-lm",
     ]

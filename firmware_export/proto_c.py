@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cgen import banner
+from .cgen import CODEC_STEM, banner
 
 PROTO_H = """#ifndef EDGELIQUID_PROTO_H
 #define EDGELIQUID_PROTO_H
@@ -240,8 +240,15 @@ int elq_rx_push(elq_rx *rx, uint8_t byte, elq_packet *p)
 """
 
 
-def write_codec(out: Path, sha: str) -> None:
-    """Write edgeliquid_proto.h/.c (model-independent; the banner names the model anyway)."""
+def codec_files(sha: str) -> dict[str, str]:
+    """edgeliquid_proto.h/.c by file name (model-independent; the banner names the model anyway)."""
     b = banner(sha, "edgeliquid protocol v1 device codec")
-    (out / "edgeliquid_proto.h").write_text(b + PROTO_H)
-    (out / "edgeliquid_proto.c").write_text(b + PROTO_C)
+    return {f"{CODEC_STEM}.h": b + PROTO_H, f"{CODEC_STEM}.c": b + PROTO_C}
+
+
+def write_codec(out: Path, sha: str) -> None:
+    """Write edgeliquid_proto.h/.c into ``out`` (no link followed, see outdir.py)."""
+    from .outdir import prepare, write_all
+
+    files = codec_files(sha)
+    write_all(prepare(out, list(files)), files)

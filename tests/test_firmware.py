@@ -315,3 +315,171 @@ def test_c_frames_decoded_by_python(codec):
     np.testing.assert_array_equal(np.array(pkt.values, np.float32), vals)
     assert frames[0] == P.encode_frame(3, 65535, 4294967295, vals.tolist(), ref_seq=17)
     assert P.decode_frame(frames[1][:-1]).type == 4
+
+
+# ------------------------------------------------------------- input normalisation
+
+NORM = {"offset": [0.5, -1.25, 3e-3, 100.0, -7.0], "scale": [5.0, 0.1, 1000.0, 1 / 3, -2.0]}
+
+
+def _normalized_model(tmp, names="p,v,theta,omega,i", units="m,m/s,rad,rad/s,A"):
+    from edgeliquid.model import LTCModel
+
+    m = random_model(np.random.default_rng(11), units=8, n_in=5, motors=2, density=0.4)
+    info = {"input_normalization": json.dumps(NORM), "input_names": names, "output_names": "left,right"}
+    if units:
+        info["input_units"] = units
+    path = tmp / "norm.onnx"
+    save(LTCModel(m.config, m.params, roles=m.roles, info=info), path)
+    return path
+
+
+def _raws(rng, rows=400):
+    """Around each channel's offset at several scales, plus exact offsets and zeros."""
+    off = np.array(NORM["offset"])
+    raw = off + rng.normal(0, 1, (rows, 5)) * 10.0 ** rng.integers(-3, 3, (rows, 1))
+    raw[0], raw[1] = off, 0.0
+    return raw.astype(np.float32)
+
+
+def _python_normalize(raw):
+    off, sc = np.float32(NORM["offset"]), np.float32(NORM["scale"])
+    return (raw.astype(np.float32) - off) * sc  # float32 ops, rounded like the C's
+
+
+def _python_to_q(x, frac, limit=10.0):
+    """fixed_c.to_q in float32: saturate, scale by 2^F, add +-0.5, truncate toward zero."""
+    f = np.clip(x.astype(np.float32), np.float32(-limit), np.float32(limit))
+    v = f * np.float32(2.0**frac) + np.where(f >= 0, np.float32(0.5), np.float32(-0.5))
+    return np.trunc(v.astype(np.float32)).astype(np.int64)
+
+
+def _run_normalize(out, name, raws):
+    H.write_normalize_driver(out, name, raws)
+    exe = H.build_host(out, name, exe="norm_test", driver="norm_driver.c")
+    stdout = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    return H.parse_normalize(stdout, raws.shape[0], raws.shape[1])
+
+
+def test_normalisation_in_header_and_manifest(tmp_path):
+    m = export_firmware(_normalized_model(tmp_path), tmp_path / "o", "pol")
+    h = (tmp_path / "o" / "pol.h").read_text()
+    assert "raw inputs" not in h
+    assert "are NORMALISED" in h and "x[i] = (raw[i] - offset[i]) * scale[i]" in h
+    assert "void pol_normalize(const float *raw, float *x);" in h
+    lines = h.splitlines()
+    row = next(line for line in lines if line.startswith(" *   x[3]"))
+    assert row.split() == ["*", "x[3]", "omega", "[rad/s]", "offset", "100", "scale", "0.333333333"]
+    assert any(line.split()[1:] == ["y[1]", "right"] for line in lines if line.startswith(" *   y[1]"))
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man == json.loads(json.dumps(m))
+    norm = man["input_normalization"]
+    assert norm["offset"] == NORM["offset"] and norm["scale"] == NORM["scale"]
+    assert norm["function"] == "pol_normalize" and norm["formula"] == "x = (raw - offset) * scale"
+    assert [c["name"] for c in man["inputs"]] == ["p", "v", "theta", "omega", "i"]
+    assert [c["unit"] for c in man["inputs"]] == ["m", "m/s", "rad", "rad/s", "A"]
+    assert [c["scale"] for c in man["inputs"]] == NORM["scale"]
+    assert [c["name"] for c in man["outputs"]] == ["left", "right"]
+
+
+def test_shipped_model_header_says_theta_is_scaled(tmp_path):
+    export_firmware(DEMO, tmp_path, "cp")
+    h = (tmp_path / "cp.h").read_text()
+    assert "raw inputs" not in h and "cp_normalize" in h
+    assert next(ln for ln in h.splitlines() if " theta " in ln).split()[-2:] == ["scale", "5"]
+    man = json.loads((tmp_path / "manifest.json").read_text())
+    assert man["input_normalization"]["scale"] == [1.0, 1.0, 5.0, 1.0]
+
+
+def test_model_without_normalisation_says_so(tmp_path):
+    export_firmware(_model_file(tmp_path, "sparse"), tmp_path / "o", "pol")
+    h, c = (tmp_path / "o" / "pol.h").read_text(), (tmp_path / "o" / "pol.c").read_text()
+    assert "records\n * no input normalisation" in h and "raw inputs" not in h
+    assert "_normalize" not in h + c
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["input_normalization"] is None and [ch["name"] for ch in man["inputs"]] == [None] * 5
+
+
+@needs_gcc
+def test_normalize_float_bit_exact_with_python(tmp_path):
+    raws = _raws(np.random.default_rng(5))
+    export_firmware(_normalized_model(tmp_path), tmp_path / "o", "pol")
+    got, q = _run_normalize(tmp_path / "o", "pol", raws)
+    assert q is None  # no _q function in the float variant
+    want = _python_normalize(raws)
+    np.testing.assert_array_equal(got, want)
+    # and the float64 meaning, to float32 rounding
+    exact = (raws.astype(np.float64) - NORM["offset"]) * NORM["scale"]
+    assert np.allclose(got, exact, rtol=1e-6, atol=1e-6 * np.abs(exact).max())
+
+
+@needs_gcc
+def test_normalize_fixed_point_matches_python(tmp_path):
+    raws = _raws(np.random.default_rng(6))
+    m = export_firmware(_normalized_model(tmp_path), tmp_path / "o", "pol", fixed_point=True)
+    h = (tmp_path / "o" / "pol.h").read_text()
+    assert "void pol_normalize_q(const float *raw, int32_t *xq);" in h
+    got, q = _run_normalize(tmp_path / "o", "pol", raws)
+    x = _python_normalize(raws)
+    np.testing.assert_array_equal(got, x)
+    frac, limit = m["fixed_point"]["frac_bits"], m["fixed_point"]["input_range"]
+    assert np.abs(x).max() > limit  # the saturation is exercised
+    np.testing.assert_array_equal(q, _python_to_q(x, frac, limit))
+
+
+@needs_gcc
+def test_normalize_then_step_equals_reference_on_normalised_inputs(tmp_path):
+    """The whole chain on the host: raw -> pol_normalize -> pol_step vs numpy on (raw-off)*scale."""
+    from edgeliquid.modelfile import read
+
+    path = _normalized_model(tmp_path)
+    model = read(path)
+    out = tmp_path / "o"
+    export_firmware(path, out, "pol")
+    steps = 300
+    x = np.random.default_rng(8).normal(0, 1, (steps, 5))  # what the model was trained on
+    raws = (x / NORM["scale"] + NORM["offset"]).astype(np.float32)
+    el = np.full(steps, 1.0, np.float32)
+    (out / "chain.c").write_text(
+        '#include "pol.h"\n#include "raws.h"\n#include <stdio.h>\n'
+        "int main(void){float x[POL_N_INPUTS], s[POL_STATE_SIZE], y[POL_N_OUTPUTS]; int t, k;"
+        "pol_reset(s); for (t = 0; t < N_ROWS; ++t) { pol_normalize(&raws[t * POL_N_INPUTS], x);"
+        'pol_step(x, s, 1.0f, y); for (k = 0; k < POL_N_OUTPUTS; ++k) printf("%.9e\\n", (double)y[k]); }'
+        "return 0;}\n"
+    )
+    H.write_normalize_driver(out, "pol", raws)
+    exe = H.build_host(out, "pol", exe="chain", driver="chain.c")
+    got = np.array(
+        subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split(), float
+    )
+    want, _ = H.reference_outputs(model, _python_normalize(raws), el, np.zeros(model.config.n_state), -1)
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(got.reshape(want.shape) - want).max() / scale <= 1e-5
+
+
+@needs_arm
+@needs_qemu
+def test_normalize_on_m4_under_qemu_bit_exact(tmp_path):
+    raws = _raws(np.random.default_rng(9), 64)
+    out = tmp_path / "o"
+    export_firmware(_normalized_model(tmp_path), out, "pol")
+    H.write_normalize_driver(out, "pol", raws)
+    elf = H.build_m4(out, "pol", driver="norm_driver.c", elf_name="norm.elf")
+    got, _ = H.parse_normalize(H.run_qemu(elf), raws.shape[0], raws.shape[1])
+    np.testing.assert_array_equal(got, _python_normalize(raws))
+
+
+@needs_gcc
+def test_channel_names_cannot_break_the_comment(tmp_path):
+    evil = "a*/ int x;,b??/,c\u00b0,d /*,e"
+    export_firmware(_normalized_model(tmp_path, names=evil, units="*/,??=,m\u00b2,,s"), tmp_path / "o", "pol")
+    h = (tmp_path / "o" / "pol.h").read_text()
+    assert h.isascii() and "??" not in h and h.count("*/") == h.count("/*")
+    (tmp_path / "o" / "inc.c").write_text('#include "pol.h"\nint main(void){return POL_N_INPUTS - 5;}\n')
+    subprocess.run(
+        ["gcc", *H.HOST_FLAGS, "-Wcomment", "-Wtrigraphs", "-o", "inc", "inc.c"],
+        check=True,
+        cwd=tmp_path / "o",
+    )
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["inputs"][0]["name"] == "a*/ int x;"  # the manifest keeps the text (JSON escapes it)
