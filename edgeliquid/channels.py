@@ -1,7 +1,8 @@
 """Physical units <-> model units for the node's inputs and outputs (see config.py).
 
 Both maps are packed into one float64 array so the cpu backend's fused kernel
-(:func:`edgeliquid.kernels.control_step`) runs map -> policy -> map in one call.
+(:func:`edgeliquid.kernels.control_step`) runs map -> policy -> map in one call. Its last
+slot counts the input samples the clip changed (:attr:`ChannelMaps.clipped`), on both paths.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from .kernels import STATUS_BAD_INPUT, STATUS_BAD_OUTPUT, STATUS_OK
 class ChannelMaps:
     """Both maps packed for :func:`edgeliquid.kernels.control_step` (the node's fast path).
 
-    ``last`` and ``u`` live inside ``chan`` so the kernel updates the rate limiter itself.
+    ``last`` and ``u`` live inside ``chan`` so the kernel updates the rate limiter itself;
+    the last slot of ``chan`` is the running count of clipped input samples.
     """
 
     def __init__(self, inputs: list[InputChannel], outputs: list[OutputChannel], dtype=np.float32):
@@ -33,6 +35,7 @@ class ChannelMaps:
             [c.max_rate for c in outputs],
             [c.failsafe for c in outputs],
             [c.failsafe for c in outputs],
+            [0.0],  # clipped input samples so far
         ]
         self.chan = np.array([v for b in blocks for v in b], np.float64)
         self.failsafe = np.array([c.failsafe for c in outputs])
@@ -40,6 +43,30 @@ class ChannelMaps:
         self.last = self.chan[4 * n + 5 * m : 4 * n + 6 * m]
         self.u = self.chan[4 * n + 6 * m : 4 * n + 7 * m]
         self.xbuf = np.zeros(n, dtype)
+        # (index, low, high) of inputs that declare a plausible range; empty: nothing to check.
+        self._ranges = tuple((i, c.range[0], c.range[1]) for i, c in enumerate(inputs) if c.range is not None)
+
+    def in_range(self, values) -> bool:
+        """True when every raw value lies inside its input's declared ``range``.
+
+        ``values`` holds one float per input (``pkt.values``). Inputs without a range accept
+        anything (non-finite values are the node's NaN check's job); NaN is outside any range.
+        Costs one test when no input declares a range.
+        """
+        if not self._ranges:
+            return True
+        try:
+            for i, lo, hi in self._ranges:
+                if not lo <= values[i] <= hi:
+                    return False
+        except IndexError:  # fewer values than inputs: not a valid sample
+            return False
+        return True
+
+    @property
+    def clipped(self) -> int:
+        """How many input samples the config's ``clip`` changed so far (both compute paths)."""
+        return int(self.chan[-1])
 
     def apply_numpy(self, policy, raw, elapsed: float, dt_s: float) -> int:
         """What :func:`~edgeliquid.kernels.control_step` does, for non-numba backends."""
@@ -47,7 +74,9 @@ class ChannelMaps:
         raw = np.asarray(raw, np.float64)
         if not np.all(np.isfinite(raw)):
             return STATUS_BAD_INPUT
-        x = (np.clip(raw, c[:n], c[n : 2 * n]) - c[2 * n : 3 * n]) * c[3 * n : 4 * n]
+        clipped = np.clip(raw, c[:n], c[n : 2 * n])
+        c[-1] += np.count_nonzero(clipped != raw)
+        x = (clipped - c[2 * n : 3 * n]) * c[3 * n : 4 * n]
         self.xbuf[:] = x
         try:
             y = np.asarray(policy.step(x, elapsed), np.float64)

@@ -442,6 +442,7 @@ def run_batch(xs, elapsed, fp, ip, work, ys, bad):
 # Channel-map layout for control_step (float64 array ``chan``), n = inputs, m = outputs:
 #   [0:n) in_lo  [n:2n) in_hi  [2n:3n) in_offset  [3n:4n) in_scale
 #   then per output (m each): out_scale, out_offset, out_lo, out_hi, max_rate, last, u
+#   then one slot (the last): how many input samples the input clip changed (a running count)
 CH_OUT_SCALE, CH_OUT_OFFSET, CH_OUT_LO, CH_OUT_HI, CH_RATE, CH_LAST, CH_U = range(7)
 
 
@@ -450,16 +451,20 @@ def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
     """The node's whole compute for one cycle, in one call.
 
     raw sensors -> clip/offset/scale -> policy step -> scale/offset/clip -> rate limit;
-    the command lands in ``chan`` (u block) and becomes the rate limiter's ``last``.
+    the command lands in ``chan`` (u block) and becomes the rate limiter's ``last``; the
+    number of inputs the clip changed is added to ``chan[-1]`` (once all inputs are finite).
     Returns a kernel status; on failure neither the state nor ``last`` change.
     """
     n = raw.shape[0]
+    clipped = 0
     for i in range(n):
         r = raw[i]
         if not math.isfinite(r):
             return STATUS_BAD_INPUT
-        r = min(max(r, chan[i]), chan[n + i])
-        xbuf[i] = (r - chan[2 * n + i]) * chan[3 * n + i]
+        c = min(max(r, chan[i]), chan[n + i])
+        clipped += c != r
+        xbuf[i] = (c - chan[2 * n + i]) * chan[3 * n + i]
+    chan[chan.shape[0] - 1] += clipped
     status = step(xbuf, elapsed, fp, ip, work)
     if status != STATUS_OK:
         return status
