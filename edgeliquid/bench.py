@@ -104,8 +104,13 @@ def bench_model(
     dtype=np.float32,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Latency per peer (µs), batch throughput of the cpu backend, ratios to cpu."""
+    """Latency per peer (µs), batch throughput of the cpu backend (``batch`` 0: skip), ratios to cpu."""
     from .runtime import from_model
+
+    if steps < 1 or batch < 0 or batch_steps < 1:
+        raise ValueError(
+            f"bench_model needs steps >= 1, batch >= 0, batch_steps >= 1, got {steps}, {batch}, {batch_steps}"
+        )
 
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, model.config.n_inputs).astype(np.float32)

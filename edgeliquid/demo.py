@@ -17,11 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from . import deadlines
+from . import protocol as P
 from .config import load_config
-from .node import MODE_NAMES, Node
+from .node import MODE_NAMES, R_SHUTDOWN, R_STARTING, Node
+from .sim import Push, push_recovery, random_pushes
 
 BALANCED_RAD = 0.2  # pole within this angle ...
 BALANCED_X_M = 2.4  # ... and the cart within this distance (no drifting away to keep it up)
+SETTLE_BAND_RAD = 0.05  # after a push, "recovered" = back within this angle for good
 
 
 # With realtime=True the device process takes CPU 0 (SCHED_FIFO 40), the node thread this.
@@ -34,6 +38,17 @@ def default_config_path() -> Path:
         if cand.exists():
             return cand
     raise FileNotFoundError("cartpole_demo.yaml not found")
+
+
+def failsafe_transitions(statuses: list[tuple[int, int, int]]) -> int:
+    """Fault fail-safes the device was told about: STATUS frames switching it to SAFE for a
+    reason other than the node starting or shutting down (repeated statuses count once)."""
+    n, mode = 0, P.MODE_SAFE  # the device starts in SAFE
+    for _, m, reason in statuses:
+        if m == P.MODE_SAFE and mode != P.MODE_SAFE and reason not in (R_STARTING, R_SHUTDOWN):
+            n += 1
+        mode = m
+    return n
 
 
 def _device_main(conn, shared, kwargs, seconds):
@@ -52,11 +67,17 @@ def _device_main(conn, shared, kwargs, seconds):
         while not dev._stop.is_set():
             shared[0] = dev.plant.angle
             shared[1] = float(dev.command[0])
+            shared[2] = dev.push_now
             time.sleep(0.05)
 
     threading.Thread(target=mirror, daemon=True).start()
     st = dev.run(seconds)
     rtt = np.array(st.rtt_us) if st.rtt_us else np.array([np.nan])
+    ang = np.array(st.angles, dtype=np.float64).reshape(-1, 2)
+    t_s = (ang[:, 0] - dev._t0) / 1e9
+    pushes = push_recovery(t_s, ang[:, 1], dev.pushes, SETTLE_BAND_RAD)
+    first = min((p.at_s for p in dev.pushes), default=np.inf)
+    before = np.abs(ang[t_s < first, 1])
     conn.send(
         {
             "max_abs_angle": st.max_abs_angle,
@@ -70,6 +91,8 @@ def _device_main(conn, shared, kwargs, seconds):
             },
             "statuses": st.statuses,
             "commands": st.commands,
+            "pushes": pushes,
+            "max_abs_angle_before_pushes": float(before.max()) if len(before) else float("nan"),
         }
     )
 
@@ -85,7 +108,7 @@ class DeviceRig:
         self.kwargs = device_kwargs
         ctx = mp.get_context("fork")
         self._ctx = ctx
-        self.shared = ctx.Array("d", 2)
+        self.shared = ctx.Array("d", 3)  # angle, actuator force, push force
         self._parent, self._child = ctx.Pipe()
         self.proc = None
 
@@ -114,7 +137,7 @@ class DeviceRig:
         dev = (
             self._parent.recv()
             if self._parent.poll(timeout)
-            else {"max_abs_angle": float("nan"), "rtt_us": {}}
+            else {"max_abs_angle": float("nan"), "rtt_us": {}, "statuses": [], "pushes": []}
         )
         self.proc.join(2)
         self.pty.close()
@@ -138,8 +161,19 @@ def run_demo(
     record: str | None = None,
     spin_us: float = 0.0,
     cpu_dma_latency_us: int | None = None,
+    pushes: list[Push] | None = None,
+    random_push_count: int = 0,
 ) -> dict[str, Any]:
-    """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``)."""
+    """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``).
+
+    ``pushes`` shove the cart at given times; ``random_push_count`` adds that many at random
+    times (seeded by ``seed``). Each push's peak angle and settling time are in ``pushes``.
+    """
+    if not (seconds > 0 and rate_hz > 0):
+        raise ValueError(f"run_demo needs seconds > 0 and rate_hz > 0, got {seconds}, {rate_hz}")
+    pushes = list(pushes or [])
+    if random_push_count:
+        pushes += random_pushes(random_push_count, seconds, np.random.default_rng([seed, 1]))
     cfg = load_config(config or default_config_path())
     rig = DeviceRig(
         plant=plant,
@@ -152,6 +186,7 @@ def run_demo(
         fault_at_s=seconds * 0.4,
         fault_len_s=0.3,
         realtime=realtime,
+        pushes=sorted(pushes, key=lambda p: p.at_s),
     )
     if realtime:  # warnings if the OS refuses
         cfg.cpu, cfg.sched_fifo = REALTIME_NODE["cpu"], REALTIME_NODE["sched_fifo"]
@@ -188,18 +223,25 @@ def run_demo(
             node.stop()
         if live:
             lat = node.stats.latency_us()
+            shove = f"PUSH {rig.shared[2]:+5.1f} N" if rig.shared[2] else " " * 12
             out.write(
                 f"\r t={time.monotonic() - t0:5.1f}s  angle={rig.shared[0]:+.3f} rad  "
-                f"force={rig.shared[1]:+6.2f} N  latency p50={lat['p50']:5.0f} µs  "
+                f"force={rig.shared[1]:+6.2f} N  {shove}  latency p50={lat['p50']:5.0f} µs  "
                 f"mode={MODE_NAMES[node.mode]:4s}  steps={node.stats.steps}   "
             )
             out.flush()
     if live:
         out.write("\n")
     dev = rig.finish()
-    lat = node.stats.latency_us()
+    st = node.stats
+    during = failsafe_transitions(dev["statuses"])
+    # after every push the pole came back within the band, and the cart stayed on its track
+    recovered = bool(
+        all(p["settle_s"] is not None for p in dev.get("pushes", []))
+        and dev.get("max_abs_x", np.inf) < BALANCED_X_M
+    )
     return {
-        "steps": node.stats.steps,
+        "steps": st.steps,
         "seconds": seconds,
         "rate_hz": rate_hz,
         "mode": mode,
@@ -207,32 +249,82 @@ def run_demo(
         "balanced": bool(dev["max_abs_angle"] < BALANCED_RAD and dev.get("max_abs_x", 0) < BALANCED_X_M),
         "max_abs_angle": dev["max_abs_angle"],
         "max_abs_x": dev.get("max_abs_x", float("nan")),
-        "latency_us": lat,
+        # frame ready -> command written; in fixed mode this includes the wait for the tick
+        "latency_us": st.latency_us(),
+        # cycle start (fixed: the tick; event: the frame ready) -> command written
+        "compute_latency_us": st.compute_latency_us(),
         "device_rtt_us": dev.get("rtt_us", {}),
-        "deadline_misses": node.stats.deadline_misses,
+        "deadline_misses": st.deadline_misses,
+        "ticks_missed": st.ticks_missed,
+        "deadline_definition": f"command-to-command gap > {deadlines.LATE_FACTOR:g} nominal periods",
         "frame_errors": node.rx.total_errors,
         "frames_lost": node.rx.lost,
-        "failsafe_events": node.stats.failsafe_events,
-        "policy_errors": node.stats.policy_errors,
+        # faults the device was switched to SAFE for while it ran; the node's own count also
+        # has the sensor timeout when the device stops streaming at the end of the demo
+        "failsafe_events": during,
+        "failsafe_events_after_device_stopped": max(0, st.failsafe_events - during),
+        "shutdowns": st.shutdowns,
+        "policy_errors": st.policy_errors,
+        "pushes": dev.get("pushes", []),
+        "max_abs_angle_before_pushes": dev.get("max_abs_angle_before_pushes", float("nan")),
+        "recovered": recovered,
+        "settle_band_rad": SETTLE_BAND_RAD,
         "recording": str(node.recorder.files[0]) if node.recorder and node.recorder.files else None,
         "_device": dev,
     }
 
 
+def _pcts(d: dict[str, float]) -> str:
+    return f"p50 {d['p50']:.0f} / p99 {d['p99']:.0f} / max {d['max']:.0f} µs"
+
+
+def format_push(p: dict[str, Any], band_rad: float) -> str:
+    """One line per push: what it was and how the policy recovered."""
+    settle = (
+        f"back within {band_rad:g} rad after {p['settle_s']:.2f} s"
+        if p["settle_s"] is not None
+        else f"NOT back within {band_rad:g} rad"
+    )
+    return (
+        f"  push {p['force_n']:+.1f} N for {p['duration_s']:.2f} s at {p['at_s']:.2f} s: "
+        f"max |theta| after it {p['max_abs_angle']:.3f} rad, {settle}"
+    )
+
+
 def format_summary(s: dict[str, Any]) -> str:
-    lat = s["latency_us"]
+    """The demo's human-readable summary (the same numbers as ``--json``)."""
     rtt = s.get("device_rtt_us") or {}
+    wait = " (incl. wait for tick)" if s["mode"] == "fixed" else ""
+    pushes = s.get("pushes", [])
+    if s["balanced"]:
+        verdict = "BALANCED"
+    elif pushes and s.get("recovered"):
+        verdict = f"RECOVERED (pushed past the {BALANCED_RAD} rad balance limit, then back up)"
+    else:
+        verdict = "FELL"
     return "\n".join(
         [
-            f"demo: {s['seconds']:.0f} s at {s['rate_hz']:.0f} Hz ({s['mode']} loop), fault={s['fault']}",
-            f"  pole {'BALANCED' if s['balanced'] else 'FELL'}: max |theta| = {s['max_abs_angle']:.3f} rad, "
-            f"max |x| = {s['max_abs_x']:.2f} m",
-            f"  steps {s['steps']}, node latency p50 {lat['p50']:.0f} µs, p99 {lat['p99']:.0f} µs, "
-            f"max {lat['max']:.0f} µs",
+            f"demo: {s['seconds']:g} s at {s['rate_hz']:g} Hz ({s['mode']} loop), fault={s['fault']}, "
+            f"pushes={len(pushes)}",
+            f"  pole {verdict}: max |theta| = {s['max_abs_angle']:.3f} rad, max |x| = {s['max_abs_x']:.2f} m",
+        ]
+        + (
+            [f"  before the first push: max |theta| = {s['max_abs_angle_before_pushes']:.3f} rad"]
+            if pushes
+            else []
+        )
+        + [format_push(p, s["settle_band_rad"]) for p in pushes]
+        + [
+            f"  steps {s['steps']}; node latency:",
+            f"    sensor-to-command{wait}: {_pcts(s['latency_us'])}",
+            f"    compute (cycle start to command written): {_pcts(s['compute_latency_us'])}",
             f"  device round trip p50 {rtt.get('p50', float('nan')):.0f} µs, p99 "
             f"{rtt.get('p99', float('nan')):.0f} µs",
-            f"  deadline misses {s['deadline_misses']}, frame errors {s['frame_errors']}, "
-            f"fail-safe events {s['failsafe_events']}",
+            f"  deadline misses {s['deadline_misses']} ({s['deadline_definition']}; "
+            f"{s['ticks_missed']} periods without a command)",
+            f"  frame errors {s['frame_errors']}; fail-safe events {s['failsafe_events']} while the device "
+            f"ran (faults), {s['failsafe_events_after_device_stopped']} after it stopped streaming, "
+            f"then shutdown {s['shutdowns']}",
         ]
         + (
             [f"  flight recording: {s['recording']}  (edgeliquid replay / edgeliquid profile it)"]

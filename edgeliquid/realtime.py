@@ -121,22 +121,31 @@ def next_tick_after(now_ns: int, tick_ns: int, period_ns: int) -> tuple[int, int
     return nxt + missed * period_ns, missed
 
 
+def ticks_due(first_ns: int, end_ns: int, period_ns: int) -> int:
+    """How many ticks ``first_ns + k * period_ns`` fall before ``end_ns``."""
+    return max(0, -(-(end_ns - first_ns) // period_ns))
+
+
 def _probe_loop(rate_hz: float, seconds: float, spin_us: float, settings: dict) -> dict:
     held = apply(**settings)
     try:
         period = int(1e9 / rate_hz)
         r, w = os.pipe()  # never written: select() sleeps its full timeout, as on a quiet port
-        lateness = np.zeros(int(seconds * rate_hz) + 2, dtype=np.int64)
         n = missed = 0
         next_tick = time.monotonic_ns() + period
         end = next_tick + int(seconds * 1e9)
-        while n < len(lateness):
+        lateness = np.zeros(ticks_due(next_tick, end, period), dtype=np.int64)
+        while True:
             # Node.run's fixed-mode wait and tick accounting, on a port that stays quiet.
             select.select([r], [], [], tick_wait_s(next_tick, time.monotonic_ns(), spin_us / 1e6))
             now = time.monotonic_ns()
             if now < next_tick:
                 continue
             if now >= end:
+                # Woken at or after the end: the ticks from next_tick up to the end were due
+                # and not taken, so they are misses too; every tick in [start, end) is then
+                # either taken or missed, however late the last wake-up came.
+                missed += ticks_due(next_tick, end, period)
                 break
             lateness[n] = now - next_tick
             n += 1
@@ -147,16 +156,17 @@ def _probe_loop(rate_hz: float, seconds: float, spin_us: float, settings: dict) 
     finally:
         held.release()
     late_us = lateness[:n] / 1e3
+    pct = (lambda q: float(np.percentile(late_us, q))) if n else (lambda q: float("nan"))
     return {
         "rate_hz": rate_hz,
         "seconds": seconds,
         "ticks": n,
         "missed": missed,
         "lateness_us": {
-            "p50": float(np.percentile(late_us, 50)),
-            "p99": float(np.percentile(late_us, 99)),
-            "p99.9": float(np.percentile(late_us, 99.9)),
-            "max": float(late_us.max()),
+            "p50": pct(50),
+            "p99": pct(99),
+            "p99.9": pct(99.9),
+            "max": pct(100),
         },
     }
 
@@ -172,6 +182,8 @@ def probe_wakeups(rate_hz: float = 1000.0, seconds: float = 10.0, spin_us: float
     Returns ticks, ``missed`` (ticks the node's fixed mode would have skipped, counted the
     same way) and the wake-up lateness percentiles in µs.
     """
+    if not (rate_hz > 0 and seconds > 0):
+        raise ValueError(f"probe_wakeups needs rate_hz > 0 and seconds > 0, got {rate_hz}, {seconds}")
     ctx = mp.get_context("fork")
     parent, child = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_child, args=(child, rate_hz, seconds, spin_us, settings), daemon=True)

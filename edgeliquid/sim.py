@@ -20,6 +20,7 @@ import termios
 import threading
 import time
 import tty
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +42,10 @@ class CartPole:
     def __init__(self, rng: np.random.Generator, init_scale: float = 0.05):
         self.s = rng.uniform(-init_scale, init_scale, 4)
 
-    def step(self, force: float, dt: float, substeps: int = 4) -> None:
-        f = float(np.clip(force, -self.force_max, self.force_max))
+    def step(self, force: float, dt: float, substeps: int = 4, push: float = 0.0) -> None:
+        """Advance ``dt`` s under the actuator ``force`` (clipped to ``force_max``) plus an
+        external ``push`` on the cart (N, not clipped: it does not come from the actuator)."""
+        f = float(np.clip(force, -self.force_max, self.force_max)) + push
         h = dt / substeps
         for _ in range(substeps):
             x, xd, th, thd = self.s
@@ -65,6 +68,61 @@ class CartPole:
 
 
 PLANTS = {"cartpole": CartPole}
+
+
+@dataclass(frozen=True)
+class Push:
+    """An external shove: ``force_n`` newtons on the cart from ``at_s`` (s into the run) for
+    ``duration_s``; the pole swings away and the policy has to bring it back."""
+
+    at_s: float
+    force_n: float
+    duration_s: float = 0.1
+
+    def impulse_over(self, t0_s: float, t1_s: float) -> float:
+        """N·s this push delivers in [t0_s, t1_s] (exact, whatever the step size)."""
+        return self.force_n * max(0.0, min(t1_s, self.at_s + self.duration_s) - max(t0_s, self.at_s))
+
+
+def random_pushes(n: int, seconds: float, rng: np.random.Generator, max_n: float = 10.0) -> list[Push]:
+    """``n`` pushes in the middle 20-80 % of the run, one at a random time in the first half of
+    each of ``n`` equal slots (so the pole has time to recover between them), each of random
+    sign and a magnitude in [max_n / 2, max_n] N."""
+    if n <= 0:
+        return []
+    slot = 0.6 * seconds / n
+    at = 0.2 * seconds + slot * (np.arange(n) + rng.uniform(0.0, 0.5, n))
+    mag = rng.uniform(max_n / 2, max_n, n) * rng.choice([-1.0, 1.0], n)
+    return [Push(float(a), float(m)) for a, m in zip(at, mag)]
+
+
+def push_recovery(
+    t_s: np.ndarray, angle: np.ndarray, pushes: Sequence[Push], band_rad: float
+) -> list[dict[str, float | None]]:
+    """For each push: the largest |theta| from its start to the next push (or the end), and
+    the time from its start until |theta| is back within ``band_rad`` for good in that window
+    (None: not back by then)."""
+    out = []
+    order = sorted(pushes, key=lambda p: p.at_s)
+    for i, p in enumerate(order):
+        stop = order[i + 1].at_s if i + 1 < len(order) else np.inf
+        sel = (t_s >= p.at_s) & (t_s < stop)
+        a, t = np.abs(angle[sel]), t_s[sel]
+        outside = np.flatnonzero(a > band_rad)
+        if len(a) == 0 or (len(outside) and outside[-1] == len(a) - 1):
+            settle = None  # no samples, or still outside the band when the window ends
+        else:
+            settle = float(t[outside[-1] + 1] - p.at_s) if len(outside) else 0.0
+        out.append(
+            {
+                "at_s": p.at_s,
+                "force_n": p.force_n,
+                "duration_s": p.duration_s,
+                "max_abs_angle": float(a.max()) if len(a) else float("nan"),
+                "settle_s": settle,
+            }
+        )
+    return out
 
 
 class PtyMaster:
@@ -189,6 +247,7 @@ class Device:
         fault: str | None = None,
         fault_at_s: float = 2.0,
         fault_len_s: float = 0.5,
+        pushes: Sequence[Push] = (),
     ):
         self.port = port if port is not None else PtyMaster()
         self.node_port = getattr(self.port, "node_port", None)
@@ -196,6 +255,8 @@ class Device:
         self.plant = PLANTS[plant](self.rng, init_scale)
         self.rate_hz, self.protocol, self.noise, self.jitter = rate_hz, protocol, noise, jitter
         self.fault, self.fault_at_s, self.fault_len_s = fault, fault_at_s, fault_len_s
+        self.pushes = tuple(pushes)
+        self.push_now = 0.0  # the external force on the cart at the last step (N), for displays
         self.stats = SimStats()
         self.command = np.zeros(self.plant.n_actuators)
         self.mode = P.MODE_SAFE
@@ -280,7 +341,11 @@ class Device:
             if now >= t_end:
                 break
             if now >= next_sample:
-                self.plant.step(self.command[0], (now - t_prev) / 1e9)
+                dt = (now - t_prev) / 1e9
+                t_a, t_b = (t_prev - self._t0) / 1e9, (now - self._t0) / 1e9
+                push = sum(p.impulse_over(t_a, t_b) for p in self.pushes) / dt if dt > 0 else 0.0
+                self.push_now = push
+                self.plant.step(self.command[0], dt, push=push)
                 t_prev = now
                 angle = self.plant.angle
                 self.stats.max_abs_angle = max(self.stats.max_abs_angle, abs(angle))

@@ -8,10 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from edgeliquid.demo import run_demo
+from edgeliquid.demo import failsafe_transitions, run_demo
+from edgeliquid.sim import Push, push_recovery, random_pushes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +41,7 @@ def test_broken_policy_fails_the_same_test(tmp_path):
 def test_stall_fault_sends_failsafe_and_recovers():
     s = run_demo(seconds=6, fault="stall", seed=2, live=False)
     dev = s["_device"]
-    assert s["failsafe_events"] >= 1
+    assert s["failsafe_events"] == 1  # the stall, while the device ran; not the end of the run
     # during the stall the device is told SAFE and receives the fail-safe force
     assert 2 in [m for _, m, _ in dev["statuses"]]
     # and control resumes: actuations with a RUN status after the fault
@@ -55,7 +57,7 @@ def test_corruption_burst_costs_no_control():
 
 def test_demo_cli_json():
     out = subprocess.run(
-        [sys.executable, "-m", "edgeliquid", "demo", "--seconds", "5", "--json"],
+        [sys.executable, "-m", "edgeliquid", "demo", "--seconds", "5", "--push", "8@2.5", "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -72,10 +74,18 @@ def test_demo_cli_json():
         "deadline_misses",
         "frame_errors",
         "failsafe_events",
+        "shutdowns",
+        "compute_latency_us",
+        "ticks_missed",
+        "pushes",
     ):
         assert key in d
-    assert {"p50", "p99", "max"} <= set(d["latency_us"])
+    assert {"p50", "p99", "max"} <= set(d["latency_us"]) and set(d["latency_us"]) == set(
+        d["compute_latency_us"]
+    )
     assert d["balanced"] is True
+    assert d["failsafe_events"] == 0  # fault-free: the end of the stream and the shutdown are not faults
+    assert [(p["force_n"], p["at_s"], p["duration_s"]) for p in d["pushes"]] == [(8.0, 2.5, 0.1)]
 
 
 def test_sim_over_tcp_with_node_on_socket_url(tmp_path):
@@ -104,3 +114,39 @@ def test_sim_over_tcp_with_node_on_socket_url(tmp_path):
 def test_text_protocol_closed_loop():
     s = run_demo(seconds=4, protocol="text", seed=7, noise=0.002, jitter=0.2, live=False)
     assert s["balanced"] and s["steps"] > 300 and s["frame_errors"] == 0
+
+
+def test_push_moves_the_pole_and_the_policy_recovers():
+    # One run: the pole's swing after a 10 N shove dwarfs its wobble before it, and the
+    # policy brings it back within the settle band with the pole never past the limit.
+    s = run_demo(seconds=4, seed=4, pushes=[Push(2.0, 10.0)], live=False)
+    (p,) = s["pushes"]
+    assert p["max_abs_angle"] > max(0.08, 2 * s["max_abs_angle_before_pushes"]), s["pushes"]
+    assert p["settle_s"] is not None and p["settle_s"] < 1.9, s["pushes"]
+    assert s["balanced"] and s["recovered"] and s["failsafe_events"] == 0
+
+
+def test_push_recovery_measures_peak_and_settling():
+    t = np.arange(0, 3, 0.01)
+    angle = np.where((t >= 1.0) & (t < 1.5), 0.15, 0.01)  # out of the band for 0.5 s
+    (r,) = push_recovery(t, angle, [Push(1.0, 10.0)], band_rad=0.05)
+    assert r["max_abs_angle"] == 0.15 and r["settle_s"] == pytest.approx(0.5)
+    (r,) = push_recovery(t, np.where(t >= 1.0, 0.3, 0.0), [Push(1.0, 10.0)], band_rad=0.05)
+    assert r["settle_s"] is None  # never came back
+    assert Push(1.0, 10.0, 0.1).impulse_over(0.0, 5.0) == pytest.approx(1.0)  # 10 N x 0.1 s
+    assert Push(1.0, 10.0, 0.1).impulse_over(1.05, 1.2) == pytest.approx(0.5)
+    ps = random_pushes(3, 10.0, np.random.default_rng(0))
+    assert [p.at_s for p in ps] == sorted(p.at_s for p in ps) and 2.0 <= ps[0].at_s and ps[-1].at_s <= 8.0
+    assert all(5.0 <= abs(p.force_n) <= 10.0 for p in ps)
+
+
+def test_failsafe_count_is_faults_not_start_or_shutdown():
+    from edgeliquid import protocol as P
+    from edgeliquid.node import R_SHUTDOWN as shutdown
+    from edgeliquid.node import R_STARTING as starting
+    from edgeliquid.node import R_TIMEOUT as timeout
+
+    run, hold, safe = P.MODE_RUN, P.MODE_HOLD, P.MODE_SAFE
+    statuses = [(0, safe, starting), (1, run, 0), (2, hold, timeout), (3, safe, timeout), (4, safe, timeout)]
+    assert failsafe_transitions(statuses) == 1  # repeated SAFE statuses count once
+    assert failsafe_transitions(statuses + [(5, run, 0), (6, safe, shutdown)]) == 1
