@@ -31,3 +31,7 @@ class ConfigError(EdgeliquidError):
 
 class FrameError(EdgeliquidError):
     """Raised when a wire frame cannot be decoded (the node counts these, never crashes)."""
+
+
+class RecordingError(EdgeliquidError):
+    """Raised when a flight recording cannot be read (missing, not MCAP, or wrong for a model)."""

@@ -21,6 +21,7 @@ import math
 import multiprocessing as mp
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,12 +126,16 @@ def profile_policy(
 
 
 def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]:
-    from .recorder import read_recording
+    """Stages, loop period, deadline misses (:mod:`.deadlines`), end-to-end latency, events."""
+    from . import deadlines
+    from .errors import RecordingError
+    from .recorder import read_recording, truncation_note
 
     rec = read_recording(path)
     steps, meta = rec["steps"], rec["metadata"]
+    note = truncation_note(path, rec)
     if not steps:
-        raise ValueError(f"{path}: no steps recorded")
+        raise RecordingError(f"{note}; no steps to profile" if note else f"{path}: no steps recorded")
     t = {
         k: np.array([s[f"t_{k}_ns"] for s in steps], np.int64)
         for k in ("ready", "decoded", "inferred", "encoded", "written")
@@ -143,9 +148,16 @@ def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]
         "total": (t["written"] - t["ready"]) / 1e3,
     }
     rate = float(rate_hz or meta.get("rate_hz", 100.0))
-    period = np.diff(t["ready"]) / 1e3
     nominal = 1e6 / rate
-    late = period > 1.5 * nominal
+    # The loop period and its misses are measured where the actuators see them: between
+    # command writes, with the node's own definition (deadlines.py), so both report the same.
+    period = np.diff(t["written"]) / 1e3
+    dl = deadlines.count(t["written"], nominal * 1e3)
+    late = dl["late_index"]
+    period_ns = int(round(nominal * 1e3))
+    late_ticks = np.array(
+        [deadlines.ticks_missed(int(g * 1e3), period_ns) for g in period[late - 1]], np.int64
+    )
     # Device and node clocks are not synchronised: the smallest (arrival - sampling) time is
     # taken as pure clock offset (transport latency ~0), as NTP does; the rest is latency.
     seqs = np.array([s["seq"] for s in steps])
@@ -157,20 +169,32 @@ def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]
         off = t["ready"][valid] - dev_ns
         e2e = (off - off.min() + (t["written"][valid] - t["ready"][valid])) / 1e3
     t0 = t["ready"][0]
-    misses_over_time = [(float((t["ready"][1:][late][i] - t0) / 1e9)) for i in range(int(late.sum()))]
+    miss_t = (t["written"][late] - t0) / 1e9
     out = {
         "recording": str(path),
+        "truncated": bool(rec["truncated"]),
+        "note": note,
         "steps": len(steps),
         "rate_hz": rate,
         "stages": {k: percentiles(v) for k, v in stages.items()},
         "period": {**percentiles(period), "nominal": nominal, "jitter_std": float(period.std())},
-        "deadline_misses": int(late.sum()),
-        "miss_times_s": misses_over_time[:1000],
+        "deadline_misses": dl["misses"],
+        "ticks_missed": dl["ticks_missed"],
+        "deadline_rule": f"command interval > {deadlines.LATE_FACTOR:g}x the nominal period",
+        "miss_times_s": miss_t.tolist()[:1000],
         "end_to_end": percentiles(e2e) if e2e is not None else None,
         "events": [
             {"t_s": (e["_log_ns"] - t0) / 1e9, "kind": e["kind"], "text": e["text"]} for e in rec["events"]
         ],
-        "_samples": {"total": stages["total"], "period": period, "t_s": (t["ready"] - t0) / 1e9},
+        "_samples": {
+            "stages": stages,
+            "t_s": (t["ready"] - t0) / 1e9,
+            "period": period,
+            "period_t_s": (t["written"][1:] - t0) / 1e9,
+            "miss_t_s": miss_t,
+            "miss_ticks": late_ticks,
+            "end_to_end": e2e,
+        },
     }
     out.update(percentiles(stages["total"]))
     return out
@@ -410,8 +434,183 @@ def table(title: str, rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict[str, Any], path: str) -> None:
-    """Histogram (log axis), percentile curve and timeline of the samples, as one PNG."""
+def baseline_table(ratios: dict[str, dict[str, float]]) -> str:
+    """Ratios new/old (from :func:`with_baseline`) as aligned columns, one row per block."""
+    width = max([len(n) for n in ratios] + [8])
+    lines = ["ratio to baseline (new / old):", f"  {'':{width}}" + "".join(f"{k:>9}" for k in KEYS)]
+    for name, rr in ratios.items():
+        cells = "".join(f"{rr[k]:9.2f}" if k in rr else f"{'-':>9}" for k in KEYS)
+        lines.append(f"  {name:{width}}{cells}")
+    if not ratios:
+        lines.append("  (no block of percentiles in common with the baseline)")
+    return "\n".join(lines)
+
+
+_STAGE_COLORS = {"decode": "C0", "infer": "C1", "encode": "C2", "write": "C4", "total": "k"}
+_NINES = (50, 90, 99, 99.9, 99.99)
+
+
+def _nines(p: np.ndarray) -> np.ndarray:
+    """Percentile -> 'number of nines' (p50 0.3, p90 1, p99 2, ...): the tail gets room."""
+    return -np.log10(1 - np.asarray(p, np.float64) / 100)
+
+
+def _mode_timeline(events: list[dict[str, Any]], t_end: float) -> tuple[list[float], list[int]]:
+    """Node mode over time from the recorded events (RUN 0, HOLD 1, SAFE 2; SAFE at start)."""
+    mode_of = {"arm": 0, "hold": 1, "failsafe": 2, "reconnect": 2}
+    ts, ms = [min([0.0] + [e["t_s"] for e in events])], [2]
+    for e in events:
+        if e["kind"] in mode_of:
+            ts.append(e["t_s"])
+            ms.append(mode_of[e["kind"]])
+    ts.append(max(t_end, ts[-1]))
+    ms.append(ms[-1])
+    return ts, ms
+
+
+def _label_events(ax, events: list[dict[str, Any]], span: float) -> None:
+    """One marker per event; events closer than 1.5% of the run share one label, and labels
+    alternate between three heights, so they do not overlap."""
+    colors = {"failsafe": "red", "reconnect": "magenta", "hold": "orange", "arm": "green", "reset": "C0"}
+    groups: list[list[dict[str, Any]]] = []
+    for e in events:
+        if groups and e["t_s"] - groups[-1][-1]["t_s"] < 0.015 * span:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    for g_i, g in enumerate(groups):
+        for e in g:
+            ax.axvline(e["t_s"], color=colors.get(e["kind"], "0.5"), lw=0.8, alpha=0.7)
+        # the orderly stop is not a fault: name it as such
+        kinds = list(dict.fromkeys("shutdown" if "shutdown" in e["text"] else e["kind"] for e in g))
+        label = "+".join(kinds)
+        ax.annotate(
+            label,
+            (g[0]["t_s"], 2.45 + 0.5 * (g_i % 3)),
+            fontsize=7,
+            ha="left",
+            va="center",
+            xytext=(2, 0),
+            textcoords="offset points",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+        )
+
+
+def _plot_recording(result: dict[str, Any], fig) -> None:
+    """A recording: stage latency, loop period, misses and the mode/event timeline over time
+    (left, one shared time axis), distributions beside them (right)."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator
+
+    smp = result["_samples"]
+    t_s, stages = smp["t_s"], smp["stages"]
+    nominal = result["period"]["nominal"]
+    span = float(max(t_s[-1], 1e-3))
+    gs = fig.add_gridspec(4, 2, width_ratios=(3, 1), height_ratios=(1.2, 1, 0.8, 1))
+    ax_lat = fig.add_subplot(gs[0, 0])
+    ax_per = fig.add_subplot(gs[1, 0], sharex=ax_lat)
+    ax_miss = fig.add_subplot(gs[2, 0], sharex=ax_lat)
+    ax_ev = fig.add_subplot(gs[3, 0], sharex=ax_lat)
+    ax_pct = fig.add_subplot(gs[0, 1])
+    ax_hist = fig.add_subplot(gs[1, 1])
+    ax_txt = fig.add_subplot(gs[2:, 1])
+    # 1. latency per stage over time, and its percentiles
+    for name, v in stages.items():
+        c = _STAGE_COLORS.get(name)
+        ok = v > 0
+        ax_lat.plot(t_s[ok], v[ok], ".", ms=2 if name != "total" else 3, color=c, label=name, alpha=0.7)
+        q = np.array([p for p in np.linspace(0, 99.99, 300) if p >= 10])
+        if ok.any():
+            ax_pct.plot(_nines(q), np.percentile(v[ok], q), color=c, label=name)
+    if smp.get("end_to_end") is not None:
+        e2e = smp["end_to_end"]
+        q = np.linspace(10, 99.99, 300)
+        ax_pct.plot(_nines(q), np.percentile(e2e, q), color="C3", ls="--", label="end to end")
+    ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("latency (µs)")
+    ax_lat.set_title(f"latency per stage ({result['steps']} steps at {result['rate_hz']:g} Hz)", fontsize=10)
+    ax_lat.legend(fontsize=7, ncol=5, loc="upper right", markerscale=3)
+    ax_pct.set_yscale("log")
+    ax_pct.xaxis.set_major_locator(FixedLocator(_nines(_NINES)))
+    ax_pct.set_xticklabels([f"p{p:g}" for p in _NINES], fontsize=8)
+    ax_pct.set_ylabel("µs")
+    ax_pct.set_title("latency percentiles per stage", fontsize=10)
+    ax_pct.legend(fontsize=7)
+    # 2. loop period between commands: nominal, the miss threshold, the late ones
+    per, per_t = smp["period"] / 1e3, smp["period_t_s"]
+    ax_per.plot(per_t, per, lw=0.6, color="C0", label="period")
+    ax_per.axhline(nominal / 1e3, color="green", lw=0.8, ls="--", label=f"nominal {nominal / 1e3:g} ms")
+    thr = 1.5 * nominal / 1e3
+    ax_per.axhline(thr, color="red", lw=0.8, ls=":", label="miss threshold (1.5x)")
+    late = per > thr
+    ax_per.plot(per_t[late], per[late], "o", ms=3, color="red")
+    ax_per.set_yscale("log")
+    ax_per.set_ylabel("period (ms)")
+    ax_per.set_title("loop period (between commands)", fontsize=10)
+    ax_per.legend(fontsize=7, loc="upper right", ncol=3)
+    if per.size:
+        ax_hist.hist(per, bins=np.logspace(np.log10(max(per.min(), 1e-3)), np.log10(per.max() * 1.01), 50))
+    ax_hist.axvline(thr, color="red", lw=0.8, ls=":")
+    ax_hist.set_xscale("log")
+    ax_hist.set_yscale("log")
+    ax_hist.set_xlabel("period (ms)")
+    ax_hist.set_title("loop period histogram", fontsize=10)
+    # 3. deadline misses over time: ticks missed per miss, and the running count
+    mt, mk = smp["miss_t_s"], smp["miss_ticks"]
+    if mt.size:
+        ax_miss.vlines(mt, 0, mk, color="red", lw=1.5)
+    ax_miss.set_ylabel("ticks missed")
+    ax_miss.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+    ax_miss.set_ylim(0, max(1, int(mk.max()) if mk.size else 1) * 1.15)
+    ax_cum = ax_miss.twinx()
+    ax_cum.step(
+        np.r_[0.0, mt, span], np.r_[0, np.arange(1, mt.size + 1), mt.size], where="post", color="k", lw=0.8
+    )
+    ax_cum.set_ylabel("misses (total)")
+    ax_cum.yaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+    ax_cum.set_ylim(0, max(1, mt.size) * 1.15)
+    ax_miss.set_title(
+        f"deadline misses: {result['deadline_misses']} ({result['ticks_missed']} ticks missed; "
+        f"{result['deadline_rule']})",
+        fontsize=10,
+    )
+    # 4. fail-safe / reconnect timeline: the node's mode and every event
+    events = result["events"]
+    ts, ms = _mode_timeline(events, span)
+    ax_ev.step(ts, ms, where="post", color="k", lw=1.2)
+    ax_ev.set_yticks([0, 1, 2])
+    ax_ev.set_yticklabels(["RUN", "HOLD", "SAFE"])
+    ax_ev.set_ylim(-0.4, 3.9)
+    _label_events(ax_ev, events, span)
+    ax_ev.set_title("fail-safe / reconnect timeline (mode, events)", fontsize=10)
+    ax_ev.set_xlabel("time since the first step (s)")
+    ax_ev.xaxis.set_major_locator(MaxNLocator(nbins=10))
+    for ax in (ax_lat, ax_per, ax_miss):
+        ax.tick_params(labelbottom=False)
+    for ax in (ax_lat, ax_per, ax_miss, ax_ev):
+        ax.grid(alpha=0.3)
+    # summary text: what the terminal table says, for a picture shared on its own
+    counts: dict[str, int] = {}
+    for e in events:
+        counts[e["kind"]] = counts.get(e["kind"], 0) + 1
+    tot = result["stages"]["total"]
+    lines = [
+        str(Path(result["recording"]).name),
+        f"steps {result['steps']} at {result['rate_hz']:g} Hz",
+        f"latency p50 {tot['p50']:.0f} µs, p99 {tot['p99']:.0f} µs, max {tot['max']:.0f} µs",
+        f"period jitter (std) {result['period']['jitter_std'] / 1e3:.2f} ms",
+        f"deadline misses {result['deadline_misses']}, ticks missed {result['ticks_missed']}",
+        "events: " + (", ".join(f"{k} {n}" for k, n in counts.items()) or "none"),
+    ]
+    if result.get("truncated"):
+        lines.append("TRUNCATED recording (not closed):")
+        lines.append(f"  recovered {result['steps']} steps")
+    ax_txt.axis("off")
+    ax_txt.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", wrap=True)
+
+
+def plot(result: dict[str, Any], path: str) -> list[str]:
+    """One PNG: a recording's timelines (see :func:`_plot_recording`); otherwise histogram
+    (log axis), percentile curve and timeline of the samples. Returns the panels' titles."""
     try:
         import matplotlib
 
@@ -420,7 +619,10 @@ def plot(result: dict[str, Any], path: str) -> None:
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'edgeliquid[plot]'") from None
     samples = result.get("_samples", {})
-    if "tau" in samples:
+    if "stages" in samples:
+        fig = plt.figure(figsize=(15, 11), layout="constrained")
+        _plot_recording(result, fig)
+    elif "tau" in samples:
         tau, y = samples["tau"], samples["y"]
         lo, hi = samples["bounds"]
         fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
@@ -453,14 +655,15 @@ def plot(result: dict[str, Any], path: str) -> None:
                 continue
             bins = np.logspace(np.log10(v.min()), np.log10(v.max() * 1.01 + 1e-9), 60)
             axes[0].hist(v, bins=bins, histtype="step", label=name)
-            q = np.linspace(0, 99.99, 400)
-            axes[1].plot(q, np.percentile(v, q), label=name)
+            q = np.linspace(10, 99.99, 400)
+            axes[1].plot(_nines(q), np.percentile(v, q), label=name)
             axes[2].plot(samples.get("t_s", np.arange(v.size))[: v.size], v, lw=0.5, label=name)
         axes[0].set_xscale("log")
         axes[0].set_yscale("log")
         axes[0].set_xlabel("latency (µs)")
         axes[0].set_title("histogram")
         axes[1].set_yscale("log")
+        axes[1].set_xticks(_nines(_NINES), [f"p{p:g}" for p in _NINES])
         axes[1].set_xlabel("percentile")
         axes[1].set_ylabel("µs")
         axes[1].set_title("percentile curve")
@@ -469,9 +672,12 @@ def plot(result: dict[str, Any], path: str) -> None:
         axes[2].set_title("timeline")
         for ax in axes:
             ax.legend(fontsize=7)
-    fig.tight_layout()
+    if "stages" not in samples:  # the recording figure lays itself out (constrained)
+        fig.tight_layout()
     fig.savefig(path, dpi=100)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     plt.close(fig)
+    return titles
 
 
 def dumps(result: dict[str, Any]) -> str:

@@ -7,6 +7,10 @@ and time and keeping the last ``keep`` files. A full disk or a failing write bec
 an event and a counter, never an exception in the loop. If the ring overflows (disk
 slower than the loop for longer than the ring lasts) records are dropped and counted.
 
+Crash safety: the writer thread closes the open chunk, flushes and fsyncs at least every
+``flush_s`` seconds, so a ``kill -9`` or a power cut loses at most the last ``flush_s`` of
+data; :func:`read_recording` reads such an unclosed file up to its last complete record.
+
 Channels:
     /edgeliquid/step   one message per policy step (see STEP_SCHEMA)
     /edgeliquid/event  arming, fail-safe, reconnect, reload, reset, errors
@@ -16,14 +20,19 @@ Floats are written with Python's repr, which round-trips exactly, so replay is b
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import struct
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import RecordingError
 
 STEP_TOPIC, EVENT_TOPIC = "/edgeliquid/step", "/edgeliquid/event"
 STEP_SCHEMA = {
@@ -67,6 +76,7 @@ class FlightRecorder:
         rotate_s: float = 3600.0,
         keep: int = 5,
         capacity: int = 1 << 16,
+        flush_s: float = 1.0,
     ):
         self.path = Path(path)
         self.n_in, self.n_out, self.n_cmd = n_in, n_out, n_cmd
@@ -74,6 +84,13 @@ class FlightRecorder:
         self.rotate_bytes = int(rotate_mb * 1e6)
         self.rotate_s, self.keep = rotate_s, keep
         self.cap = capacity
+        self.flush_s = float(flush_s)
+        # The writer wakes every `_wake_s` and flushes every `_flush_every` s: a step recorded
+        # just after a flush waits at most one wake-up plus one interval (plus the write
+        # itself) before it is on disk, which stays under flush_s.
+        self._wake_s = min(0.05, self.flush_s / 4)
+        self._flush_every = max(0.002, 0.8 * self.flush_s - self._wake_s)
+        self.flushes = 0
         self._f = np.zeros((capacity, n_in + n_out + n_cmd + 1), np.float64)  # x, y, u, elapsed
         self._i = np.zeros((capacity, 4 + _TIMES), np.int64)  # seq, t_us, mode, reset, times
         self._head = 0  # next slot to write (loop thread only)
@@ -90,6 +107,7 @@ class FlightRecorder:
         self._thread: threading.Thread | None = None
         self._writer = None
         self._file = None
+        self._flushed_at = 0.0
 
     # ------------------------------------------------------------- loop side
     def record_step(
@@ -135,8 +153,16 @@ class FlightRecorder:
     def close(self) -> None:
         self._stop = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        if self._thread is None:
+            return
+        # Wait while the writer drains the ring (a long backlog on a busy machine can take
+        # more than a few seconds); give up only after 10 s without progress (a hung disk).
+        last, idle_since = (self._tail, self.flushes), time.monotonic()
+        while self._thread.is_alive() and time.monotonic() - idle_since < 10:
+            self._thread.join(0.5)
+            now = (self._tail, self.flushes)
+            if now != last:
+                last, idle_since = now, time.monotonic()
 
     def __enter__(self):
         return self.start()
@@ -146,6 +172,10 @@ class FlightRecorder:
 
     def _open(self) -> None:
         from mcap.writer import CompressionType, Writer
+
+        # Writer.flush (closes the open chunk) came with mcap 1.6; older versions write
+        # unchunked, where every message goes straight to the file and a file flush suffices.
+        self._chunked = hasattr(Writer, "flush")
 
         ts = time.strftime("%Y%m%d-%H%M%S")
         self._n_opened += 1
@@ -159,7 +189,9 @@ class FlightRecorder:
         # Chunks no larger than a tenth of the rotation size, so what is on disk stays close to
         # what was written (the writer buffers a whole chunk in memory).
         chunk = max(4096, min(1 << 20, self.rotate_bytes // 10))
-        self._writer = Writer(self._file, chunk_size=chunk, compression=CompressionType.NONE)
+        self._writer = Writer(
+            self._file, chunk_size=chunk, compression=CompressionType.NONE, use_chunking=self._chunked
+        )
         self._bytes = 0
         self._writer.start(profile="", library="edgeliquid")
         sid = self._writer.register_schema("edgeliquid.Step", "jsonschema", json.dumps(STEP_SCHEMA).encode())
@@ -171,12 +203,30 @@ class FlightRecorder:
         self._writer.add_metadata("edgeliquid", {k: str(v) for k, v in self.metadata.items()})
         self._opened_at = time.monotonic()
         self.files.append(name)
+        self._flush()  # header, channels and metadata on disk before the first step
         while len(self.files) > self.keep:
             old = self.files.pop(0)
             try:
                 old.unlink()
             except OSError:
                 pass
+
+    def _flush(self) -> None:
+        """Close the open chunk and push everything written so far to the disk."""
+        if self._chunked:
+            self._writer.flush()
+        self._file.flush()
+        self._flushed_at = time.monotonic()
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: a device or pipe, nothing to sync
+                raise
+        self.flushes += 1
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._flushed_at >= self._flush_every:
+            self._flush()
 
     def _finish_file(self) -> None:
         if self._writer is not None:
@@ -196,7 +246,7 @@ class FlightRecorder:
             return
         seq = 0
         while True:
-            self._wake.wait(0.05)
+            self._wake.wait(self._wake_s)
             self._wake.clear()
             stopping = self._stop
             with self._lock:
@@ -219,6 +269,9 @@ class FlightRecorder:
                     n += 1
                     if n % 4 == 0:
                         time.sleep(0)  # let the control loop take the GIL
+                    if n % 512 == 0:  # a long backlog must not hold back the flush
+                        self._maybe_flush()
+                self._maybe_flush()
                 if self._bytes > self.rotate_bytes or time.monotonic() - self._opened_at > self.rotate_s:
                     self._finish_file()
                     self._open()
@@ -260,22 +313,133 @@ class FlightRecorder:
         self.written += 1
 
 
-def read_recording(path: str | os.PathLike) -> dict[str, Any]:
-    """All steps and events of an MCAP recording, in log order, plus its metadata."""
-    from mcap.reader import make_reader
+MCAP_MAGIC = b"\x89MCAP0\r\n"
 
+
+def is_recording(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names a recording: a ``.mcap`` name, or a file that starts like one."""
+    if str(path).endswith(".mcap"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MCAP_MAGIC)) == MCAP_MAGIC
+    except OSError:
+        return False
+
+
+def _not_a_recording(path: Path, head: bytes) -> str:
+    """What a file that is not an MCAP recording actually is, for the error message."""
+    if not head:
+        return "is empty (0 bytes): the recorder wrote nothing to it (stopped before its first flush?)"
+    if path.suffix == ".onnx" or (head[:1] == b"\x08" and b"onnx" in head[:4096]):
+        return "is an ONNX model file, not a flight recording (.mcap); pass models with --model"
+    sample = head[:4096]
+    try:
+        sample.decode("utf-8")
+        text = b"\0" not in sample
+    except UnicodeDecodeError:
+        text = False
+    if text:
+        return "is a text file, not a flight recording (.mcap)"
+    return f"is not a flight recording (.mcap): it starts with bytes {head[:8].hex(' ')}, not the MCAP magic"
+
+
+def _complete_prefix(data: bytes) -> tuple[int, bool]:
+    """End offset of the last whole top-level record, and whether the file was closed.
+
+    A file the recorder did not close (killed, power cut) ends in a partial record, or in
+    zeros where the filesystem extended it; both end the scan.
+    """
+    from mcap.opcode import Opcode
+
+    known = {int(o) for o in Opcode}
+    pos, n = len(MCAP_MAGIC), len(data)
+    while pos + 9 <= n:
+        op, length = data[pos], int.from_bytes(data[pos + 1 : pos + 9], "little")
+        end = pos + 9 + length
+        if (op not in known and op < 0x80) or end > n:
+            break
+        pos = end
+        if op == Opcode.FOOTER:
+            return pos, data[pos : pos + len(MCAP_MAGIC)] == MCAP_MAGIC
+    return pos, False
+
+
+def read_recording(path: str | os.PathLike) -> dict[str, Any]:
+    """All steps and events of an MCAP recording, in log order, plus its metadata.
+
+    Reads a file the recorder never closed (a crash) up to its last complete record;
+    ``truncated`` says so and ``bytes_read`` / ``bytes`` how much of the file that was.
+    Raises :class:`RecordingError` (one line, naming the file) for anything else.
+    """
+    from mcap.exceptions import EndOfFile, McapError
+    from mcap.records import Channel, Message, Metadata
+    from mcap.stream_reader import CRCValidationError, StreamReader
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RecordingError(f"{path}: no such recording") from None
+    except IsADirectoryError:
+        raise RecordingError(f"{path}: is a directory, not a recording (.mcap)") from None
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if not data.startswith(MCAP_MAGIC):
+        if MCAP_MAGIC.startswith(data) and data:  # killed while writing the magic itself
+            return {
+                "steps": [],
+                "events": [],
+                "metadata": {},
+                "truncated": True,
+                "bytes": len(data),
+                "bytes_read": 0,
+            }
+        raise RecordingError(f"{path}: {_not_a_recording(path, data[:4096])}")
+    end, closed = _complete_prefix(data)
+    topics: dict[int, str] = {}
     steps, events, meta = [], [], {}
-    with open(path, "rb") as f:
-        reader = make_reader(f)
-        for rec in reader.iter_metadata():
-            if rec.name == "edgeliquid":
+    truncated = not closed
+    try:
+        # CRCs on: a chunk damaged by a power cut ends the read instead of feeding bad data.
+        for rec in StreamReader(io.BytesIO(data[:end] if truncated else data), validate_crcs=True).records:
+            if isinstance(rec, Message):
+                topic = topics.get(rec.channel_id)
+                if topic == STEP_TOPIC:
+                    d = json.loads(rec.data)
+                    d["_log_ns"] = rec.log_time
+                    steps.append(d)
+                elif topic == EVENT_TOPIC:
+                    d = json.loads(rec.data)
+                    d["_log_ns"] = rec.log_time
+                    events.append(d)
+            elif isinstance(rec, Channel):
+                topics[rec.id] = rec.topic
+            elif isinstance(rec, Metadata) and rec.name == "edgeliquid":
                 meta = dict(rec.metadata)
-        for _schema, channel, message in reader.iter_messages(log_time_order=True):
-            d = json.loads(message.data)
-            if channel.topic == STEP_TOPIC:
-                d["_log_ns"] = message.log_time
-                steps.append(d)
-            elif channel.topic == EVENT_TOPIC:
-                d["_log_ns"] = message.log_time
-                events.append(d)
-    return {"steps": steps, "events": events, "metadata": meta}
+    except (EndOfFile, CRCValidationError, McapError, struct.error, ValueError) as exc:
+        if not truncated and not isinstance(exc, (CRCValidationError, ValueError)):
+            raise RecordingError(f"{path}: damaged MCAP file: {exc}") from None
+        truncated = True
+    steps.sort(key=lambda d: d["_log_ns"])  # stable: log order, as a seeking reader gives
+    events.sort(key=lambda d: d["_log_ns"])
+    return {
+        "steps": steps,
+        "events": events,
+        "metadata": meta,
+        "truncated": truncated,
+        "bytes": len(data),
+        "bytes_read": end if truncated else len(data),
+    }
+
+
+def truncation_note(path: str | os.PathLike, rec: dict[str, Any]) -> str | None:
+    """One line for a recording that was not closed (what was recovered), else None."""
+    if not rec.get("truncated"):
+        return None
+    got, size = rec["bytes_read"], rec["bytes"]
+    where = f"its first {got} of {size} bytes" if got < size else f"all its {size} bytes"
+    return (
+        f"{path} was not closed by the recorder (crash or power cut?): truncated, recovered "
+        f"{len(rec['steps'])} steps and {len(rec['events'])} events from {where}"
+    )

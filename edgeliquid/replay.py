@@ -4,6 +4,7 @@ Feeds the recorded model inputs and elapsed times (and the recorded state resets
 through the recorded model, or another one, on any backend. Same model and backend:
 the outputs must match bit for bit. Otherwise: per-channel max/mean error and the
 first divergent step, so a new model can be checked against yesterday's run.
+A recording the recorder never closed (a crash) is replayed up to its last complete record.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EdgeliquidError
-from .recorder import read_recording
+from .errors import RecordingError
+from .recorder import read_recording, truncation_note
 from .runtime import load
 
 
@@ -29,16 +30,25 @@ def replay(
     """Replay ``recording``; returns the comparison (see module docstring)."""
     rec = read_recording(recording)
     meta, steps = rec["metadata"], rec["steps"]
+    note = truncation_note(recording, rec)
     if not steps:
-        raise EdgeliquidError(f"{recording}: no steps recorded")
+        raise RecordingError(f"{note}; no steps to replay" if note else f"{recording}: no steps recorded")
     path = Path(model) if model else Path(meta.get("model", ""))
     if not path.is_file():
-        raise EdgeliquidError(f"{recording}: recorded model {str(path)!r} not found; pass --model")
+        if model:
+            raise RecordingError(f"--model {model}: no such file")
+        raise RecordingError(f"{recording}: recorded model {str(path)!r} not found; pass --model")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     same_model = sha == meta.get("model_sha256")
     backend = backend or meta.get("backend", "cpu")
     dt = np.dtype(dtype or meta.get("dtype", "float32"))
     pol = load(path, backend=backend, dtype=dt)
+    n_x, n_y = len(steps[0]["x"]), len(steps[0]["y"])
+    if (pol.n_inputs, pol.n_outputs) != (n_x, n_y):
+        raise RecordingError(
+            f"model {path} has {pol.n_inputs} inputs / {pol.n_outputs} outputs but recording "
+            f"{recording} holds {n_x} inputs / {n_y} outputs per step; replay needs a model of the same shape"
+        )
     xs = np.array([s["x"] for s in steps], dt)
     el = np.array([s["elapsed"] for s in steps], np.float64)
     resets = np.array([bool(s.get("reset", 0)) for s in steps])
@@ -53,6 +63,8 @@ def replay(
     bad = np.flatnonzero(diff.max(axis=1) > 0)
     return {
         "recording": str(recording),
+        "truncated": bool(rec["truncated"]),
+        "note": note,
         "model": str(path),
         "same_model": same_model,
         "backend": backend,
@@ -72,6 +84,8 @@ def format_report(r: dict[str, Any]) -> str:
         f"  model {r['model']} ({'the recorded one' if r['same_model'] else 'NOT the recorded model'}), "
         f"backend {r['backend']} (recorded: {r['recorded_backend']})"
     )
+    if r.get("note"):
+        head = f"note: {r['note']}\n{head}"
     if r["bit_exact"]:
         return head + "\n  outputs match bit for bit"
     lines = [head, f"  outputs differ; first divergent step: {r['first_divergent_step']}"]

@@ -12,7 +12,15 @@ from edgeliquid import protocol as P
 from edgeliquid.cli import main
 from edgeliquid.demo import run_demo
 from edgeliquid.modelfile import read, save
-from edgeliquid.profile import percentiles, profile_link, trace_tau, with_baseline
+from edgeliquid.profile import (
+    baseline_table,
+    percentiles,
+    plot,
+    profile_link,
+    profile_recording,
+    trace_tau,
+    with_baseline,
+)
 from edgeliquid.recorder import FlightRecorder, read_recording
 from edgeliquid.replay import replay
 from edgeliquid.sim import PtyMaster
@@ -90,11 +98,22 @@ def test_demo_with_a_full_disk_still_balances():
 
 
 @pytest.fixture(scope="module")
-def recorded_demo(tmp_path_factory):
+def demo_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("rec") / "demo.mcap"
     s = run_demo(seconds=4, seed=5, live=False, record=str(path), fault="stall")
     assert s["recording"] == str(path)
-    return path
+    return path, s
+
+
+@pytest.fixture(scope="module")
+def recorded_demo(demo_run):
+    return demo_run[0]
+
+
+def test_demo_and_profile_count_the_same_deadline_misses(demo_run):
+    path, s = demo_run
+    r = profile_recording(str(path))
+    assert (r["deadline_misses"], r["ticks_missed"]) == (s["deadline_misses"], s["ticks_missed"])
 
 
 def test_replay_reproduces_demo_bit_for_bit(recorded_demo):
@@ -142,6 +161,69 @@ def test_baseline_ratios():
     assert with_baseline({"p50": 2.0, "p99": 9.0}, {"p50": 1.0, "p99": 3.0}) == {
         "result": {"p50": 2.0, "p99": 3.0}
     }
+
+
+def test_baseline_table_has_aligned_columns():
+    text = baseline_table(
+        {"backends.reference": {"p50": 1.01, "p99": 0.5}, "cpu": {k: 2.0 for k in ("p50", "p90", "max")}}
+    )
+    head, *rows = text.splitlines()[1:]
+    assert head.split() == ["p50", "p90", "p99", "p99.9", "p99.99", "max"]
+    assert rows[0].split() == ["backends.reference", "1.01", "-", "0.50", "-", "-", "-"]
+    assert rows[1].split() == ["cpu", "2.00", "2.00", "-", "-", "-", "2.00"]
+    # each value ends where its column's header ends
+    for row in rows:
+        assert [row.index(c) + len(c) for c in row.split()[1:2]] == [head.index("p50") + 3]
+        assert len(row) == len(head)
+
+
+def _synthetic_recording(path, gaps_ms, rate_hz=100.0):
+    """Commands every 10 ms except the given gaps (index -> ms), with a fail-safe in between."""
+    with FlightRecorder(path, 2, 1, 1, {"rate_hz": rate_hz, "model": "m"}) as rec:
+        t = 1_000_000_000
+        for k in range(200):
+            t += int(gaps_ms.get(k, 10.0) * 1e6)
+            if k == 100:
+                rec.event("failsafe", "mode HOLD -> SAFE (sensor timeout)")
+            rec.record_step(
+                k + 1, k * 10_000, 1.0, 0, k == 0, (0.0, 0.0), (0.0,), (0.0,), (t, t, t, t, t + 50_000)
+            )
+            time.sleep(0.0005)
+
+
+def test_profile_counts_misses_by_the_shared_definition(tmp_path, capsys):
+    path = tmp_path / "gaps.mcap"
+    # 14 ms: late but within 1.5 periods (no miss); 30 ms: 1 miss of 2 ticks; 100 ms: 9 ticks
+    _synthetic_recording(path, {50: 14.0, 80: 30.0, 150: 100.0})
+    r = profile_recording(str(path))
+    assert (r["deadline_misses"], r["ticks_missed"]) == (2, 11)
+    assert len(r["miss_times_s"]) == 2 and r["miss_times_s"][0] < r["miss_times_s"][1]
+    assert main(["profile", str(path)]) == 0
+    assert "2 deadline misses, 11 ticks missed" in capsys.readouterr().out
+
+
+def test_profile_plot_of_a_recording_draws_what_readme_promises(tmp_path):
+    path = tmp_path / "gaps.mcap"
+    _synthetic_recording(path, {80: 35.0})
+    titles = plot(profile_recording(str(path)), str(tmp_path / "r.png"))
+    joined = " | ".join(titles)
+    for promised in ("latency per stage", "loop period", "deadline misses", "fail-safe / reconnect timeline"):
+        assert promised in joined, titles
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_profile_baseline_prints_separated_columns(tmp_path, capsys):
+    path = tmp_path / "gaps.mcap"
+    _synthetic_recording(path, {})
+    assert main(["profile", str(path), "--json"]) == 0
+    (tmp_path / "base.json").write_text(capsys.readouterr().out)
+    assert main(["profile", str(path), "--baseline", str(tmp_path / "base.json")]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("ratio to baseline") :].splitlines()[1:]
+    assert table[0].split() == ["p50", "p90", "p99", "p99.9", "p99.99", "max"]
+    rows = {r.split()[0]: r.split()[1:] for r in table[1:]}
+    assert "stages.total" in rows and rows["stages.total"] == ["1.00"] * 6
+    assert main(["profile", str(path), "--baseline", str(tmp_path / "nope.json")]) == 2
 
 
 def _responder(pty, stall_at, drop_every, stop):
