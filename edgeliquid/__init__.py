@@ -16,7 +16,6 @@ from .errors import (  # noqa: E402
     ModelFormatError,
     UnsupportedModelError,
 )
-from .runtime import Policy, from_model, load  # noqa: E402
 
 __all__ = [
     # runtime
@@ -39,6 +38,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    # Lazy: importing the runtime imports numba (~1 s); the CLI must be able to install its
+    # signal handlers before that (edgeliquid run: a SIGTERM while starting exits cleanly).
+    if name in ("load", "from_model", "Policy"):
+        from . import runtime
+
+        return getattr(runtime, name)
     if name in ("export_module", "export_checkpoint"):
         from . import export
 

@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from . import cliargs as ca
 from .errors import EdgeliquidError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -23,11 +24,25 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 @command
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    import warnings
 
-    model = export_checkpoint(
-        args.checkpoint, args.output, trust_pickle=args.trust_pickle, key=args.key, spec=args.spec
-    )
+    from .export import AssumedDefaultWarning, export_checkpoint
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AssumedDefaultWarning)
+        model = export_checkpoint(
+            args.checkpoint,
+            args.output,
+            trust_pickle=args.trust_pickle,
+            key=args.key,
+            spec=args.spec,
+            assume_defaults=args.assume_defaults,
+        )
+    for w in caught:  # ours as one line each; anything else as Python would show it
+        if issubclass(w.category, AssumedDefaultWarning):
+            print(f"edgeliquid export: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     c = model.config
     print(
         f"wrote {args.output}: LTC {c.units} units, {c.n_inputs} inputs, {c.n_outputs} outputs, "
@@ -76,25 +91,44 @@ def cmd_firmware(args: argparse.Namespace) -> int:
         fast_sigmoid=args.fast_sigmoid,
         min_elapsed=args.min_elapsed,
     )
+    from pathlib import Path
+
     print(
-        f"wrote {args.output}/{args.name}.h, {args.name}.c, edgeliquid_proto.h/.c, manifest.json "
+        f"wrote {Path(args.output) / args.name}.h, {args.name}.c, edgeliquid_proto.h/.c, manifest.json "
         f"({m['variant']}; ~{m['flash_params_bytes_estimate']} B of weights in flash, "
         f"{m['state_bytes_caller_owned']} B state)"
     )
+    if m["input_normalization"]:
+        n = args.name
+        print(f"inputs are normalised as in training: call {n}_normalize(raw, x) before {n}_step")
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version (the package's ``__version__`` when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("edgeliquid")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = ca.HelpFormatter  # a real default is shown once, by the formatter, never by hand
     p = argparse.ArgumentParser(
         prog="edgeliquid", formatter_class=fmt, description="Liquid neural networks on robots."
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser(
         "export", formatter_class=fmt, help="convert an ncps torch checkpoint to an edgeliquid .onnx file"
     )
-    s.add_argument("checkpoint")
+    s.add_argument("checkpoint", help="ncps torch checkpoint (.pt: a module, a state_dict or a dict)")
     s.add_argument("-o", "--output", required=True, help="model file to write (.onnx)")
     s.add_argument(
         "--trust-pickle",
@@ -102,16 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow unpickling a whole module (runs code from the file)",
     )
     s.add_argument("--key", help="entry of a dict checkpoint holding the state_dict")
-    s.add_argument("--spec", help="YAML of ncps constructor arguments a state_dict lacks")
+    s.add_argument(
+        "--spec",
+        help="state_dict only: YAML of the ncps constructor arguments it lacks "
+        "(ode_unfolds, epsilon, implicit_param_constraints, ...; see docs/export.md)",
+    )
+    s.add_argument(
+        "--assume-defaults",
+        action="store_true",
+        help="state_dict only: take ncps' defaults for what --spec does not state, "
+        "with a warning each and 'assumed' recorded in the model file",
+    )
 
     s = sub.add_parser("inspect", formatter_class=fmt, help="sizes, wiring and LTC bounds of a model")
-    s.add_argument("model")
+    s.add_argument("model", help="model file (.onnx)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("bench", formatter_class=fmt, help="step latency of every backend side by side")
-    s.add_argument("model")
-    s.add_argument("--steps", type=int, default=5000, help="timed steps for the cpu backend")
-    s.add_argument("--batch", type=int, default=1024, help="batch size for throughput (0: skip)")
+    s.add_argument("model", help="model file (.onnx)")
+    s.add_argument(
+        "--steps",
+        type=ca.positive_int,
+        default=5000,
+        help="timed steps for the cpu backend (the others: a tenth, at least 200)",
+    )
+    s.add_argument("--batch", type=ca.nonneg_int, default=1024, help="batch size for throughput (0: skip)")
     s.add_argument("--float64", action="store_true", help="run the backends in float64")
     s.add_argument(
         "--backend",
@@ -119,13 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["all", "cuda"],
         help="'cuda': batched GPU throughput sweep instead of the side-by-side table",
     )
-    s.add_argument("--cuda-batches", type=int, nargs="*", default=[1, 64, 1024, 65536])
+    s.add_argument(
+        "--cuda-batches",
+        type=ca.positive_int,
+        nargs="+",
+        default=[1, 64, 1024, 65536],
+        help="--backend cuda: batch sizes to sweep",
+    )
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("firmware", formatter_class=fmt, help="generate C99 for microcontrollers")
-    s.add_argument("model")
+    s.add_argument("model", help="model file (.onnx)")
     s.add_argument("-o", "--output", required=True, help="directory for NAME.h/.c and the codec")
-    s.add_argument("--name", default="policy", help="C prefix (NAME_step, NAME_N_INPUTS, ...)")
+    s.add_argument(
+        "--name",
+        default="policy",
+        help="C prefix and file stem (NAME_step, NAME.h): a letter, then letters, digits or _, "
+        "at most 48; not a C keyword or standard header name",
+    )
     s.add_argument("--fixed-point", action="store_true", help="int32 Q-format variant (no FPU)")
     s.add_argument(
         "--fast-sigmoid",
@@ -134,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--min-elapsed",
-        type=float,
+        type=ca.positive_float,
         default=0.01,
         help="fixed point: smallest elapsed time (model units) the Q format must cover",
     )

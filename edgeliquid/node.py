@@ -8,16 +8,21 @@ or bad (the last good inputs are reused for ``hold_cycles`` cycles) -> SAFE.
 Any I/O error closes the port (fail-safe first, if it can still be written),
 then the node reopens it with exponential back-off and handshakes again.
 Policy errors (a non-finite output) send the fail-safe command and reset the state.
+SIGHUP loads the model file again off the loop (:class:`Reloader`) and swaps it in between
+cycles; any failure keeps the running policy.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,9 +31,10 @@ from pathlib import Path
 import numpy as np
 import serial
 
-from . import kernels, realtime
+from . import deadlines, kernels, realtime
 from . import protocol as P
 from .channels import ChannelMaps
+from .checks import MAX_FILE_BYTES
 from .config import NodeConfig
 from .errors import EdgeliquidError
 from .textproto import LineSplitter, decode_line, encode_line
@@ -49,71 +55,459 @@ REASONS = (
     "reconnect",
 )
 LAT_RING = 1 << 16
+#: Time limit of one model load (validation child + in-process build); a first run on a
+#: machine may compile the kernels, which takes tens of seconds on a small ARM board.
+LOAD_TIMEOUT_S = 120.0
+
+
+def _percentiles_us(ring: np.ndarray, n: int) -> dict[str, float]:
+    n = min(n, LAT_RING)
+    if n == 0:
+        return {"p50": math.nan, "p99": math.nan, "max": math.nan}
+    a = ring[:n] / 1000.0
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
 
 
 @dataclass
 class NodeStats:
+    """What the loop counts. Fault counters only count faults (see each comment)."""
+
     steps: int = 0
-    deadline_misses: int = 0
-    failsafe_events: int = 0
+    deadline_misses: int = 0  # command-to-command intervals > deadlines.LATE_FACTOR periods
+    ticks_missed: int = 0  # nominal periods without a command in those intervals
+    failsafe_events: int = 0  # transitions to SAFE caused by a fault (not the orderly shutdown)
+    shutdowns: int = 0  # transitions to SAFE at shutdown
     reconnects: int = 0
     policy_errors: int = 0
     reloads: int = 0
+    reloads_rejected: int = 0
     hello_mismatch: int = 0
     wrong_size: int = 0
-    miss_log: list = field(default_factory=list)  # (monotonic s, ticks missed), first 100
-    latency_ns: np.ndarray = field(default_factory=lambda: np.zeros(LAT_RING, np.int64))
+    out_of_range: int = 0  # SENSOR samples outside the config's inputs[].range
+    miss_log: list = field(default_factory=list, repr=False)  # (monotonic s, ticks missed), first 100
+    latency_ns: np.ndarray = field(default_factory=lambda: np.zeros(LAT_RING, np.int64), repr=False)
     n_lat: int = 0
+    compute_ns: np.ndarray = field(default_factory=lambda: np.zeros(LAT_RING, np.int64), repr=False)
+    n_compute: int = 0
 
-    def add_latency(self, ns: int) -> None:
+    def add_latency(self, ns: int, compute_ns: int | None = None) -> None:
+        """One command: frame ready -> written, and cycle start -> written (default: the same)."""
         self.latency_ns[self.n_lat % LAT_RING] = ns
         self.n_lat += 1
+        self.compute_ns[self.n_compute % LAT_RING] = ns if compute_ns is None else compute_ns
+        self.n_compute += 1
 
     def latency_us(self) -> dict[str, float]:
-        n = min(self.n_lat, LAT_RING)
-        if n == 0:
-            return {"p50": math.nan, "p99": math.nan, "max": math.nan}
-        a = self.latency_ns[:n] / 1000.0
-        return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+        """Sensor-to-command: frame ready -> command written (fixed mode: includes the wait
+        for the tick)."""
+        return _percentiles_us(self.latency_ns, self.n_lat)
+
+    def compute_latency_us(self) -> dict[str, float]:
+        """Cycle start (fixed mode: the tick; event mode: the frame ready) -> command written."""
+        return _percentiles_us(self.compute_ns, self.n_compute)
 
 
-def check_normalization(cfg: NodeConfig, metadata: dict[str, str]) -> bool:
-    """Warn when the config's input scale/offset differ from the model's recorded normalisation.
+def normalization_problem(cfg: NodeConfig, metadata: dict[str, str]) -> str | None:
+    """Why the config's input scale/offset differ from the model's recorded normalisation
+    (None when they agree or the model records none).
 
     A policy fed differently normalised inputs than it was trained on misbehaves without
     any error; this is the one check that can catch it before the robot moves.
     """
-    import json
-
     raw = metadata.get("input_normalization")
     if not raw:
-        return True
+        return None
     try:
         norm = json.loads(raw)
         off, scale = np.asarray(norm["offset"], float), np.asarray(norm["scale"], float)
     except (ValueError, KeyError, TypeError):
-        log.warning("model metadata input_normalization is not valid JSON {offset, scale}: %r", raw)
-        return False
+        return f"model metadata input_normalization is not valid JSON {{offset, scale}}: {raw[:200]!r}"
     got_off = np.array([c.offset for c in cfg.inputs])
     got_scale = np.array([c.scale for c in cfg.inputs])
-    if off.shape != got_off.shape or not (np.allclose(off, got_off) and np.allclose(scale, got_scale)):
-        log.warning(
-            "%s: inputs offset/scale %s / %s differ from the model's training normalisation %s / %s",
-            cfg.source,
-            got_off.tolist(),
-            got_scale.tolist(),
-            off.tolist(),
-            scale.tolist(),
+    if (
+        off.shape != got_off.shape
+        or scale.shape != got_scale.shape
+        or not (np.allclose(off, got_off) and np.allclose(scale, got_scale))
+    ):
+        return (
+            f"{cfg.source}: inputs offset/scale {got_off.tolist()} / {got_scale.tolist()} differ from "
+            f"the model's training normalisation {off.ravel()[:16].tolist()} / {scale.ravel()[:16].tolist()}"
         )
-        return False
-    return True
+    return None
+
+
+def check_normalization(cfg: NodeConfig, metadata: dict[str, str]) -> bool:
+    """Warn when the config's input scale/offset differ from the model's normalisation."""
+    problem = normalization_problem(cfg, metadata)
+    if problem:
+        log.warning("%s", problem)
+    return problem is None
+
+
+def size_problem(cfg: NodeConfig, n_inputs: int, n_outputs: int) -> str | None:
+    """Why a model with these sizes cannot serve this config (None when it can)."""
+    n_in, n_out = len(cfg.inputs), len(cfg.outputs)
+    if (n_inputs, n_outputs) != (n_in, n_out):
+        return (
+            f"{cfg.source}: config has {n_in} inputs / {n_out} outputs but model {cfg.model} "
+            f"has {n_inputs} / {n_outputs}"
+        )
+    return None
+
+
+# ------------------------------------------------------------------ bounded model loads
+
+
+def _validate_child() -> None:
+    """Entry point of the validation subprocess: model bytes on stdin, one JSON line out.
+
+    Loads the file exactly as the node would (read, check, build, warm up) and times a few
+    steps, so that a file that hangs, explodes or raises anything does so here, where the
+    parent can kill it, and never inside the control loop.
+    """
+    import ctypes
+    import resource
+
+    try:  # die with the node even if it is killed with SIGKILL (PR_SET_PDEATHSIG)
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != int(sys.argv[5]):  # the parent died before prctl
+        os._exit(3)
+    # Bounded memory and CPU time too: a hostile file must not push the robot's computer
+    # into swap, and an orphan must not spin forever.
+    for res, value in ((resource.RLIMIT_AS, int(sys.argv[3])), (resource.RLIMIT_CPU, int(sys.argv[4]))):
+        try:
+            resource.setrlimit(res, (value, value))
+        except (ValueError, OSError):
+            pass
+    source, backend = sys.argv[1], sys.argv[2]
+    try:
+        from edgeliquid.modelfile import read_bytes
+        from edgeliquid.runtime import from_model
+
+        data = sys.stdin.buffer.read()
+        policy = from_model(read_bytes(data, source), backend=backend)
+        x = np.zeros(policy.n_inputs)
+        best, spent = math.inf, 0.0
+        for _ in range(5):  # the fastest of a few steps (a slow model: one is enough)
+            t0 = time.perf_counter()
+            policy.step(x, 1.0)
+            best = min(best, time.perf_counter() - t0)
+            spent += best
+            if spent > 0.5:
+                break
+        policy.reset()
+        out = {
+            "n_inputs": policy.n_inputs,
+            "n_outputs": policy.n_outputs,
+            "step_s": best,
+            "metadata": dict(policy.metadata),
+        }
+    except BaseException as exc:  # noqa: BLE001 - anything at all is a rejection, on one line
+        msg = str(exc) if isinstance(exc, EdgeliquidError) else f"{type(exc).__name__}: {exc}"
+        sys.stderr.write("\n" + " ".join(msg.split())[:300] + "\n")
+        sys.stderr.flush()
+        os._exit(2)
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def child_memory_bytes() -> int:
+    """Address-space limit of the validation child: half the RAM, within [1, 6] GiB (the child
+    loading the shipped model peaks at ~0.5 GB of address space, numba included)."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return max(1 << 30, min(6 << 30, ram // 2))
+
+
+def read_model_bytes(path: str | os.PathLike) -> bytes:
+    """The model file's bytes, refusing a file over :data:`MAX_FILE_BYTES` before reading it."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise EdgeliquidError(f"{path}: model file of {size} bytes exceeds {MAX_FILE_BYTES}")
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise EdgeliquidError(f"{path}: cannot read model file ({exc.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise EdgeliquidError(f"{path}: model file exceeds {MAX_FILE_BYTES} bytes")
+    return data
+
+
+class ChildValidation:
+    """Validate model bytes in a subprocess with a time and memory limit (see ``_validate_child``).
+
+    ``run()`` blocks the calling thread (never the control loop's); ``kill()`` may be called
+    from any thread and ends a validation in progress at once.
+    """
+
+    def __init__(self, source: str, backend: str, timeout_s: float):
+        self.source, self.backend, self.timeout_s = source, backend, timeout_s
+        self._proc: subprocess.Popen | None = None
+        self._killed = False
+
+    def run(self, data: bytes) -> dict:
+        """The child's report (sizes, step time, metadata); raises EdgeliquidError on rejection."""
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [
+            sys.executable,
+            "-c",
+            "from edgeliquid.node import _validate_child; _validate_child()",
+            self.source,
+            self.backend,
+            str(child_memory_bytes()),
+            str(int(self.timeout_s) + 2),
+            str(os.getpid()),
+        ]
+        if self._killed:
+            raise EdgeliquidError("validation cancelled")
+        # stdin/stdout/stderr pipes and no preexec_fn: CPython uses vfork, so a big process
+        # does not copy its page tables (a fork stalls the calling process for milliseconds).
+        self._proc = proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+        )
+        if self._killed:  # kill() ran while the child was starting
+            proc.kill()
+        try:
+            out, err = proc.communicate(data, timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise EdgeliquidError(
+                f"{self.source}: loading took longer than {self.timeout_s:g} s (killed)"
+            ) from None
+        finally:
+            self._proc = None
+        if self._killed:
+            raise EdgeliquidError("validation cancelled")
+        if proc.returncode != 0:
+            lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
+            why = lines[-1][:300] if lines else f"exit status {proc.returncode}"
+            if proc.returncode < 0:
+                why = f"killed by signal {-proc.returncode} (time or memory limit); {why}"
+            raise EdgeliquidError(why if why.startswith(self.source) else f"{self.source}: {why}")
+        try:
+            report = json.loads(out.decode().strip().splitlines()[-1])
+            int(report["n_inputs"]), int(report["n_outputs"]), float(report["step_s"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise EdgeliquidError(f"{self.source}: validation produced no report") from None
+        return report
+
+    def kill(self) -> None:
+        self._killed = True
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.kill()
+            except OSError:
+                pass
+
+
+def load_policy_interruptible(cfg: NodeConfig, stop: threading.Event, timeout_s: float = LOAD_TIMEOUT_S):
+    """Load ``cfg.model`` in a worker thread; None if ``stop`` is set first (a signal).
+
+    The calling (main) thread only waits, so SIGINT/SIGTERM handlers run at once even while
+    numba loads or compiles kernels (they release the GIL), and a load that takes longer than
+    ``timeout_s`` is an error rather than a hang.
+    """
+    from .runtime import load
+
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["policy"] = load(cfg.model, backend=cfg.backend)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+
+    th = threading.Thread(target=work, name="edgeliquid-load", daemon=True)
+    th.start()
+    end = time.monotonic() + timeout_s
+    while th.is_alive():
+        if stop.wait(0.05):
+            return None
+        if time.monotonic() > end:
+            raise EdgeliquidError(f"{cfg.model}: loading took longer than {timeout_s:g} s")
+    if stop.is_set():
+        return None
+    if "error" in box:
+        exc = box["error"]
+        if isinstance(exc, EdgeliquidError):
+            raise exc
+        raise EdgeliquidError(f"{cfg.model}: cannot load model ({type(exc).__name__}: {exc})") from None
+    return box["policy"]
+
+
+def check_deployment(cfg: NodeConfig, timeout_s: float = LOAD_TIMEOUT_S) -> str:
+    """Validate the config and its model against each other without opening the port.
+
+    Loads the model in a time-limited child (as a reload would), then compares sizes and the
+    input normalisation. Returns a one-line summary; raises EdgeliquidError naming the problem.
+    """
+    data = read_model_bytes(cfg.model)
+    report = ChildValidation(str(cfg.model), cfg.backend, timeout_s).run(data)
+    problems = [
+        p
+        for p in (
+            size_problem(cfg, report["n_inputs"], report["n_outputs"]),
+            normalization_problem(cfg, report.get("metadata") or {}),
+        )
+        if p
+    ]
+    if problems:
+        raise EdgeliquidError("; ".join(problems))
+    period_s = 1.0 / cfg.rate_hz
+    if report["step_s"] > period_s:
+        raise EdgeliquidError(
+            f"{cfg.model}: one step takes {report['step_s'] * 1e3:.3g} ms, longer than the "
+            f"{period_s * 1e3:.3g} ms period of {cfg.source}: loop.rate_hz"
+        )
+    return (
+        f"ok: {cfg.source} and {cfg.model} agree: {report['n_inputs']} inputs, "
+        f"{report['n_outputs']} outputs, backend {cfg.backend}, step {report['step_s'] * 1e6:.0f} µs "
+        f"(period {period_s * 1e6:.0f} µs)"
+    )
+
+
+class Reloader:
+    """Loads a new policy off the control loop; the loop picks the result up between cycles.
+
+    A persistent worker thread (created before the loop takes realtime priority, so it and
+    its children keep the default scheduling, at a lower nice level) first validates the
+    file's bytes in a child process with a time and memory limit (anything can happen
+    there: a hang, an allocation bomb, any exception), then builds the policy from the same
+    bytes in-process, and warms the fused kernel on copies. ``result()`` hands over either
+    ``(policy, report)`` or an error message; the running policy is never touched here.
+    """
+
+    def __init__(self, cfg: NodeConfig, chan: np.ndarray, timeout_s: float = LOAD_TIMEOUT_S):
+        self.cfg, self.timeout_s = cfg, timeout_s
+        self._chan = chan.copy()
+        self._go = threading.Event()
+        self._lock = threading.Lock()
+        self._results: list = []
+        self._closed = False
+        self._child: ChildValidation | None = None
+        self._thread: threading.Thread | None = None
+
+    def start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="edgeliquid-reload", daemon=True)
+            self._thread.start()
+
+    def request(self) -> None:
+        self.start_thread()
+        self._go.set()
+
+    def result(self):
+        """The next finished reload (``(policy, report)`` or ``str`` error), or None."""
+        if not self._results:  # the loop's per-cycle cost: one list check
+            return None
+        with self._lock:
+            return self._results.pop(0)
+
+    def close(self) -> None:
+        self._closed = True
+        child = self._child
+        if child is not None:
+            child.kill()
+        self._go.set()
+
+    def _work(self) -> None:
+        try:  # nice 10 for this thread and the children it starts (Linux: per thread)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (OSError, AttributeError):
+            pass
+        while True:
+            self._go.wait()
+            if self._closed:
+                return
+            self._go.clear()
+            try:
+                out = self._load_once()
+            except BaseException as exc:  # noqa: BLE001 - any failure is a rejection
+                why = str(exc) if isinstance(exc, EdgeliquidError) else f"{type(exc).__name__}: {exc}"
+                out = " ".join(why.split())[:400]
+            if self._closed:
+                return
+            with self._lock:
+                self._results.append(out)
+
+    def _load_once(self):
+        from .modelfile import read_bytes
+        from .runtime import from_model
+
+        cfg = self.cfg
+        end = time.monotonic() + self.timeout_s
+        data = read_model_bytes(cfg.model)
+        self._child = ChildValidation(str(cfg.model), cfg.backend, self.timeout_s)
+        try:
+            report = self._child.run(data)
+        finally:
+            self._child = None
+        problem = size_problem(cfg, report["n_inputs"], report["n_outputs"]) or normalization_problem(
+            cfg, report.get("metadata") or {}
+        )
+        if problem:
+            return problem
+        if report["step_s"] > 1.0 / cfg.rate_hz:
+            return (
+                f"{cfg.model}: one step takes {report['step_s'] * 1e3:.3g} ms, longer than the loop "
+                f"period ({1e3 / cfg.rate_hz:.3g} ms)"
+            )
+        # Same bytes as validated (the file may change again meanwhile). This part holds the
+        # GIL in short slices: ask for a switch every 0.5 ms (default 5 ms) so the loop thread
+        # gets it back quickly. Its C calls are short because the model passed the step-time
+        # check, which bounds its size.
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch, 0.0005))
+        try:
+            policy = from_model(read_bytes(data, str(cfg.model)), backend=cfg.backend)
+            warm_fused(policy, self._chan)
+        finally:
+            sys.setswitchinterval(switch)
+        if (policy.n_inputs, policy.n_outputs) != (report["n_inputs"], report["n_outputs"]):
+            return f"{cfg.model}: the file changed during the reload"
+        if time.monotonic() > end:
+            return f"{cfg.model}: loading took longer than {self.timeout_s:g} s"
+        return policy, report
+
+
+def fast_arrays(policy):
+    """The cpu kernel's arrays for the fused fast path, or None (numpy path)."""
+    if policy.backend == "cpu" and policy.batch is None:
+        return policy._fp, policy._ip, policy._work
+    return None
+
+
+def warm_fused(policy, chan: np.ndarray) -> None:
+    """Compile/load the fused kernel now, on copies, so the first tick pays no JIT."""
+    fast = fast_arrays(policy)
+    if fast is not None:
+        fp, ip, work = fast
+        kernels.control_step(
+            np.zeros(policy.n_inputs),
+            1.0,
+            0.0,
+            chan.copy(),
+            np.zeros(policy.n_inputs, policy.dtype),
+            fp,
+            ip,
+            work.copy(),
+        )
 
 
 def make_recorder(cfg: NodeConfig, policy):
     """The flight recorder for ``cfg.telemetry`` (model sha256 and config in its metadata)."""
     import dataclasses
     import hashlib
-    import json
 
     from .recorder import FlightRecorder
 
@@ -138,6 +532,7 @@ def make_recorder(cfg: NodeConfig, policy):
         rotate_mb=t["rotate_mb"],
         rotate_s=t["rotate_s"],
         keep=t["keep"],
+        flush_s=t.get("flush_s", 1.0),
     )
 
 
@@ -149,6 +544,19 @@ def open_port(cfg: NodeConfig) -> serial.SerialBase:
     return serial.serial_for_url(cfg.port, **kwargs)
 
 
+def hello_sizes(values) -> tuple[int, int] | None:
+    """A HELLO's ``(n_sensors, n_actuators)``, or None unless both are exact integers in
+    0..MAX_COUNT (a HELLO is any float32 a device sends: NaN, Inf, 4.9 and -1 are mismatches)."""
+    if len(values) < 2:
+        return None
+    out = []
+    for v in values[:2]:
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v == int(v) and 0 <= v <= P.MAX_COUNT):
+            return None
+        out.append(int(v))
+    return out[0], out[1]
+
+
 class Node:
     """The loop. ``run()`` until ``stop()`` (or SIGINT/SIGTERM via :meth:`install_signals`)."""
 
@@ -157,15 +565,15 @@ class Node:
 
         self.cfg = cfg
         self.policy = policy if policy is not None else load(cfg.model, backend=cfg.backend)
-        n_in, n_out = len(cfg.inputs), len(cfg.outputs)
-        if (self.policy.n_inputs, self.policy.n_outputs) != (n_in, n_out):
-            raise EdgeliquidError(
-                f"{cfg.source}: config has {n_in} inputs / {n_out} outputs but model {cfg.model} "
-                f"has {self.policy.n_inputs} / {self.policy.n_outputs}"
-            )
+        n_in = len(cfg.inputs)
+        problem = size_problem(cfg, self.policy.n_inputs, self.policy.n_outputs)
+        if problem:
+            raise EdgeliquidError(problem)
         self.maps = ChannelMaps(cfg.inputs, cfg.outputs, self.policy.dtype)
         check_normalization(cfg, self.policy.metadata)
         self._bind_policy()
+        warm_fused(self.policy, self.maps.chan)
+        self.reloader = Reloader(cfg, self.maps.chan)
         self.rx = P.RxCounters()
         self.stats = NodeStats()
         self.mode = P.MODE_SAFE
@@ -185,6 +593,8 @@ class Node:
         self._last_t_us: int | None = None
         self._last_valid_ns = time.monotonic_ns()
         self._last_cmd_ns = time.monotonic_ns()
+        self._last_write_ns = 0  # the previous policy command's write time (deadline misses)
+        self._cycle_ns = 0  # the current cycle's start (fixed mode: the tick)
         self._last_status_ns = 0
         self._pending: P.Packet | None = None
         self._pending_ns = 0
@@ -206,6 +616,7 @@ class Node:
         self._stop = True
 
     def request_reload(self) -> None:
+        """Load the model file again, off the loop (see :class:`Reloader`); safe in a handler."""
         self._reload = True
 
     def install_signals(self) -> None:
@@ -250,7 +661,10 @@ class Node:
     def _set_mode(self, mode: int, reason: int) -> None:
         if mode != self.mode or reason != self.reason:
             if mode == P.MODE_SAFE and self.mode != P.MODE_SAFE:
-                self.stats.failsafe_events += 1
+                if reason == R_SHUTDOWN:
+                    self.stats.shutdowns += 1
+                else:
+                    self.stats.failsafe_events += 1
             self._event(
                 f"mode {MODE_NAMES[self.mode]} -> {MODE_NAMES[mode]} ({REASONS[reason]})",
                 logging.INFO if mode == P.MODE_RUN else logging.WARNING,
@@ -283,14 +697,14 @@ class Node:
         self._send(P.HELLO, [float(n_in), float(n_out), float(self.cfg.rate_hz)])
         self.rx.reset_seq()
         self._valid_streak = 0
-        if len(vals) < 2 or (int(vals[0]), int(vals[1])) != (n_in, n_out):
+        if hello_sizes(vals) != (n_in, n_out):
             self._hello_ok = False
             self.stats.hello_mismatch += 1
-            got = tuple(int(v) for v in vals[:2])
+            # Any float can arrive here (NaN, Inf, 4.9, -1, 1e38): format, never convert.
+            got = [f"{v:.9g}" for v in vals[:2]] + ["?", "?"]
             self._event(
-                f"HELLO size mismatch: device has {got[0] if got else '?'} sensors / "
-                f"{got[1] if len(got) > 1 else '?'} actuators, config expects {n_in} / "
-                f"{n_out}; refusing to arm",
+                f"HELLO size mismatch: device has {got[0]} sensors / {got[1]} actuators, "
+                f"config expects {n_in} / {n_out}; refusing to arm",
                 logging.ERROR,
             )
             self._set_mode(P.MODE_SAFE, R_HELLO_MISMATCH)
@@ -309,6 +723,9 @@ class Node:
         if not math.isfinite(sum(pkt.values)):
             self.rx.count_error("nonfinite")
             return False
+        if not self.maps.in_range(pkt.values):  # implausible physical value: invalid like NaN
+            self.stats.out_of_range += 1
+            return False
         return True
 
     def _elapsed_from(self, pkt: P.Packet) -> float:
@@ -324,6 +741,8 @@ class Node:
     def _on_sample(self, pkt: P.Packet, t_ready: int, elapsed: float | None = None) -> None:
         """One control cycle driven by a (possibly invalid) SENSOR packet."""
         now = time.monotonic_ns()
+        if elapsed is None:  # event mode: the cycle starts when the frame is ready
+            self._cycle_ns = t_ready
         if not self._valid(pkt):
             self._bad_streak += 1
             self._valid_streak = 0
@@ -385,8 +804,17 @@ class Node:
         t_encoded = time.monotonic_ns()
         self._write(data)
         t_written = time.monotonic_ns()
-        self.stats.steps += 1
-        self.stats.add_latency(t_written - t_ready)
+        st = self.stats
+        st.steps += 1
+        st.add_latency(t_written - t_ready, t_written - max(self._cycle_ns, t_ready))
+        if self._last_write_ns:
+            missed = deadlines.ticks_missed(t_written - self._last_write_ns, self._period_ns)
+            if missed:
+                st.deadline_misses += 1
+                st.ticks_missed += missed
+                if len(st.miss_log) < 100:
+                    st.miss_log.append((t_written / 1e9, missed))
+        self._last_write_ns = t_written
         if self.recorder is not None:
             self.recorder.record_step(
                 ref_seq,
@@ -417,22 +845,8 @@ class Node:
 
     def _bind_policy(self) -> None:
         """Cache the cpu kernel's arrays for the fused fast path (None: numpy path)."""
-        p = self.policy
-        self._yview = p._y
-        self._fast = (p._fp, p._ip, p._work) if p.backend == "cpu" and p.batch is None else None
-        if self._fast is not None:
-            # Compile/load the fused kernel now, on copies, so the first tick pays no JIT.
-            fp, ip, work = self._fast
-            kernels.control_step(
-                np.zeros(len(self.cfg.inputs)),
-                1.0,
-                0.0,
-                self.maps.chan.copy(),
-                self.maps.xbuf.copy(),
-                fp,
-                ip,
-                work.copy(),
-            )
+        self._yview = self.policy._y
+        self._fast = fast_arrays(self.policy)
 
     # ------------------------------------------------------------------ loop
     def _read_some(self, wait_s: float) -> bytes:
@@ -496,9 +910,11 @@ class Node:
             self._bad_streak = int(cycles)
             self._degrade(R_TIMEOUT, 0, now, None)
 
-    def _connect(self) -> None:
+    def _connect(self, deadline_ns: int | None = None, fail_fast: bool = False) -> bool:
+        """Open the port and handshake, retrying with back-off until stopped or ``deadline_ns``
+        (False then). ``fail_fast``: the first failure raises EdgeliquidError instead."""
         delay = self.cfg.reconnect_min_s
-        while not self._stop:
+        while not self._stop and (deadline_ns is None or time.monotonic_ns() < deadline_ns):
             try:
                 self.port = open_port(self.cfg)
                 self._splitter = LineSplitter() if self._text else P.Packetizer()
@@ -514,12 +930,24 @@ class Node:
                 self.mode = P.MODE_SAFE
                 self._send(P.ACTUATE, self.maps.command_failsafe().tolist())
                 self._send_status()
-                return
+                return True
             except (serial.SerialException, OSError) as exc:
                 self._close()
+                if fail_fast:
+                    why = " ".join(str(exc).split())[:200]
+                    raise EdgeliquidError(f"{self.cfg.source}: serial.port {self.cfg.port}: {why}") from None
                 log.warning("cannot open %s (%s); retrying in %.2fs", self.cfg.port, exc, delay)
-                time.sleep(delay)
+                self._sleep(delay, deadline_ns)
                 delay = min(delay * 2, self.cfg.reconnect_max_s)
+        return False
+
+    def _sleep(self, seconds: float, deadline_ns: int | None) -> None:
+        """Sleep in short slices so that stop() and the run's deadline are seen promptly."""
+        end = time.monotonic_ns() + int(seconds * 1e9)
+        if deadline_ns is not None:
+            end = min(end, deadline_ns)
+        while not self._stop and time.monotonic_ns() < end:
+            time.sleep(min(0.05, max(0.0, (end - time.monotonic_ns()) / 1e9)))
 
     def _close(self) -> None:
         if self.port is not None:
@@ -529,27 +957,24 @@ class Node:
                 pass
             self.port = None
 
-    def _reload_model(self) -> None:
-        from .runtime import load
-
-        self._reload = False
-        try:
-            new = load(self.cfg.model, backend=self.cfg.backend)
-            if (new.n_inputs, new.n_outputs) != (self.policy.n_inputs, self.policy.n_outputs):
-                raise EdgeliquidError(
-                    f"new model has {new.n_inputs}/{new.n_outputs} inputs/outputs,"
-                    f" expected {self.policy.n_inputs}/{self.policy.n_outputs}"
-                )
-        except EdgeliquidError as exc:
+    def _reload_done(self, out) -> None:
+        """Swap in a finished reload between cycles, or log why the old policy stays."""
+        if isinstance(out, str):
+            self.stats.reloads_rejected += 1
             self._event(
-                f"model reload rejected, keeping the old model: {exc}", logging.ERROR, kind="reload_rejected"
+                f"model reload rejected, keeping the old model: {out}", logging.ERROR, kind="reload_rejected"
             )
             return
+        new, report = out
         self.policy = new
         self._bind_policy()
         self._reset_pending = True  # a new model starts from a zero state
         self.stats.reloads += 1
-        self._event(f"model reloaded from {self.cfg.model}", logging.INFO, kind="reload")
+        self._event(
+            f"model reloaded from {self.cfg.model} (step {report['step_s'] * 1e6:.0f} µs)",
+            logging.INFO,
+            kind="reload",
+        )
 
     def stats_line(self) -> str:
         lat = self.stats.latency_us()
@@ -557,23 +982,40 @@ class Node:
         return (
             f"steps={self.stats.steps} latency_us p50={lat['p50']:.0f} p99={lat['p99']:.0f} "
             f"max={lat['max']:.0f} misses={self.stats.deadline_misses} lost={self.rx.lost} "
-            f"dup={self.rx.duplicates} errors[{errs or 'none'}] mode={MODE_NAMES[self.mode]}"
+            f"dup={self.rx.duplicates} errors[{errs or 'none'}] clipped={self.maps.clipped} "
+            f"out_of_range={self.stats.out_of_range} mode={MODE_NAMES[self.mode]}"
         )
 
-    def run(self, duration_s: float | None = None) -> NodeStats:
-        """Run the loop until stopped (or for ``duration_s``); always ends in SAFE."""
+    def run(self, duration_s: float | None = None, fail_fast: bool = False) -> NodeStats:
+        """Run the loop until stopped (or for ``duration_s``, connection retries included);
+        always ends in SAFE. ``fail_fast``: raise EdgeliquidError if the port cannot be opened
+        at start instead of retrying."""
+        t_end = None if duration_s is None else time.monotonic_ns() + int(duration_s * 1e9)
+        # The reload worker exists before the loop takes realtime priority: it (and the
+        # validation child it starts) keeps the default scheduling and CPU set.
+        self.reloader.start_thread()
         if self.recorder is not None:
             self.recorder.start()
         self._held = realtime.apply(**self.cfg.realtime_settings())
-        t_end = None if duration_s is None else time.monotonic_ns() + int(duration_s * 1e9)
-        self._connect()
+        try:
+            self._connect(t_end, fail_fast)
+        except BaseException:
+            self._held.release()
+            self.reloader.close()
+            if self.recorder is not None:
+                self.recorder.close()
+            raise
         self.ready.set()
         next_tick = time.monotonic_ns() + self._period_ns
         next_stats = time.monotonic_ns() + int(self.cfg.stats_every_s * 1e9)
         try:
             while not self._stop and (t_end is None or time.monotonic_ns() < t_end):
                 if self._reload:
-                    self._reload_model()
+                    self._reload = False
+                    self.reloader.request()
+                reloaded = self.reloader.result()
+                if reloaded is not None:
+                    self._reload_done(reloaded)
                 try:
                     now = time.monotonic_ns()
                     if self.cfg.mode == "fixed":
@@ -583,11 +1025,9 @@ class Node:
                         now = time.monotonic_ns()
                         if now >= next_tick:
                             self._tick(now)
-                            next_tick, missed = realtime.next_tick_after(now, next_tick, self._period_ns)
-                            if missed:  # overran: skipped, never a burst
-                                self.stats.deadline_misses += missed
-                                if len(self.stats.miss_log) < 100:
-                                    self.stats.miss_log.append((now / 1e9, missed))
+                            # Overran: late ticks are skipped, never a burst; the misses are
+                            # counted from the command write times (_finish).
+                            next_tick, _ = realtime.next_tick_after(now, next_tick, self._period_ns)
                     else:
                         self._poll(0 if self._spin_s else min(self._timeout_ns / 4e9, 0.05))
                     now = time.monotonic_ns()
@@ -611,9 +1051,10 @@ class Node:
                     except (serial.SerialException, OSError):
                         self.mode = P.MODE_SAFE
                     self._close()
-                    self._connect()
+                    self._connect(t_end)
         finally:
             self._shutdown()
+            self.reloader.close()
             self._held.release()
         if self.recorder is not None:
             self.recorder.close()
@@ -622,6 +1063,7 @@ class Node:
 
     def _tick(self, now: int) -> None:
         """Fixed mode: one cycle on the newest frame since the last tick."""
+        self._cycle_ns = now
         pkt, self._pending = self._pending, None
         if pkt is not None:
             self._on_sample(pkt, self._pending_ns, elapsed=(self._period_ns / 1e9) / self.cfg.model_dt)

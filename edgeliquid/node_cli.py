@@ -7,45 +7,87 @@ import json
 import logging
 import sys
 
+from . import cliargs as ca
 from .cli import command
 
 
 def add_parsers(sub: argparse._SubParsersAction, fmt) -> None:
     s = sub.add_parser("run", formatter_class=fmt, help="run the onboard node (sense -> infer -> actuate)")
     s.add_argument("--config", required=True, help="node YAML config")
-    s.add_argument("--seconds", type=float, default=None, help="stop after this long (default: forever)")
-    s.add_argument("-v", "--verbose", action="store_true")
+    s.add_argument(
+        "--seconds", type=ca.positive_float, default=None, help="stop after this long (default: forever)"
+    )
+    s.add_argument("-v", "--verbose", action="store_true", help="log every event at DEBUG level")
+    s.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="exit with an error if the port cannot be opened at start (default: retry with back-off)",
+    )
+    s.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config and the model against each other (sizes, normalisation, the "
+        "policy loads and steps within the period), print one line, exit 0 or 2; opens no port",
+    )
 
     s = sub.add_parser("sim", formatter_class=fmt, help="simulated robot device speaking protocol v1")
-    s.add_argument("--plant", default="cartpole", choices=["cartpole"])
+    s.add_argument("--plant", default="cartpole", choices=["cartpole"], help="simulated plant")
     s.add_argument(
         "--port",
         default="pty",
         help="'pty' (prints the node's path), 'tcp-listen:[HOST:]PORT' "
         "(the node connects to socket://HOST:PORT), or a pyserial URL/path",
     )
-    s.add_argument("--rate", type=float, default=100.0, help="sensor rate, Hz")
-    s.add_argument("--protocol", default="cobs", choices=["cobs", "text"])
-    s.add_argument("--noise", type=float, default=0.0, help="sensor noise std (sensor units)")
-    s.add_argument("--jitter", type=float, default=0.0, help="sample-time jitter, fraction of the period")
-    s.add_argument("--seconds", type=float, default=30.0)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--rate", type=ca.rate_hz, default=100.0, help="sensor rate, Hz (1 to 100000)")
+    s.add_argument("--protocol", default="cobs", choices=["cobs", "text"], help="wire protocol")
+    s.add_argument("--noise", type=ca.nonneg_float, default=0.0, help="sensor noise std (sensor units)")
+    s.add_argument(
+        "--jitter",
+        type=ca.fraction_below_one,
+        default=0.0,
+        help="sample-time jitter, fraction of the period, in [0, 1)",
+    )
+    s.add_argument("--seconds", type=ca.positive_float, default=30.0, help="run this long, then exit")
+    s.add_argument("--seed", type=ca.nonneg_int, default=0, help="random seed (initial state, noise)")
 
     s = sub.add_parser(
         "demo", formatter_class=fmt, help="simulator + node over a pty: a liquid policy balances a cart-pole"
     )
-    s.add_argument("--seconds", type=float, default=15.0)
-    s.add_argument("--rate", type=float, default=100.0, help="sensor rate, Hz")
-    s.add_argument("--mode", default="event", choices=["event", "fixed"])
-    s.add_argument("--plant", default="cartpole", choices=["cartpole"])
-    s.add_argument("--protocol", default="cobs", choices=["cobs", "text"])
+    s.add_argument("--seconds", type=ca.positive_float, default=15.0, help="length of the run")
+    s.add_argument("--rate", type=ca.rate_hz, default=100.0, help="sensor rate, Hz (1 to 100000)")
+    s.add_argument(
+        "--mode",
+        default="event",
+        choices=["event", "fixed"],
+        help="node loop: step on each sensor frame, or on a fixed tick at --rate",
+    )
+    s.add_argument("--plant", default="cartpole", choices=["cartpole"], help="simulated plant")
+    s.add_argument("--protocol", default="cobs", choices=["cobs", "text"], help="wire protocol")
     s.add_argument(
         "--fault",
         default=None,
         choices=["stall", "corrupt", "nan"],
         help="inject a fault 40%% into the run for 0.3 s",
     )
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--push",
+        type=ca.push,
+        action="append",
+        metavar="FORCE[@T]",
+        help="shove the cart with FORCE newtons at T s into the run (default: halfway) for "
+        "--push-duration; repeat for several pushes; a negative FORCE as --push=-10@3",
+    )
+    s.add_argument(
+        "--push-duration", type=ca.positive_float, default=0.1, help="length of each push, seconds"
+    )
+    s.add_argument(
+        "--random-pushes",
+        type=ca.nonneg_int,
+        default=0,
+        metavar="K",
+        help="K more pushes of random sign and 5-10 N at random times (seeded by --seed)",
+    )
+    s.add_argument("--seed", type=ca.nonneg_int, default=0, help="random seed (initial state, noise, pushes)")
     s.add_argument("--config", default=None, help="node config (default: configs/cartpole_demo.yaml)")
     s.add_argument("--json", action="store_true", help="print one final JSON object")
     s.add_argument(
@@ -59,23 +101,38 @@ def add_parsers(sub: argparse._SubParsersAction, fmt) -> None:
         formatter_class=fmt,
         help="replay a flight recording offline; bit-exact check or per-channel diff",
     )
-    s.add_argument("recording")
+    s.add_argument("recording", help="flight recording (.mcap) written by the node or the demo")
     s.add_argument("--model", help="another model file (default: the recorded one)")
     s.add_argument("--backend", choices=["cpu", "reference", "cuda"], help="default: the recorded one")
     s.add_argument("--dtype", choices=["float32", "float64"], help="default: the recorded one")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser(
         "profile", formatter_class=fmt, help="latency of a policy (.onnx), a recording (.mcap) or a live link"
     )
     s.add_argument("target", nargs="?", help="model .onnx or recording .mcap")
-    s.add_argument("--backend", nargs="*", default=["cpu", "reference"], help="policy: backends")
-    s.add_argument("--steps", type=int, default=20000, help="policy: timed steps")
-    s.add_argument("--batch", type=int, default=None, help="policy: batch size")
+    s.add_argument(
+        "--backend",
+        nargs="+",
+        choices=["cpu", "reference", "cuda"],
+        default=["cpu", "reference"],
+        help="policy: backends to time",
+    )
+    s.add_argument("--steps", type=ca.positive_int, default=20000, help="policy: timed steps")
+    s.add_argument(
+        "--batch",
+        type=ca.positive_int,
+        default=None,
+        help="policy: batch size (default: one unbatched instance)",
+    )
     s.add_argument("--load", action="store_true", help="policy: repeat with every core kept busy")
     s.add_argument("--link", help="live: play the device on this port/URL against a running node")
-    s.add_argument("--rate", type=float, default=1000.0, help="live: SENSOR rate, Hz")
-    s.add_argument("--seconds", type=float, default=10.0, help="live: duration")
+    s.add_argument(
+        "--rate", type=ca.rate_hz, default=1000.0, help="--link, --wakeup: tick rate, Hz (1 to 100000)"
+    )
+    s.add_argument(
+        "--seconds", type=ca.positive_float, default=10.0, help="--link, --wakeup: duration, seconds"
+    )
     s.add_argument(
         "--wakeup",
         action="store_true",
@@ -127,6 +184,8 @@ def _profile_wakeup(args: argparse.Namespace) -> int:
 @command
 def cmd_profile(args: argparse.Namespace) -> int:
     from . import profile as pf
+    from .errors import EdgeliquidError
+    from .recorder import is_recording
 
     if args.wakeup:
         return _profile_wakeup(args)
@@ -138,11 +197,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
             {"corrected": r, "uncorrected": r["uncorrected"]},
         )
         text += "".join(f"\nWARNING: {w}" for w in r["warnings"])
-    elif args.target and args.target.endswith(".mcap"):
+    elif args.target and is_recording(args.target):
         r = pf.profile_recording(args.target)
-        text = pf.table(
+        text = f"note: {r['note']}\n" if r["note"] else ""
+        text += pf.table(
             f"{args.target}: {r['steps']} steps at {r['rate_hz']:.0f} Hz, "
-            f"{r['deadline_misses']} deadline misses (period > 1.5x nominal)",
+            f"{r['deadline_misses']} deadline misses, {r['ticks_missed']} ticks missed "
+            f"({r['deadline_rule']})",
             {
                 **{f"stage {k}": v for k, v in r["stages"].items()},
                 "loop period": r["period"],
@@ -183,26 +244,52 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if args.plot:
         pf.plot(r, args.plot)
     if args.baseline:
-        with open(args.baseline) as f:
-            ratios = pf.with_baseline(pf.public(r), json.load(f))
-        text += "\nratio to baseline (new / old):\n" + "\n".join(
-            f"  {name:18}" + "".join(f"{k}={v:.2f}  " for k, v in rr.items()) for name, rr in ratios.items()
-        )
+        try:
+            with open(args.baseline) as f:
+                old = json.load(f)
+        except OSError as exc:
+            raise EdgeliquidError(f"--baseline {args.baseline}: {exc.strerror or exc}") from None
+        except ValueError:
+            raise EdgeliquidError(
+                f"--baseline {args.baseline}: not JSON (give an earlier --json output)"
+            ) from None
+        text += "\n" + pf.baseline_table(pf.with_baseline(pf.public(r), old))
     print(pf.dumps(r) if args.json else text)
     return 0
 
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .node import Node
+    import signal
+    import threading
 
+    # Signal handlers first, before the (slow) imports and the model load: a SIGTERM while
+    # starting must end the process cleanly (exit 0, a log line), never kill it mid-load.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if hasattr(signal, "SIGHUP"):  # default action would end the process; the load is fresh anyway
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    node = Node(load_config(args.config))
+    log = logging.getLogger("edgeliquid.node")
+    from .config import load_config
+    from .node import Node, check_deployment, load_policy_interruptible
+
+    cfg = load_config(args.config)
+    if args.check:
+        print(check_deployment(cfg))
+        return 0
+    policy = None if stop.is_set() else load_policy_interruptible(cfg, stop)
+    if policy is None:
+        log.warning("stopped by a signal while starting; the port was never opened, nothing commanded")
+        return 0
+    node = Node(cfg, policy)
     node.install_signals()
-    node.run(args.seconds)
+    if stop.is_set():
+        node.stop()
+    node.run(args.seconds, fail_fast=args.fail_fast)
     return 0
 
 
@@ -229,8 +316,18 @@ def cmd_sim(args: argparse.Namespace) -> int:
 @command
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import format_summary, quiet_logging, run_demo
+    from .errors import EdgeliquidError
+    from .sim import Push
 
     quiet_logging()
+    pushes = [
+        Push(args.seconds / 2 if at is None else at, f, args.push_duration) for f, at in args.push or []
+    ]
+    for p in pushes:
+        if p.at_s >= args.seconds:
+            raise EdgeliquidError(
+                f"--push {p.force_n:g}@{p.at_s:g}: the run is only --seconds {args.seconds:g}"
+            )
     s = run_demo(
         seconds=args.seconds,
         rate_hz=args.rate,
@@ -243,6 +340,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         live=not args.json,
         out=sys.stderr,
         record=args.record or None,
+        pushes=pushes,
+        random_push_count=args.random_pushes,
     )
     s.pop("_device", None)
     print(json.dumps(s) if args.json else format_summary(s))
