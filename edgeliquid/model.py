@@ -165,10 +165,15 @@ def default_roles(cfg: CellConfig, params: dict[str, np.ndarray]) -> list[str]:
     (motor for the first ``motor_size`` neurons, inter otherwise).
     """
     u, m = cfg.units, cfg.motor_size
-    roles = ["motor" if n < m else "inter" for n in range(u)]
     smask = params.get("sensory_sparsity_mask")
     mask = params.get("sparsity_mask")
-    if smask is None or mask is None or m >= u:
+    # Without masks of the right shape there is nothing to recover from; the checker reports
+    # the masks. Roles are built only once masks of u x u exist, so a hostile `units` cannot
+    # make this allocate more than the masks already hold.
+    if np.shape(mask) != (u, u) or np.shape(smask) != (cfg.n_inputs, u):
+        return []
+    roles = ["motor" if n < m else "inter" for n in range(u)]
+    if m >= u:
         return roles
     inter = set(np.nonzero(np.abs(smask).sum(axis=0))[0].tolist())
     motors = set(range(m))

@@ -13,7 +13,11 @@ edgeliquid's own loader reads the initializers and metadata, not the graph.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +25,22 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import __version__
-from .checks import FORMAT_VERSION, check_cell, check_format_version, check_model
+from .checks import (
+    FORMAT_VERSION,
+    MAX_FILE_BYTES,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_KEY,
+    MAX_METADATA_VALUE,
+    check_cell,
+    check_config,
+    check_format_version,
+    check_model,
+    check_shapes,
+    short,
+    synapse_counts,
+)
 from .errors import ModelFormatError
-from .model import CellConfig, LTCModel
+from .model import LSTM_PARAMS, CellConfig, LTCModel, expected_shapes
 
 OPSET = 17
 PREFIX = "edgeliquid."
@@ -31,11 +48,33 @@ PREFIX = "edgeliquid."
 
 # ------------------------------------------------------------------------- metadata
 
+#: The keys :func:`metadata_for` derives from the model; every other key is ``LTCModel.info``.
+DERIVED_KEYS = (
+    "format_version",
+    "cell",
+    "solver",
+    "ode_unfolds",
+    "epsilon",
+    "positivity",
+    "input_mapping",
+    "output_mapping",
+    "mixed_memory",
+    "n_inputs",
+    "units",
+    "motor_neurons",
+    "n_outputs",
+    "n_state",
+    "neuron_roles",
+    "synapses",
+    "sensory_synapses",
+    "exporter_version",
+)
+
 
 def metadata_for(model: LTCModel) -> dict[str, str]:
     """All ``edgeliquid.*`` metadata keys (without the prefix) for a model."""
     cfg = model.config
-    packed_counts = _synapse_counts(model)
+    packed_counts = synapse_counts(model.params)
     meta = {
         "format_version": str(FORMAT_VERSION),
         "cell": "ltc",
@@ -61,40 +100,58 @@ def metadata_for(model: LTCModel) -> dict[str, str]:
     return meta
 
 
-def _synapse_counts(model: LTCModel) -> tuple[int, int]:
-    p = model.params
-    return int(np.count_nonzero(p["sparsity_mask"])), int(np.count_nonzero(p["sensory_sparsity_mask"]))
+def metadata_count(meta: dict[str, str], key: str, source: str) -> int:
+    """A size from the metadata: plain ASCII decimal digits only (no sign, point, exponent,
+    spaces or underscores), at most 12 of them, so nothing huge is ever converted."""
+    raw = meta[key]
+    if not _COUNT.fullmatch(raw):
+        raise ModelFormatError(
+            f"{source}: metadata {PREFIX}{key}={short(raw)} is not a non-negative integer "
+            "(decimal digits only, at most 12)"
+        )
+    return int(raw)
+
+
+_COUNT = re.compile(r"[0-9]{1,12}")
 
 
 def config_from_metadata(meta: dict[str, str], source: str) -> CellConfig:
-    def get(key: str, conv=str, default=None):
+    """The cell config from the metadata, parsed strictly (limits: :func:`check_config`)."""
+
+    def get(key: str, default: str | None = None) -> str:
         if key not in meta:
             if default is not None:
                 return default
             raise ModelFormatError(f"{source}: metadata key {PREFIX}{key} is missing")
-        try:
-            return conv(meta[key])
-        except ValueError:
-            raise ModelFormatError(
-                f"{source}: metadata {PREFIX}{key}={meta[key]!r} is not a valid {conv.__name__}"
-            ) from None
+        return meta[key]
+
+    def count(key: str) -> int:
+        get(key)
+        return metadata_count(meta, key, source)
 
     mixed = get("mixed_memory")
     if mixed not in ("true", "false"):
-        raise ModelFormatError(f"{source}: {PREFIX}mixed_memory must be 'true' or 'false', got {mixed!r}")
-    cfg = CellConfig(
-        n_inputs=get("n_inputs", int),
-        units=get("units", int),
-        motor_size=get("motor_neurons", int),
-        ode_unfolds=get("ode_unfolds", int),
-        epsilon=get("epsilon", float),
+        raise ModelFormatError(
+            f"{source}: {PREFIX}mixed_memory must be 'true' or 'false', got {short(mixed)}"
+        )
+    try:
+        epsilon = float(get("epsilon"))
+    except ValueError:
+        raise ModelFormatError(
+            f"{source}: metadata {PREFIX}epsilon={short(meta['epsilon'])} is not a number"
+        ) from None
+    return CellConfig(
+        n_inputs=count("n_inputs"),
+        units=count("units"),
+        motor_size=count("motor_neurons"),
+        ode_unfolds=count("ode_unfolds"),
+        epsilon=epsilon,
         positivity=get("positivity"),
         input_mapping=get("input_mapping"),
         output_mapping=get("output_mapping"),
         mixed_memory=mixed == "true",
-        solver=get("solver", str, "fused_semi_implicit_euler"),
+        solver=get("solver", "fused_semi_implicit_euler"),
     )
-    return cfg
 
 
 # ------------------------------------------------------------------------ the graph
@@ -233,63 +290,273 @@ def save(model: LTCModel, path: str | os.PathLike) -> None:
 
 
 # ------------------------------------------------------------------------- reading
+#
+# Every size is checked on the metadata before anything is allocated; tensors are decoded
+# here from their own bytes (never by onnx's loaders, which would follow external data).
 
 
 def read(path: str | os.PathLike) -> LTCModel:
-    """Read and check an edgeliquid model file; raises ModelFormatError naming the file."""
+    """Read and check an edgeliquid model file.
+
+    Raises:
+        ModelFormatError: for any unreadable, oversized, malformed or inconsistent file, and
+            nothing else; the message names the file and the key.
+    """
     source = str(path)
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise ModelFormatError(f"{source}: cannot read model file ({exc.strerror})") from None
-    return read_bytes(data, source)
+    with _only_model_format_errors(source):
+        return _read_bytes(_read_file(path, source), source)
 
 
 def read_bytes(data: bytes, source: str = "<bytes>") -> LTCModel:
+    """Read and check a model file's bytes; ``source`` names it in messages.
+
+    Raises only :class:`ModelFormatError` for bad bytes (a node reloading a model on
+    SIGHUP keeps its old policy on exactly this exception).
+    """
+    with _only_model_format_errors(source):
+        return _read_bytes(data, source)
+
+
+@contextlib.contextmanager
+def _only_model_format_errors(source: str):
+    """The last line of defence: whatever no check foresaw (MemoryError on a small robot,
+    a protobuf oddity) still leaves as a one-line ModelFormatError naming the file."""
     try:
-        onnx_model = onnx.load_from_string(data)
+        yield
+    except ModelFormatError:
+        raise
+    except Exception as exc:
+        raise ModelFormatError(
+            f"{source}: malformed model file ({type(exc).__name__}: {short(str(exc))})"
+        ) from exc
+
+
+def _read_file(path: str | os.PathLike, source: str) -> bytes:
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ModelFormatError(f"{source}: cannot read model file ({why})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelFormatError(f"{source}: cannot read model file (not a regular file)")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ModelFormatError(_too_big(source, st.st_size))
+        parts, size = [], 0
+        with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
+            # read(n) allocates n bytes up front: ask for what fstat said (+1 to see EOF), then
+            # in small steps should the file have grown since, never past the limit.
+            while size <= MAX_FILE_BYTES:
+                want = max(st.st_size + 1 - size, 2**20)
+                part = f.read(min(want, MAX_FILE_BYTES + 1 - size))
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+    except OSError as exc:
+        raise ModelFormatError(f"{source}: cannot read model file ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+    if size > MAX_FILE_BYTES:
+        raise ModelFormatError(_too_big(source, size))
+    return b"".join(parts)
+
+
+def _too_big(source: str, size: int) -> str:
+    return (
+        f"{source}: file size {size} bytes exceeds the limit {MAX_FILE_BYTES} bytes "
+        "(docs/model-format.md, Limits)"
+    )
+
+
+def _read_bytes(data: bytes, source: str) -> LTCModel:
+    if len(data) > MAX_FILE_BYTES:
+        raise ModelFormatError(_too_big(source, len(data)))
+    try:
+        onnx_model = onnx.load_from_string(bytes(data))  # parses only; follows nothing
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ModelFormatError(f"{source}: not an ONNX file ({type(exc).__name__})") from None
-    if not onnx_model.graph.node and not onnx_model.graph.initializer:
+    graph = onnx_model.graph
+    if not graph.node and not graph.initializer:
         raise ModelFormatError(f"{source}: not an ONNX model (empty graph)")
-    meta = {p.key[len(PREFIX) :]: p.value for p in onnx_model.metadata_props if p.key.startswith(PREFIX)}
+    meta = _metadata(onnx_model, source)
     check_format_version(meta, source)
     check_cell(meta, source)
     cfg = config_from_metadata(meta, source)
-    params = {}
-    for init in onnx_model.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        params[init.name] = arr.astype(np.float64)
-    params = {k: v for k, v in params.items() if k in _param_names(cfg)}
+    check_config(cfg, source)  # every size bounded before anything is allocated or run
+    declared = _declared_sizes(meta, cfg, source)
+    _check_self_contained(onnx_model, source)
+    params = _parameters(graph, cfg, source)
     _check_signature(onnx_model, cfg, source)
-    roles = [r for r in meta.get("neuron_roles", "").split(",") if r]
-    known = set(
-        metadata_for(
-            LTCModel(
-                cfg,
-                {"sparsity_mask": np.zeros((1, 1)), "sensory_sparsity_mask": np.zeros((1, 1))},
-                roles=["inter"],
-            )
-        )
-    )
-    info = {k: v for k, v in meta.items() if k not in known}
-    model = LTCModel(cfg, params, roles=roles or [], info=info, source=source)
+    roles = meta["neuron_roles"].split(",") if meta.get("neuron_roles") else []
+    info = {k: v for k, v in meta.items() if k not in DERIVED_KEYS}
+    model = LTCModel(cfg, params, roles=roles, info=info, source=source)
     check_model(model)
+    actual = synapse_counts(params)
+    for key, mask, want, got in zip(
+        ("synapses", "sensory_synapses"), ("sparsity_mask", "sensory_sparsity_mask"), declared, actual
+    ):
+        if want is not None and want != got:
+            raise ModelFormatError(f"{source}: metadata {PREFIX}{key}={want}, but {mask} has {got}")
     return model
 
 
-def _param_names(cfg: CellConfig) -> set[str]:
-    from .model import expected_shapes
+def _metadata(onnx_model: onnx.ModelProto, source: str) -> dict[str, str]:
+    """The ``edgeliquid.*`` keys (prefix removed), every entry within the limits."""
+    props = onnx_model.metadata_props
+    if len(props) > MAX_METADATA_ENTRIES:
+        raise ModelFormatError(
+            f"{source}: {len(props)} metadata_props entries exceed the limit {MAX_METADATA_ENTRIES}"
+        )
+    meta: dict[str, str] = {}
+    for i, prop in enumerate(props):
+        key, value = prop.key, prop.value
+        if not (isinstance(key, str) and isinstance(value, str)):
+            # protobuf hands back bytes for a string field that is not valid UTF-8
+            raise ModelFormatError(f"{source}: metadata_props entry {i} ({short(key)}) is not valid UTF-8")
+        if len(key) > MAX_METADATA_KEY:
+            raise ModelFormatError(
+                f"{source}: metadata key {short(key)} is {len(key)} characters long; "
+                f"the limit is {MAX_METADATA_KEY}"
+            )
+        if len(value) > MAX_METADATA_VALUE:
+            raise ModelFormatError(
+                f"{source}: metadata {short(key)} has a {len(value)}-character value; "
+                f"the limit is {MAX_METADATA_VALUE}"
+            )
+        if key.startswith(PREFIX):
+            if key[len(PREFIX) :] in meta:
+                raise ModelFormatError(f"{source}: metadata key {short(key)} appears twice")
+            meta[key[len(PREFIX) :]] = value
+    return meta
 
-    # Missing ones are reported by check_parameters; unknown initializers are graph helpers.
+
+def _declared_sizes(meta: dict[str, str], cfg: CellConfig, source: str) -> tuple[int | None, int | None]:
+    """Check the derived sizes the metadata declares; return the declared synapse counts
+    (None where absent), which must later equal the masks'."""
+    for key, want in (("n_outputs", cfg.n_outputs), ("n_state", cfg.n_state)):
+        if key in meta and metadata_count(meta, key, source) != want:
+            raise ModelFormatError(
+                f"{source}: metadata {PREFIX}{key}={short(meta[key])} disagrees with {want} from "
+                f"units={cfg.units}, motor_neurons={cfg.motor_size}, mixed_memory={cfg.mixed_memory}"
+            )
+    counts: list[int | None] = []
+    for key, most in (("synapses", cfg.units**2), ("sensory_synapses", cfg.n_inputs * cfg.units)):
+        n = metadata_count(meta, key, source) if key in meta else None
+        if n is not None and n > most:
+            raise ModelFormatError(
+                f"{source}: metadata {PREFIX}{key}={n} exceeds the {most} a mask of this size holds"
+            )
+        counts.append(n)
+    return counts[0], counts[1]
+
+
+def _tensors(onnx_model: onnx.ModelProto):
+    """(where, TensorProto) for every tensor in the model, subgraphs and functions included."""
+    graphs = [onnx_model.graph]
+    nodes = [n for f in onnx_model.functions for n in f.node]
+    while graphs or nodes:
+        if graphs:
+            g = graphs.pop()
+            for t in g.initializer:
+                yield f"initializer {short(t.name)}", t
+            for st in g.sparse_initializer:
+                yield f"sparse initializer {short(st.values.name)}", st.values
+                yield f"sparse initializer {short(st.values.name)}", st.indices
+            nodes.extend(n for n in g.node if n.attribute)
+            continue
+        node = nodes.pop()
+        for a in node.attribute:
+            at = f"node {short(node.name)} attribute {short(a.name)}"
+            for t in [a.t] * a.HasField("t") + list(a.tensors):
+                yield at, t
+            for st in [a.sparse_tensor] * a.HasField("sparse_tensor") + list(a.sparse_tensors):
+                yield at, st.values
+                yield at, st.indices
+            graphs.extend([a.g] * a.HasField("g") + list(a.graphs))
+
+
+def _check_self_contained(onnx_model: onnx.ModelProto, source: str) -> None:
+    """Refuse ONNX external data: a model file is one self-contained file, and a relative
+    ``location`` would read whatever file the working directory makes of it."""
+    for where, t in _tensors(onnx_model):
+        if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
+            loc = next((e.value for e in t.external_data if e.key == "location"), "?")
+            raise ModelFormatError(
+                f"{source}: {where} keeps its values in external data (location {short(loc)}); "
+                "an edgeliquid model file must be self-contained (save without external data)"
+            )
+
+
+_FLOAT_TYPES = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.DOUBLE: np.dtype("<f8")}
+
+
+def _parameters(graph: onnx.GraphProto, cfg: CellConfig, source: str) -> dict[str, np.ndarray]:
+    """The parameters as float64, each checked (names, dims, type, size) before decoding."""
+    seen: set[str] = set()
+    for name in [t.name for t in graph.initializer] + [t.values.name for t in graph.sparse_initializer]:
+        if name in seen:
+            # onnxruntime and edgeliquid could each take a different one.
+            raise ModelFormatError(f"{source}: initializer {short(name)} appears more than once")
+        seen.add(name)
+    wanted = _param_names(cfg)
+    inits = {t.name: t for t in graph.initializer if t.name in wanted}
+    check_shapes(cfg, {name: tuple(t.dims) for name, t in inits.items()}, source)
+    return {name: _decode(t, source) for name, t in inits.items()}
+
+
+def _decode(t: onnx.TensorProto, source: str) -> np.ndarray:
+    """One float32/float64 initializer whose dims are known to be the expected shape."""
+    dtype = _FLOAT_TYPES.get(t.data_type)
+    if dtype is None:
+        known = t.data_type in TensorProto.DataType.values()
+        kind = TensorProto.DataType.Name(t.data_type) if known else t.data_type
+        raise ModelFormatError(
+            f"{source}: parameter {t.name!r} has data type {kind}; "
+            "expected FLOAT (float32) or DOUBLE (float64)"
+        )
+    if t.HasField("segment"):
+        raise ModelFormatError(f"{source}: parameter {t.name!r} is a segment of a tensor; not supported")
+    shape = tuple(t.dims)
+    n = math.prod(shape)
+    if t.HasField("raw_data"):
+        if len(t.raw_data) != n * dtype.itemsize:
+            raise ModelFormatError(
+                f"{source}: parameter {t.name!r} has {len(t.raw_data)} bytes of raw_data; "
+                f"shape {shape} of {dtype.name} needs {n * dtype.itemsize}"
+            )
+        arr = np.frombuffer(t.raw_data, dtype)
+    else:
+        values = t.float_data if t.data_type == TensorProto.FLOAT else t.double_data
+        if len(values) != n:
+            raise ModelFormatError(
+                f"{source}: parameter {t.name!r} has {len(values)} values; shape {shape} needs {n}"
+            )
+        arr = np.array(values, dtype)
+    with np.errstate(invalid="ignore"):  # NaN payloads; check_finite reports them by name
+        arr = arr.reshape(shape).astype(np.float64)
+    if dtype.itemsize == 8:
+        # The backends run in float32: a finite float64 beyond its range would become inf.
+        with np.errstate(over="ignore", invalid="ignore"):
+            over = np.isfinite(arr) & ~np.isfinite(arr.astype(np.float32))
+        if over.any():
+            raise ModelFormatError(
+                f"{source}: parameter {t.name!r} holds {float(arr[over][0])!r}, beyond float32's range "
+                f"(±{float(np.finfo(np.float32).max):.4g})"
+            )
+    return arr
+
+
+def _param_names(cfg: CellConfig) -> set[str]:
+    # Missing ones are reported by check_shapes; unknown initializers are graph helpers.
     return set(expected_shapes(cfg)) | {
         "input_w",
         "input_b",
         "output_w",
         "output_b",
-        "lstm.input_map.weight",
-        "lstm.input_map.bias",
-        "lstm.recurrent_map.weight",
+        *LSTM_PARAMS,
     }
 
 
@@ -305,14 +572,17 @@ def _check_signature(onnx_model: onnx.ModelProto, cfg: CellConfig, source: str) 
         ("input", onnx_model.graph.input, want_in),
         ("output", onnx_model.graph.output, want_out),
     ):
-        got = {vi.name: dims(vi) for vi in values}
+        got = {vi.name: vi for vi in values}
         for name, size in want.items():
             if name not in got:
-                raise ModelFormatError(f"{source}: graph {kind} {name!r} missing (has {sorted(got)})")
-            d = got[name]
+                names = sorted(got, key=str)  # an invalid UTF-8 name comes back as bytes
+                listed = short(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+                raise ModelFormatError(f"{source}: graph {kind} {name!r} missing (has {listed})")
+            d = dims(got[name])
             if len(d) != 2 or d[1] != size:
+                shown = short(d) if len(d) <= 8 else f"<{len(d)} dims>"
                 raise ModelFormatError(
-                    f"{source}: graph {kind} {name!r} has dims {d}, expected "
+                    f"{source}: graph {kind} {name!r} has dims {shown}, expected "
                     f"[batch, {size}] from the metadata"
                 )
 
