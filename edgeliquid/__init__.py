@@ -14,8 +14,12 @@ from .errors import (  # noqa: E402
     FrameError,
     InputError,
     ModelFormatError,
+    RecordingError,
     UnsupportedModelError,
 )
+from . import _moved  # noqa: E402
+
+_moved.install()  # old flat import paths (edgeliquid.protocol, ...) keep working
 
 __all__ = [
     # runtime
@@ -34,6 +38,7 @@ __all__ = [
     "BackendError",
     "ConfigError",
     "FrameError",
+    "RecordingError",
 ]
 
 
@@ -41,11 +46,11 @@ def __getattr__(name: str):
     # Lazy: importing the runtime imports numba (~1 s); the CLI must be able to install its
     # signal handlers before that (edgeliquid run: a SIGTERM while starting exits cleanly).
     if name in ("load", "from_model", "Policy"):
-        from . import runtime
+        from . import runtime  # the package: it registers every backend with load()
 
         return getattr(runtime, name)
     if name in ("export_module", "export_checkpoint"):
-        from . import export
+        from .model import export
 
         return getattr(export, name)
     raise AttributeError(f"module 'edgeliquid' has no attribute {name!r}")

@@ -44,7 +44,7 @@ def export_firmware(
     metadata, and ``ModelFormatError`` for a missing or invalid model file; nothing is
     written unless every check passed, and nothing is ever written through a link.
     """
-    from edgeliquid.modelfile import read_bytes
+    from edgeliquid.model.file import read_bytes
 
     from .proto_c import codec_files
 

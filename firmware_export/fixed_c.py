@@ -7,7 +7,7 @@ resolution to stay within 1e-3 of the float result; int16 cannot hold both.
 Products and quotients use 64-bit intermediates (Cortex-M0 does them in libgcc).
 
 F comes from bounds, not guesses (:func:`choose_q`): the state bound of Theorem 2
-(``edgeliquid.guarantees``), the input range, the largest ``cm/dt`` for the
+(``edgeliquid.model.guarantees``), the input range, the largest ``cm/dt`` for the
 smallest elapsed time allowed, and the worst-case numerator and denominator of
 the update. With M the largest magnitude, F = 30 - ceil(log2(M + 1)) (one guard
 bit), so no intermediate can overflow inside those ranges. Inputs are saturated
@@ -27,7 +27,7 @@ from string import Template
 
 import numpy as np
 
-from edgeliquid.guarantees import guarantees
+from edgeliquid.model.guarantees import guarantees
 
 from .cgen import CodegenError, banner, c_array
 from .channels import Channels, channels_of, header_doc, normalize_c

@@ -280,7 +280,7 @@ def parse_hex(stdout: str, steps: int, n_out: int, n_state: int) -> tuple[np.nda
 
 def reference_outputs(model, xs, el, init_state, reset_at):
     """The numpy reference (float64) on the same vectors: ys [T, M], final state."""
-    from edgeliquid.runtime import from_model
+    from edgeliquid.runtime.policy import from_model
 
     ref = from_model(model, "reference", np.float64)
     ref.state = init_state

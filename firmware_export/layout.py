@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeliquid.model import LTCModel, effective_parameters
+from edgeliquid.model.cell import LTCModel, effective_parameters
 
 
 @dataclass

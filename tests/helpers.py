@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeliquid.model import CellConfig, LTCModel
+from edgeliquid.model.cell import CellConfig, LTCModel
 
 
 def perturbed_ncps(module, seed: int, scale: float = 0.3):

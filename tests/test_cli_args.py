@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from edgeliquid import cli, cliargs
+from edgeliquid import cli
+from edgeliquid.cli import args as cliargs
 
 BAD = [
     # (argv, the option the error must name)

@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 import edgeliquid
-from edgeliquid import kernels
-from edgeliquid.channels import ChannelMaps
-from edgeliquid.config import MAX_CONFIG_BYTES, load_config, parse_config
 from edgeliquid.errors import ConfigError
+from edgeliquid.node.channels import ChannelMaps
+from edgeliquid.node.config import MAX_CONFIG_BYTES, load_config, parse_config
+from edgeliquid.runtime import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "cartpole_demo.yaml"
@@ -199,7 +199,7 @@ def test_mixed_type_unknown_keys_are_one_error():
 _CHILD = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, (512 << 20, 512 << 20))
-from edgeliquid.config import load_config
+from edgeliquid.node.config import load_config
 from edgeliquid.errors import ConfigError
 out = []
 for p in sys.argv[1:]:

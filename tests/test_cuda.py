@@ -10,7 +10,7 @@ pytest.importorskip("numba.cuda")
 from helpers import random_model  # noqa: E402
 
 from edgeliquid import BackendError, InputError  # noqa: E402
-from edgeliquid.runtime import from_model  # noqa: E402
+from edgeliquid.runtime.policy import from_model  # noqa: E402
 
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # The simulator runs every GPU thread as a Python thread: keep CI's sizes small.
@@ -63,7 +63,7 @@ def test_cuda_bad_row_keeps_its_state():
 def test_no_cuda_gives_clear_error(monkeypatch):
     from numba import cuda
 
-    from edgeliquid import cuda_backend
+    from edgeliquid.runtime import cuda as cuda_backend
 
     monkeypatch.setattr(cuda, "is_available", lambda: False)
     with pytest.raises(BackendError, match="no CUDA device or driver found; use backend='cpu'"):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from edgeliquid.demo import failsafe_transitions, run_demo
-from edgeliquid.sim import Push, push_recovery, random_pushes
+from edgeliquid.hil.demo import failsafe_transitions, run_demo
+from edgeliquid.hil.sim import Push, push_recovery, random_pushes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,9 +92,9 @@ def test_sim_over_tcp_with_node_on_socket_url(tmp_path):
     """The rig over TCP: the simulator listens, the node connects with socket://."""
     import threading
 
-    from edgeliquid.config import load_config
-    from edgeliquid.node import Node
-    from edgeliquid.sim import open_device
+    from edgeliquid.hil.sim import open_device
+    from edgeliquid.node.config import load_config
+    from edgeliquid.node.loop import Node
 
     dev = open_device("tcp-listen:127.0.0.1:0", noise=0.002, jitter=0.2, seed=6)
     data = yaml.safe_load((ROOT / "configs" / "cartpole_demo.yaml").read_text())
@@ -141,10 +141,10 @@ def test_push_recovery_measures_peak_and_settling():
 
 
 def test_failsafe_count_is_faults_not_start_or_shutdown():
-    from edgeliquid import protocol as P
-    from edgeliquid.node import R_SHUTDOWN as shutdown
-    from edgeliquid.node import R_STARTING as starting
-    from edgeliquid.node import R_TIMEOUT as timeout
+    from edgeliquid.node import protocol as P
+    from edgeliquid.node.loop import R_SHUTDOWN as shutdown
+    from edgeliquid.node.loop import R_STARTING as starting
+    from edgeliquid.node.loop import R_TIMEOUT as timeout
 
     run, hold, safe = P.MODE_RUN, P.MODE_HOLD, P.MODE_SAFE
     statuses = [(0, safe, starting), (1, run, 0), (2, hold, timeout), (3, safe, timeout), (4, safe, timeout)]

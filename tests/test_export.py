@@ -12,8 +12,8 @@ from ncps.torch import LTC, CfC, LTCCell  # noqa: E402
 
 import edgeliquid  # noqa: E402
 from edgeliquid import CheckpointError, UnsupportedModelError  # noqa: E402
-from edgeliquid.cli import main  # noqa: E402
-from edgeliquid.export import export_checkpoint  # noqa: E402
+from edgeliquid.cli.main import main  # noqa: E402
+from edgeliquid.model.export import export_checkpoint  # noqa: E402
 
 
 def _agrees(path, module, mixed=False, n_in=4):

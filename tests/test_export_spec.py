@@ -18,10 +18,10 @@ from ncps.torch import LTC, LTCCell  # noqa: E402
 
 import edgeliquid  # noqa: E402
 from edgeliquid import CheckpointError  # noqa: E402
-from edgeliquid.cli import main  # noqa: E402
-from edgeliquid.export import AssumedDefaultWarning, export_checkpoint  # noqa: E402
-from edgeliquid.export_spec import KEYS, MAX_SPEC_BYTES, REQUIRED, validate_spec  # noqa: E402
-from edgeliquid.modelfile import read  # noqa: E402
+from edgeliquid.cli.main import main  # noqa: E402
+from edgeliquid.model.export import AssumedDefaultWarning, export_checkpoint  # noqa: E402
+from edgeliquid.model.export_spec import KEYS, MAX_SPEC_BYTES, REQUIRED, validate_spec  # noqa: E402
+from edgeliquid.model.file import read  # noqa: E402
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "export.md"
 FULL_SPEC = "ode_unfolds: {u}\nepsilon: 1.0e-8\nimplicit_param_constraints: {c}\n"

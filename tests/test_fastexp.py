@@ -1,6 +1,6 @@
 import numpy as np
 
-from edgeliquid.fastexp import exp32_array
+from edgeliquid.runtime.fastexp import exp32_array
 
 
 def test_exp32_within_2_ulp_over_clamped_range():

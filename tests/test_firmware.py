@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import random_model
 
-from edgeliquid import protocol as P
-from edgeliquid.modelfile import save
+from edgeliquid.model.file import save
+from edgeliquid.node import protocol as P
 from firmware_export import CodegenError, export_firmware
 from firmware_export import harness as H
 from firmware_export.cgen import check_name
@@ -48,7 +48,7 @@ def _model_file(tmp, kind):
 
 
 def _run_host(tmp, path, name, steps, **kw):
-    from edgeliquid.modelfile import read
+    from edgeliquid.model.file import read
 
     model = read(path)
     out = tmp / name
@@ -160,7 +160,7 @@ def test_two_models_link_into_one_firmware(tmp_path):
 @needs_arm
 @needs_qemu
 def test_m4_under_qemu_matches_reference(tmp_path):
-    from edgeliquid.modelfile import read
+    from edgeliquid.model.file import read
 
     model = read(DEMO)
     out = tmp_path / "m4"
@@ -323,7 +323,7 @@ NORM = {"offset": [0.5, -1.25, 3e-3, 100.0, -7.0], "scale": [5.0, 0.1, 1000.0, 1
 
 
 def _normalized_model(tmp, names="p,v,theta,omega,i", units="m,m/s,rad,rad/s,A"):
-    from edgeliquid.model import LTCModel
+    from edgeliquid.model.cell import LTCModel
 
     m = random_model(np.random.default_rng(11), units=8, n_in=5, motors=2, density=0.4)
     info = {"input_normalization": json.dumps(NORM), "input_names": names, "output_names": "left,right"}
@@ -430,7 +430,7 @@ def test_normalize_fixed_point_matches_python(tmp_path):
 @needs_gcc
 def test_normalize_then_step_equals_reference_on_normalised_inputs(tmp_path):
     """The whole chain on the host: raw -> pol_normalize -> pol_step vs numpy on (raw-off)*scale."""
-    from edgeliquid.modelfile import read
+    from edgeliquid.model.file import read
 
     path = _normalized_model(tmp_path)
     model = read(path)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from helpers import random_model
 
-from edgeliquid.cli import main
-from edgeliquid.model import LTCModel
-from edgeliquid.modelfile import save
+from edgeliquid.cli.main import main
+from edgeliquid.model.cell import LTCModel
+from edgeliquid.model.file import save
 from firmware_export import CodegenError, export_firmware
 from firmware_export.cgen import MAX_NAME, check_name
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from helpers import random_model
 
-from edgeliquid.guarantees import guarantees
-from edgeliquid.runtime import from_model
+from edgeliquid.model.guarantees import guarantees
+from edgeliquid.runtime.policy import from_model
 
 
 def test_leaky_neuron_without_synapses_decays_in_closed_form():

@@ -6,7 +6,7 @@ from helpers import random_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeliquid.runtime import from_model
+from edgeliquid.runtime.policy import from_model
 
 models = st.fixed_dictionaries(
     {

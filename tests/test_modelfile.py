@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 import edgeliquid
 from edgeliquid import ModelFormatError
-from edgeliquid.modelfile import build_graph, read, save
+from edgeliquid.model.file import build_graph, read, save
 
 
 @pytest.fixture()

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import edgeliquid
 from edgeliquid import ModelFormatError
-from edgeliquid.checks import LIMITS, MAX_FILE_BYTES
-from edgeliquid.modelfile import read, read_bytes, save
+from edgeliquid.model.checks import LIMITS, MAX_FILE_BYTES
+from edgeliquid.model.file import read, read_bytes, save
 
 SHIPPED = Path(edgeliquid.__file__).parent / "data" / "cartpole_ncp.onnx"  # an NCP: 1 motor, 4 command
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "model-format.md"
@@ -362,7 +362,7 @@ def test_ncp_roles_contradicted_by_the_recurrent_mask(tmp_path):
 
 
 def test_derived_keys_are_those_metadata_for_writes():
-    from edgeliquid.modelfile import DERIVED_KEYS, metadata_for
+    from edgeliquid.model.file import DERIVED_KEYS, metadata_for
 
     model = random_model(np.random.default_rng(2))
     assert set(metadata_for(model)) == set(DERIVED_KEYS)
@@ -479,7 +479,7 @@ SHORT_OF_MEMORY = textwrap.dedent(
     """
     import json, resource, sys
     from edgeliquid import ModelFormatError
-    from edgeliquid.modelfile import read
+    from edgeliquid.model.file import read
     outcomes = []
     for extra_mb in range(25, 500, 25):
         vm = int(next(l for l in open("/proc/self/status") if l.startswith("VmSize")).split()[1]) * 1024

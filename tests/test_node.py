@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import yaml
 
-from edgeliquid import protocol as P
-from edgeliquid.config import load_config, parse_config
 from edgeliquid.errors import ConfigError
-from edgeliquid.node import Node
-from edgeliquid.runtime import load
-from edgeliquid.sim import PtyMaster
+from edgeliquid.hil.sim import PtyMaster
+from edgeliquid.node import protocol as P
+from edgeliquid.node.config import load_config, parse_config
+from edgeliquid.node.loop import Node
+from edgeliquid.runtime.policy import load
 
 MODEL = Path(__file__).resolve().parents[1] / "edgeliquid" / "data" / "cartpole_ncp.onnx"
 
@@ -299,7 +299,7 @@ def test_example_configs_are_valid():
 
 
 def test_normalisation_mismatch_is_flagged(tmp_path):
-    from edgeliquid.node import check_normalization
+    from edgeliquid.node.loop import check_normalization
 
     cfg = load_config(_cfg(tmp_path, "loop://"))
     meta = load(MODEL).metadata

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_node import MODEL, Dev, _cfg
 
-from edgeliquid import protocol as P
-from edgeliquid.config import load_config
-from edgeliquid.node import R_HELLO_MISMATCH, Node, hello_sizes
-from edgeliquid.runtime import load
-from edgeliquid.sim import PtyMaster
-from edgeliquid.textproto import LineSplitter
+from edgeliquid.hil.sim import PtyMaster
+from edgeliquid.node import protocol as P
+from edgeliquid.node.config import load_config
+from edgeliquid.node.loop import R_HELLO_MISMATCH, Node, hello_sizes
+from edgeliquid.node.textproto import LineSplitter
+from edgeliquid.runtime.policy import load
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSOR_OK = (0.01, 0.0, 0.02, 0.0)
@@ -275,7 +275,7 @@ def _string_tensor(m):
 def _random_model_file(tmp_path, name, **kw) -> Path:
     from helpers import random_model
 
-    from edgeliquid.modelfile import save
+    from edgeliquid.model.file import save
 
     p = tmp_path / name
     save(random_model(np.random.default_rng(0), **kw), p)

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeliquid import protocol as P
-from edgeliquid.cli import main
-from edgeliquid.demo import run_demo
-from edgeliquid.modelfile import read, save
-from edgeliquid.profile import (
+from edgeliquid.cli.main import main
+from edgeliquid.hil.demo import run_demo
+from edgeliquid.hil.sim import PtyMaster
+from edgeliquid.model.file import read, save
+from edgeliquid.node import protocol as P
+from edgeliquid.node.recorder import FlightRecorder, read_recording
+from edgeliquid.observe.profile import (
     baseline_table,
     percentiles,
     plot,
@@ -21,9 +23,7 @@ from edgeliquid.profile import (
     trace_tau,
     with_baseline,
 )
-from edgeliquid.recorder import FlightRecorder, read_recording
-from edgeliquid.replay import replay
-from edgeliquid.sim import PtyMaster
+from edgeliquid.observe.replay import replay
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "edgeliquid" / "data" / "cartpole_ncp.onnx"
@@ -62,7 +62,7 @@ class _SlowFile:
 def test_recorder_never_blocks_the_loop_and_counts_drops(tmp_path, monkeypatch):
     import builtins
 
-    import edgeliquid.recorder as R
+    import edgeliquid.node.recorder as R
 
     real_open = builtins.open
     monkeypatch.setattr(

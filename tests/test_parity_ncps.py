@@ -13,7 +13,7 @@ from helpers import irregular_elapsed, perturbed_ncps, run_ncps  # noqa: E402
 from ncps import wirings  # noqa: E402
 
 import edgeliquid  # noqa: E402
-from edgeliquid.export import export_module  # noqa: E402
+from edgeliquid.model.export import export_module  # noqa: E402
 
 STEPS = 500
 TOL = {np.float32: 1e-5, np.float64: 1e-10}

@@ -7,8 +7,8 @@ from cobs import cobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeliquid import protocol as P
-from edgeliquid.textproto import LineSplitter, decode_line, encode_line
+from edgeliquid.node import protocol as P
+from edgeliquid.node.textproto import LineSplitter, decode_line, encode_line
 
 
 def test_round_trip_and_wraps():

@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from edgeliquid import realtime
+from edgeliquid.node import realtime
 
 LATENCY = realtime.CPU_LATENCY_PATH
 
 
 def test_refused_settings_are_warnings_not_failures(caplog, tmp_path):
-    caplog.set_level(logging.WARNING, logger="edgeliquid.realtime")
+    caplog.set_level(logging.WARNING, logger="edgeliquid.node.realtime")
     missing = tmp_path / "no-such-device"
     assert realtime.hold_cpu_latency(0, str(missing)) is None
     held = realtime.apply(cpu=100_000)  # no such CPU

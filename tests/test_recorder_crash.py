@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgeliquid.cli import main
+from edgeliquid.cli.main import main
 from edgeliquid.errors import RecordingError
-from edgeliquid.recorder import read_recording
+from edgeliquid.node.recorder import read_recording
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "edgeliquid" / "data" / "cartpole_ncp.onnx"
@@ -29,7 +29,7 @@ FLUSH_S = 1.0
 CHILD = textwrap.dedent(
     """
     import mmap, struct, sys, time
-    from edgeliquid.recorder import FlightRecorder
+    from edgeliquid.node.recorder import FlightRecorder
 
     out, progress, meta = sys.argv[1], sys.argv[2], eval(sys.argv[3])
     f = open(progress, "r+b")
@@ -153,7 +153,7 @@ def test_kill9_of_the_node_leaves_a_recording_replay_and_profile_read(tmp_path, 
 
 
 def test_a_file_cut_anywhere_reads_up_to_its_last_complete_record(tmp_path):
-    from edgeliquid.recorder import FlightRecorder
+    from edgeliquid.node.recorder import FlightRecorder
 
     path = tmp_path / "whole.mcap"
     rec = FlightRecorder(path, 2, 1, 1, {"model": "m"}, flush_s=0.05).start()
@@ -211,7 +211,7 @@ def test_what_is_not_a_recording_is_named_in_one_line(tmp_path, kind, match, cap
 
 
 def test_replay_with_a_model_of_another_shape_names_both_files(tmp_path, capsys):
-    from edgeliquid.recorder import FlightRecorder
+    from edgeliquid.node.recorder import FlightRecorder
 
     path = tmp_path / "three.mcap"
     with FlightRecorder(path, 3, 1, 1, {"model": str(MODEL)}) as rec:

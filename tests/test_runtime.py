@@ -8,7 +8,7 @@ from helpers import random_model
 
 import edgeliquid
 from edgeliquid import BackendError, InputError
-from edgeliquid.modelfile import save
+from edgeliquid.model.file import save
 
 BACKENDS = ["cpu", "reference"]
 

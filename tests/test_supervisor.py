@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeliquid.config import parse_config
 from edgeliquid.errors import ConfigError
-from edgeliquid.protocol import MODE_HOLD, MODE_RUN, MODE_SAFE
-from edgeliquid.supervisor import (
+from edgeliquid.node.config import parse_config
+from edgeliquid.node.protocol import MODE_HOLD, MODE_RUN, MODE_SAFE
+from edgeliquid.node.supervisor import (
     MODE_NAMES,
     MODES,
     R_BAD_SENSOR,

@@ -26,7 +26,7 @@ from ncps.torch import LTC
 from ncps.wirings import AutoNCP, FullyConnected
 
 import edgeliquid
-from edgeliquid.export import export_module
+from edgeliquid.model.export import export_module
 from firmware_export import export_firmware
 from firmware_export import harness as H
 

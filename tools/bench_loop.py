@@ -27,10 +27,10 @@ import numpy as np
 import serial
 from cobs import cobs
 
-from edgeliquid import protocol as P
-from edgeliquid.config import load_config
-from edgeliquid.demo import REALTIME_NODE, DeviceRig, default_config_path, run_demo
-from edgeliquid.realtime import probe_wakeups
+from edgeliquid.hil.demo import REALTIME_NODE, DeviceRig, default_config_path, run_demo
+from edgeliquid.node import protocol as P
+from edgeliquid.node.config import load_config
+from edgeliquid.node.realtime import probe_wakeups
 
 
 def _cpu_wall(fn):
@@ -44,8 +44,8 @@ def naive_loop(rate_hz: float, seconds: float, seed: int = 0) -> dict:
     """What a user without edgeliquid writes: read, unframe, torch step, frame, write."""
     import torch
 
-    from edgeliquid.export import to_ncps
-    from edgeliquid.modelfile import read
+    from edgeliquid.model.export import to_ncps
+    from edgeliquid.model.file import read
 
     cfg = load_config(default_config_path())
     cell = to_ncps(read(cfg.model)).rnn_cell.eval()

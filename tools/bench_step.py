@@ -21,9 +21,9 @@ import torch
 from ncps.torch import LTC
 from ncps.wirings import AutoNCP, FullyConnected
 
-from edgeliquid.bench import bench_model, format_table
-from edgeliquid.export import export_module
-from edgeliquid.modelfile import read
+from edgeliquid.model.export import export_module
+from edgeliquid.model.file import read
+from edgeliquid.observe.bench import bench_model, format_table
 
 SIZES = {
     "driving-ncp-19": (8, lambda: AutoNCP(19, 1)),

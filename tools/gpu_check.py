@@ -79,7 +79,7 @@ def main() -> int:
     from numba import cuda
 
     import edgeliquid
-    from edgeliquid.export import export_module
+    from edgeliquid.model.export import export_module
 
     name = cuda.get_current_device().name
     name = name.decode() if isinstance(name, bytes) else str(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from edgeliquid.demo import run_demo
+from edgeliquid.hil.demo import run_demo
 
 
 def main() -> int:

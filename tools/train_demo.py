@@ -3,7 +3,7 @@
 
 Behaviour cloning of an LQR controller (seeded, a few minutes on 2 CPU cores):
 1. LQR gain K from the cart-pole linearised about upright (discrete Riccati iteration).
-2. Roll out the plant (edgeliquid.sim.CartPole) under LQR + exploration noise, with
+2. Roll out the plant (edgeliquid.hil.sim.CartPole) under LQR + exploration noise, with
    irregular sample times (5-20 ms), recording sensor sequences and LQR forces.
 3. Fit ncps LTC(4, AutoNCP(12, 1)) to the forces (inputs normalised as the config does).
 4. Check it in closed loop on the simulator plant at 100 Hz and 1 kHz, then export
@@ -24,8 +24,8 @@ import torch
 from ncps.torch import LTC
 from ncps.wirings import AutoNCP
 
-from edgeliquid.export import export_module
-from edgeliquid.sim import CartPole
+from edgeliquid.hil.sim import CartPole
+from edgeliquid.model.export import export_module
 
 MODEL_DT = 0.01  # s of real time per model time unit
 SCALE = np.array([1.0, 1.0, 5.0, 1.0])  # input normalisation (config: scale)

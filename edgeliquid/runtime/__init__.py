@@ -1,0 +1,10 @@
+"""The runtime: ``load()`` and the policies, packing, the numba kernels, fastexp, the numpy
+reference (the spec) and the CUDA backend, which registers itself with ``load()``.
+
+Imports ``edgeliquid.model`` and ``edgeliquid.errors`` only; never the node, observe, hil or cli.
+"""
+
+from . import cuda  # noqa: F401  (registers the "cuda" backend; numba-cuda is imported lazily)
+from .policy import BACKENDS, Policy, from_model, load, register_backend
+
+__all__ = ["BACKENDS", "Policy", "from_model", "load", "register_backend"]

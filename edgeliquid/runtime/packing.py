@@ -1,0 +1,135 @@
+"""Pack a model into the two flat arrays the numba kernels take.
+
+numba's dispatcher costs about 0.1-0.15 µs per argument, more than the arithmetic
+of a small NCP step, so the kernels take just ``x``, ``elapsed``, ``fp`` (every
+float parameter), ``ip`` (sizes, offsets, synapse indices) and ``work`` (state
+and scratch). The header of ``ip`` is the table below; offsets point into ``fp``
+unless marked *ip* or *work*.
+
+Synapses are stored by destination neuron (CSR), only those that exist, each
+with (w, sigma, mu, erev) in four parallel blocks; positivity is applied here,
+once. A layer whose every synapse exists is flagged dense so the kernel reads
+presynaptic potentials contiguously instead of gathering them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..model.cell import LTCModel, effective_parameters
+
+# ip header (int64)
+N_IN, UNITS, MOTORS, UNFOLDS, MIXED, N_STATE = 0, 1, 2, 3, 4, 5
+CM, GLEAK, GLEAK_VLEAK, IN_W, IN_B, OUT_W, OUT_B = 6, 7, 8, 9, 10, 11, 12
+SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE = 13, 14, 15, 16, 17  # recurrent
+SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE = 18, 19, 20, 21, 22  # sensory
+LSTM_WI, LSTM_BI, LSTM_WR = 23, 24, 25
+EPS = 26  # fp offset of epsilon
+# work layout (offsets into one instance's work row)
+(W_STATE, W_V, W_VNEXT, W_XM, W_NUMS, W_DENS, W_CMT, W_Y, W_Z, W_NUMR, W_ACT, W_SIZE) = range(27, 39)
+SYN_DST, SSYN_DST = 39, 40  # ip: destination per synapse
+HEADER = 41
+
+
+class Packed:
+    """``fp``/``ip`` arrays for one model at one dtype, plus the work-row size."""
+
+    def __init__(self, model: LTCModel, dtype=np.float32):
+        cfg = model.config
+        self.dtype = np.dtype(dtype)
+        p = effective_parameters(model, np.float64)
+        u, n_in, m = cfg.units, cfg.n_inputs, cfg.motor_size
+        floats: list[np.ndarray] = []
+        ints: list[np.ndarray] = []
+        ip = np.zeros(HEADER, dtype=np.int64)
+        ip[[N_IN, UNITS, MOTORS, UNFOLDS, MIXED, N_STATE]] = (
+            n_in,
+            u,
+            m,
+            cfg.ode_unfolds,
+            int(cfg.mixed_memory),
+            cfg.n_state,
+        )
+        fsize = 0
+        isize = HEADER
+
+        def put_f(arr) -> int:
+            nonlocal fsize
+            off = fsize
+            a = np.ascontiguousarray(arr, dtype=np.float64).ravel()
+            floats.append(a)
+            fsize += a.size
+            return off
+
+        def put_i(arr) -> int:
+            nonlocal isize
+            off = isize
+            a = np.ascontiguousarray(arr, dtype=np.int64).ravel()
+            ints.append(a)
+            isize += a.size
+            return off
+
+        ip[EPS] = put_f([cfg.epsilon])
+        ip[CM] = put_f(p["cm"])
+        ip[GLEAK] = put_f(p["gleak"])
+        ip[GLEAK_VLEAK] = put_f(p["gleak"] * p["vleak"])
+        ip[IN_W], ip[IN_B] = put_f(p["input_w"]), put_f(p["input_b"])
+        ip[OUT_W], ip[OUT_B] = put_f(p["output_w"]), put_f(p["output_b"])
+
+        def put_synapses(w, sigma, mu, erev, mask, keys):
+            base, nnz, ptr, src, dense, dst = keys
+            exists = mask.T != 0  # [dest, src]
+            ptrs = np.concatenate([[0], np.cumsum(exists.sum(axis=1))])
+            dst_idx, src_idx = np.nonzero(exists)
+            ip[nnz] = len(src_idx)
+            # Mask folded into w: ncps multiplies by the mask, which is 0/1 (abs of ±1).
+            wm = (w * mask).T[dst_idx, src_idx]
+            ip[base] = put_f(wm)
+            put_f(sigma.T[dst_idx, src_idx])
+            put_f(mu.T[dst_idx, src_idx])
+            put_f(erev.T[dst_idx, src_idx])
+            ip[ptr] = put_i(ptrs)
+            ip[src] = put_i(src_idx)
+            ip[dst] = put_i(dst_idx)
+            ip[dense] = int(exists.all())
+
+        put_synapses(
+            p["w"],
+            p["sigma"],
+            p["mu"],
+            p["erev"],
+            p["sparsity_mask"],
+            (SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE, SYN_DST),
+        )
+        put_synapses(
+            p["sensory_w"],
+            p["sensory_sigma"],
+            p["sensory_mu"],
+            p["sensory_erev"],
+            p["sensory_sparsity_mask"],
+            (SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE, SSYN_DST),
+        )
+        if cfg.mixed_memory:
+            ip[LSTM_WI] = put_f(p["lstm.input_map.weight"])
+            ip[LSTM_BI] = put_f(p["lstm.input_map.bias"])
+            ip[LSTM_WR] = put_f(p["lstm.recurrent_map.weight"])
+        off = 0
+        for key, size in (
+            (W_STATE, cfg.n_state),
+            (W_V, u),
+            (W_VNEXT, u),
+            (W_XM, n_in),
+            (W_NUMS, u),
+            (W_DENS, u),
+            (W_CMT, u),
+            (W_Y, m),
+            (W_Z, 4 * u if cfg.mixed_memory else 0),
+            (W_NUMR, 2 * u),
+            (W_ACT, 2 * max(ip[NNZ], ip[SNNZ])),
+        ):
+            ip[key] = off
+            off += size
+        ip[W_SIZE] = off
+        self.fp = np.concatenate(floats).astype(self.dtype)
+        self.ip = np.concatenate([ip] + ints)
+        self.work_size = int(off)

@@ -1,0 +1,371 @@
+"""Policies: a model plus its recurrent state, stepped by one backend.
+
+``load(path)`` -> :class:`Policy`. Backends: ``cpu`` (numba kernels, the fast
+path), ``reference`` (numpy, the spec) and ``cuda`` (numba-cuda, thread per
+instance; :mod:`edgeliquid.runtime.cuda`). All share this API and the same input checks:
+a bad input raises :class:`~edgeliquid.errors.InputError` and leaves the state
+untouched.
+
+``step`` returns the policy's own output buffer, overwritten by the next step,
+so that the control loop allocates nothing; copy it to keep it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, InputError
+from ..model.cell import LTCModel
+from . import kernels
+from .packing import W_Y, Packed
+from .reference import ReferenceCell
+
+BACKENDS: tuple[str, ...] = ()  # filled by register_backend
+_FACTORIES: dict[str, Any] = {}
+
+
+def register_backend(name: str, factory) -> None:
+    """Make ``load(..., backend=name)`` call ``factory(model, dtype, batch, mapped)``.
+
+    Backends register themselves (the cuda module does on import), so this module never
+    imports a backend by name.
+    """
+    global BACKENDS
+    _FACTORIES[name] = factory
+    BACKENDS = tuple(_FACTORIES)
+
+
+class Policy:
+    """A stateful LTC policy (see module docstring). Create with :func:`load`.
+
+    Attributes:
+        n_inputs, n_outputs, n_state: sizes of x, y and the state.
+        metadata: the model file's ``edgeliquid.*`` keys.
+        batch: number of instances stepped together, or None for a single one.
+        dtype: float32 or float64.
+    """
+
+    backend = "?"
+
+    def __init__(self, model: LTCModel, dtype=np.float32, batch: int | None = None):
+        cfg = model.config
+        self.model = model
+        self.config = cfg
+        self.n_inputs, self.n_outputs, self.n_state = cfg.n_inputs, cfg.n_outputs, cfg.n_state
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise BackendError(f"dtype must be float32 or float64, got {self.dtype}")
+        if batch is not None and (int(batch) != batch or batch < 1):
+            raise InputError(f"batch must be a positive int or None, got {batch!r}")
+        self.batch = None if batch is None else int(batch)
+        self.metadata: dict[str, str] = model_metadata(model)
+        rows = 1 if self.batch is None else self.batch
+        self._xshape = (self.n_inputs,) if self.batch is None else (rows, self.n_inputs)
+        self._xbuf = np.zeros(self._xshape, self.dtype)
+        # elapsed stays float64 on every path so step, run and batch round alike.
+        self._ebuf = np.ones(rows, np.float64)
+
+    # -- validation shared by every backend (cheap checks; finiteness is the kernel's)
+    def _coerce_x(self, x: Any) -> np.ndarray:
+        arr = np.asarray(x)
+        if arr.shape != self._xshape:
+            raise InputError(f"x: expected shape {self._xshape}, got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise InputError(f"x: expected real numbers, got dtype {arr.dtype}")
+        np.copyto(self._xbuf, arr, casting="unsafe")
+        return self._xbuf
+
+    def _coerce_elapsed(self, elapsed: Any) -> np.ndarray:
+        e = np.asarray(elapsed, dtype=np.float64)
+        rows = self._ebuf.shape[0]
+        if e.shape not in ((), (rows,)):
+            raise InputError(f"elapsed: expected a scalar or shape ({rows},), got {e.shape}")
+        if not np.all(np.isfinite(e) & (e > 0)):
+            raise InputError(f"elapsed must be finite and > 0, got {elapsed!r}; state unchanged")
+        self._ebuf[:] = e
+        return self._ebuf
+
+    def _bad_input(self, x: np.ndarray, where: str = "") -> InputError:
+        bad = np.argwhere(~np.isfinite(np.asarray(x, np.float64)))
+        idx = tuple(int(i) for i in bad[0]) if len(bad) else ()
+        return InputError(
+            f"x{list(idx)}{where} is {np.asarray(x)[idx]!r}: inputs must be finite; state unchanged"
+        )
+
+    def _check_sequence(self, xs: Any, elapsed: Any) -> tuple[np.ndarray, np.ndarray]:
+        xs = np.ascontiguousarray(xs, dtype=self.dtype)
+        lead = xs.shape[:-1]
+        want = ("T",) + self._xshape
+        if xs.ndim != len(want) or xs.shape[1:] != self._xshape:
+            raise InputError(f"X: expected shape {want}, got {xs.shape}")
+        if elapsed is None:
+            elapsed = 1.0
+        e = np.asarray(elapsed, dtype=np.float64)
+        try:
+            e = np.ascontiguousarray(
+                np.broadcast_to(
+                    e.reshape(e.shape + (1,) * (len(lead) - e.ndim)) if e.ndim < len(lead) else e, lead
+                ),
+                dtype=np.float64,
+            )
+        except ValueError:
+            raise InputError(
+                f"elapsed: expected a scalar or shape {lead[:1]} or {lead}, got {np.shape(elapsed)}"
+            ) from None
+        if not np.all(np.isfinite(e) & (e > 0)):
+            raise InputError("elapsed must be finite and > 0 at every step; state unchanged")
+        if not np.all(np.isfinite(xs)):
+            raise self._bad_input(xs)
+        return xs, e
+
+    @property
+    def state(self) -> np.ndarray:
+        """A copy of the state ([n_state], or [batch, n_state])."""
+        raise NotImplementedError
+
+    def _checked_state(self, value: Any) -> np.ndarray:
+        shape = (self.n_state,) if self.batch is None else (self.batch, self.n_state)
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.shape != shape:
+            raise InputError(f"state: expected shape {shape}, got {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            raise InputError("state must be finite")
+        return arr.astype(self.dtype)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} backend={self.backend} in={self.n_inputs} "
+            f"out={self.n_outputs} state={self.n_state} batch={self.batch} "
+            f"dtype={self.dtype.name}>"
+        )
+
+
+class CpuPolicy(Policy):
+    """numba backend: packed parameters, preallocated work rows, no allocation per step."""
+
+    backend = "cpu"
+
+    def __init__(self, model: LTCModel, dtype=np.float32, batch: int | None = None):
+        super().__init__(model, dtype, batch)
+        self._packed = packed = Packed(model, self.dtype)
+        self._fp, self._ip = packed.fp, packed.ip
+        rows = 1 if self.batch is None else self.batch
+        self._work2d = np.zeros((rows, packed.work_size), self.dtype)
+        self._work = self._work2d[0]
+        y0 = int(self._ip[W_Y])
+        if self.batch is None:
+            self._y = self._work[y0 : y0 + self.n_outputs]
+            self._state_view = self._work[: self.n_state]
+        else:
+            self._y = self._work2d[:, y0 : y0 + self.n_outputs]
+            self._state_view = self._work2d[:, : self.n_state]
+        self._bad = np.zeros(rows, np.int64)
+        import numba
+
+        self._scratch = np.zeros(
+            (
+                numba.config.NUMBA_NUM_THREADS,
+                kernels.batch_scratch_size(model.config.units, model.config.n_inputs),
+            ),
+            self.dtype,
+        )
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile (or load from the on-disk cache) every kernel this policy calls."""
+        scratch = self._work2d.copy()
+        x = np.zeros(self._xshape, self.dtype)
+        kernels.step(x if self.batch is None else x[0], 1.0, self._fp, self._ip, scratch[0])
+        kernels.run(
+            np.zeros((1, self.n_inputs), self.dtype),
+            np.ones(1, self.dtype),
+            self._fp,
+            self._ip,
+            scratch[0],
+            np.zeros((1, self.n_outputs), self.dtype),
+        )
+        if self.batch is not None:
+            kernels.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad, self._scratch)
+            kernels.run_batch(
+                x[None],
+                self._ebuf[None],
+                self._fp,
+                self._ip,
+                scratch,
+                np.zeros((1, self.batch, self.n_outputs), self.dtype),
+                self._bad,
+            )
+
+    def step(self, x: Any, elapsed: float | np.ndarray = 1.0) -> np.ndarray:
+        """Advance the state by ``elapsed`` model time units with inputs ``x``.
+
+        Args:
+            x: [n_inputs] (or [batch, n_inputs]) raw inputs, finite.
+            elapsed: model time units since the last step (ncps: 1.0 per sample), > 0;
+                in batch mode a scalar or one per row.
+
+        Returns:
+            y [n_outputs] (or [batch, n_outputs]): the policy's buffer, valid until the
+            next step.
+        """
+        # Anything but an exact-type contiguous array goes through one copy into a buffer, so
+        # numba never sees a new signature (a JIT compile in the control loop).
+        if (
+            type(x) is not np.ndarray
+            or x.dtype is not self.dtype
+            or x.shape != self._xshape
+            or not x.flags.c_contiguous
+        ):
+            x = self._coerce_x(x)
+        if self.batch is None:
+            if type(elapsed) is not float:
+                elapsed = float(elapsed)
+            status = kernels.step(x, elapsed, self._fp, self._ip, self._work)
+            if status:
+                raise self._status_error(status, x, elapsed)
+            return self._y
+        e = self._coerce_elapsed(elapsed)
+        status, row = kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
+        if status:
+            raise self._status_error(status, x[row], e[row], f" (batch row {row})")
+        return self._y
+
+    def _status_error(self, status: int, x, elapsed, where: str = "") -> InputError:
+        if status == kernels.STATUS_BAD_ELAPSED:
+            return InputError(f"elapsed{where} must be finite and > 0, got {elapsed!r}; state unchanged")
+        if status == kernels.STATUS_BAD_INPUT:
+            return self._bad_input(x, where)
+        return InputError(
+            f"the step{where} produced a non-finite state (elapsed={elapsed!r}); state unchanged"
+        )
+
+    def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:
+        """Step through a sequence in one compiled loop; the state carries over.
+
+        Args:
+            xs: [T, n_inputs] (batch: [T, batch, n_inputs]).
+            elapsed: None (1.0), a scalar, [T], or (batch) [T, batch].
+
+        Returns:
+            ys [T, n_outputs] (batch: [T, batch, n_outputs]), a new array.
+        """
+        xs, e = self._check_sequence(xs, elapsed)
+        if self.batch is None:
+            ys = np.empty((xs.shape[0], self.n_outputs), self.dtype)
+            status, t = kernels.run(xs, e, self._fp, self._ip, self._work, ys)
+        else:
+            ys = np.empty((xs.shape[0], self.batch, self.n_outputs), self.dtype)
+            status, t = kernels.run_batch(xs, e, self._fp, self._ip, self._work2d, ys, self._bad)
+        if status:
+            raise InputError(f"the sequence produced a non-finite state at index {t}")
+        return ys
+
+    def reset(self) -> None:
+        """Zero the state (ncps' initial state)."""
+        self._state_view[...] = 0
+
+    @property
+    def state(self) -> np.ndarray:
+        return self._state_view.copy()
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state_view[...] = self._checked_state(value)
+
+
+class ReferencePolicy(Policy):
+    """numpy backend: the spec. Slow; allocates; reads like ncps."""
+
+    backend = "reference"
+
+    def __init__(self, model: LTCModel, dtype=np.float64, batch: int | None = None):
+        super().__init__(model, dtype, batch)
+        self._cell = ReferenceCell(model, self.dtype)
+        rows = 1 if self.batch is None else self.batch
+        self._state = np.zeros((rows, self.n_state), self.dtype)
+        self._out = np.zeros((rows, self.n_outputs), self.dtype)
+        self._y = self._out[0] if self.batch is None else self._out
+
+    def step(self, x: Any, elapsed: float | np.ndarray = 1.0) -> np.ndarray:
+        x = self._coerce_x(x)
+        e = self._coerce_elapsed(elapsed)
+        if not np.all(np.isfinite(x)):
+            raise self._bad_input(x)
+        y, s = self._cell.step(x.reshape(-1, self.n_inputs), self._state, e)
+        if not np.all(np.isfinite(s)):
+            raise InputError(f"the step produced a non-finite state (elapsed={elapsed!r}); state unchanged")
+        self._state[...] = s
+        self._out[...] = y
+        return self._y
+
+    def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:
+        xs, e = self._check_sequence(xs, elapsed)
+        rows = 1 if self.batch is None else self.batch
+        state = self._state.copy()
+        ys = np.empty((xs.shape[0], rows, self.n_outputs), self.dtype)
+        for t in range(xs.shape[0]):
+            y, state = self._cell.step(xs[t].reshape(rows, -1), state, np.broadcast_to(e[t], (rows,)))
+            ys[t] = y
+        if not np.all(np.isfinite(state)):
+            raise InputError("the sequence produced a non-finite state")
+        self._state[...] = state
+        return ys[:, 0] if self.batch is None else ys
+
+    def reset(self) -> None:
+        self._state[...] = 0
+
+    @property
+    def state(self) -> np.ndarray:
+        return (self._state[0] if self.batch is None else self._state).copy()
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state[...] = self._checked_state(value).reshape(self._state.shape)
+
+
+def model_metadata(model: LTCModel) -> dict[str, str]:
+    from ..model.file import metadata_for
+
+    return metadata_for(model)
+
+
+def from_model(
+    model: LTCModel, backend: str = "cpu", dtype=np.float32, batch: int | None = None, mapped: bool = False
+) -> Policy:
+    """Make a policy from an in-memory :class:`LTCModel` (see :func:`load`)."""
+    factory = _FACTORIES.get(backend)
+    if factory is None:
+        raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    return factory(model, dtype, batch, mapped)
+
+
+def load(
+    path: str | os.PathLike,
+    backend: str = "cpu",
+    dtype=np.float32,
+    batch: int | None = None,
+    mapped: bool = False,
+) -> Policy:
+    """Load an edgeliquid model file and return a warmed-up policy.
+
+    Args:
+        path: the ``.onnx`` model file.
+        backend: ``"cpu"`` (numba), ``"reference"`` (numpy spec) or ``"cuda"`` (numba-cuda).
+        dtype: ``np.float32`` or ``np.float64``.
+        batch: None for one instance, or the number of instances stepped together.
+        mapped: cuda only: zero-copy mapped host memory for x and y (integrated GPUs, Jetson).
+
+    Raises:
+        ModelFormatError: the file is not a valid edgeliquid model (the message names it).
+        BackendError: unknown backend, or its hardware is missing.
+    """
+    from ..model.file import read
+
+    return from_model(read(path), backend=backend, dtype=dtype, batch=batch, mapped=mapped)
+
+
+register_backend("cpu", lambda model, dtype, batch, mapped: CpuPolicy(model, dtype, batch))
+register_backend("reference", lambda model, dtype, batch, mapped: ReferencePolicy(model, dtype, batch))
