@@ -171,3 +171,11 @@ def test_codec_import_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[1] == "0"
+
+
+def test_model_layer_solver_names_match_the_runtime():
+    """The model layer names the solvers a file may carry; the runtime implements each."""
+    from edgeliquid.model.cell import SOLVER_NAMES
+    from edgeliquid.runtime.reference import SOLVERS
+
+    assert set(SOLVER_NAMES) == set(SOLVERS)
