@@ -55,6 +55,8 @@ def export_firmware(
     data = _read_model(model_path)
     sha = hashlib.sha256(data).hexdigest()
     model = read_bytes(data, str(model_path))
+    if getattr(model.config, "cell", "ltc") == "cfc":
+        raise CodegenError(f"{model_path}: firmware for CfC is not supported yet")
     fm = FirmwareModel.of(model)
     ch = channels_of(model)
     manifest = {

@@ -11,7 +11,7 @@ from .registry import command
 
 def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatter]) -> None:
     """Add this group's subcommands to the ``edgeliquid`` parser."""
-    s = sub.add_parser("inspect", formatter_class=fmt, help="sizes, wiring and LTC bounds of a model")
+    s = sub.add_parser("inspect", formatter_class=fmt, help="sizes, wiring and LTC or CfC bounds of a model")
     s.add_argument("model", help="model file (.onnx)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -7,6 +7,7 @@ file, the key and what was expected; each is testable alone.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from .cell import (
     effective_parameters,
     expected_shapes,
 )
+from .cfc import ACTIVATIONS, CFC_MODES, CfCConfig, CfCModel, cfc_expected_shapes
 
 FORMAT_VERSION = 1
 ROLES = ("motor", "command", "inter")
@@ -34,6 +36,10 @@ MAX_UNFOLDS = 1000
 MAX_PARAMETERS = 2**26
 #: units**2 * ode_unfolds + n_inputs * units: synapse evaluations in one step.
 MAX_SYNAPSE_EVALS = 2**28
+#: CfC: width and depth of the backbone, and layers of a wired CfC (see the Limits table).
+MAX_BACKBONE_UNITS = 16384
+MAX_BACKBONE_LAYERS = 64
+MAX_WIRED_LAYERS = 64
 MAX_METADATA_ENTRIES = 256
 MAX_METADATA_KEY = 256
 MAX_METADATA_VALUE = 64 * 2**10
@@ -45,6 +51,9 @@ LIMITS = {
     "ode_unfolds": MAX_UNFOLDS,
     "parameters": MAX_PARAMETERS,
     "synapse_evaluations": MAX_SYNAPSE_EVALS,
+    "backbone_units": MAX_BACKBONE_UNITS,
+    "backbone_layers": MAX_BACKBONE_LAYERS,
+    "wired_layers": MAX_WIRED_LAYERS,
     "metadata_entries": MAX_METADATA_ENTRIES,
     "metadata_key_chars": MAX_METADATA_KEY,
     "metadata_value_chars": MAX_METADATA_VALUE,
@@ -74,9 +83,30 @@ def check_format_version(meta: dict[str, str], source: str) -> None:
         )
 
 
+def metadata_count(meta: dict[str, str], key: str, source: str) -> int:
+    """A size from the metadata: plain ASCII decimal digits only (no sign, point, exponent,
+    spaces or underscores), at most 12 of them, so nothing huge is ever converted."""
+    raw = meta[key]
+    if not _COUNT.fullmatch(raw):
+        raise ModelFormatError(
+            f"{source}: metadata edgeliquid.{key}={short(raw)} is not a non-negative integer "
+            "(decimal digits only, at most 12)"
+        )
+    return int(raw)
+
+
+_COUNT = re.compile(r"[0-9]{1,12}")
+
+CELLS = ("ltc", "cfc")
+
+
 def check_cell(meta: dict[str, str], source: str) -> None:
-    if meta.get("cell") != "ltc":
-        raise ModelFormatError(f"{source}: edgeliquid.cell is {short(meta.get('cell'))}; expected 'ltc'")
+    if meta.get("cell") not in CELLS:
+        raise ModelFormatError(
+            f"{source}: edgeliquid.cell is {short(meta.get('cell'))}; expected one of {CELLS}"
+        )
+    if meta["cell"] == "cfc":
+        return
     solver = meta.get("solver", "fused_semi_implicit_euler")
     if solver not in SOLVER_NAMES:
         raise ModelFormatError(
@@ -234,8 +264,11 @@ def check_roles(model: LTCModel, source: str) -> None:
             )
 
 
-def check_model(model: LTCModel) -> None:
+def check_model(model: LTCModel | CfCModel) -> None:
     """Run every check on an in-memory model (before export and after load)."""
+    if isinstance(model, CfCModel):
+        check_cfc_model(model)
+        return
     src = model.source
     check_config(model.config, src)
     check_parameters(model.config, model.params, src)
@@ -243,6 +276,106 @@ def check_model(model: LTCModel) -> None:
     check_masks(model.params, src)
     check_positive(model, src)
     check_roles(model, src)
+
+
+# ------------------------------------------------------------------------------- CfC
+
+
+def check_cfc_config(cfg: CfCConfig, source: str) -> None:
+    """A CfC config within the limits, with known options; needs only the config.
+
+    The sizes are checked one by one before the parameter count is computed, and the
+    parameter count bounds the work of a step too (every CfC weight is used once per step).
+    """
+    sizes = [
+        ("n_inputs", cfg.n_inputs, 1, MAX_INPUTS),
+        ("units", cfg.units, 1, MAX_UNITS),
+        ("backbone_layers", cfg.backbone_layers, 0, MAX_BACKBONE_LAYERS),
+        ("backbone_units", cfg.backbone_units, 0, MAX_BACKBONE_UNITS),
+        ("proj_size", cfg.proj_size, 0, MAX_UNITS),
+    ]
+    for name, value, least, limit in sizes:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise ModelFormatError(f"{source}: {name} must be an integer, got {short(value)}")
+        if value < least:
+            raise ModelFormatError(f"{source}: {name} must be >= {least}, got {value}")
+        if value > limit:
+            raise ModelFormatError(
+                f"{source}: {name}={value} exceeds the limit {limit} (docs/model-format.md, Limits)"
+            )
+    if not cfg.wired and cfg.backbone_layers > 0 and cfg.backbone_units < 1:
+        raise ModelFormatError(
+            f"{source}: backbone_units must be >= 1 when backbone_layers={cfg.backbone_layers}"
+        )
+    if cfg.mode not in CFC_MODES:
+        raise ModelFormatError(f"{source}: mode {short(cfg.mode)}; expected one of {CFC_MODES}")
+    if cfg.activation not in ACTIVATIONS:
+        raise ModelFormatError(f"{source}: activation {short(cfg.activation)}; expected one of {ACTIVATIONS}")
+    for name in ("mixed_memory", "sparse"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ModelFormatError(f"{source}: {name} must be true or false, got {short(getattr(cfg, name))}")
+    sizes_l = cfg.layer_sizes
+    if not isinstance(sizes_l, tuple):
+        raise ModelFormatError(f"{source}: layer_sizes must be a tuple of integers, got {short(sizes_l)}")
+    if len(sizes_l) > MAX_WIRED_LAYERS:
+        raise ModelFormatError(
+            f"{source}: layer_sizes has {len(sizes_l)} layers; the limit is {MAX_WIRED_LAYERS} "
+            "(docs/model-format.md, Limits)"
+        )
+    for n in sizes_l:
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ModelFormatError(f"{source}: layer_sizes entries must be integers >= 1, got {short(n)}")
+    if sizes_l and sum(sizes_l) != cfg.units:
+        raise ModelFormatError(
+            f"{source}: layer_sizes {short(sizes_l)} sum to {sum(sizes_l)}, but units={cfg.units}"
+        )
+    n_params = sum(math.prod(shape) for shape in cfc_expected_shapes(cfg).values())
+    if n_params > MAX_PARAMETERS:
+        raise ModelFormatError(
+            f"{source}: {n_params} parameters (units={cfg.units}, n_inputs={cfg.n_inputs}, "
+            f"backbone_units={cfg.backbone_units}, backbone_layers={cfg.backbone_layers}, "
+            f"mixed_memory={cfg.mixed_memory}) exceed the limit {MAX_PARAMETERS} "
+            "(docs/model-format.md, Limits)"
+        )
+
+
+def check_cfc_shapes(cfg: CfCConfig, shapes: dict[str, tuple[int, ...]], source: str) -> None:
+    """Every parameter :func:`cfc_expected_shapes` names present with its shape, no other."""
+    want = cfc_expected_shapes(cfg)
+    for name, shape in want.items():
+        if name not in shapes:
+            raise ModelFormatError(
+                f"{source}: missing parameter {name!r} (expected shape {shape}; "
+                f"mode={cfg.mode!r}, layer_sizes={cfg.layer_sizes}, sparse={cfg.sparse})"
+            )
+        got = tuple(shapes[name])
+        if got != shape:
+            raise ModelFormatError(
+                f"{source}: parameter {name!r} has shape {shape_text(got)}, expected {shape} "
+                f"(units={cfg.units}, inputs={cfg.n_inputs}, backbone_units={cfg.backbone_units}, "
+                f"backbone_layers={cfg.backbone_layers}, layer_sizes={cfg.layer_sizes})"
+            )
+    extra = sorted(set(shapes) - set(want), key=str)
+    if extra:
+        raise ModelFormatError(
+            f"{source}: unexpected parameters {short(extra)} for this config (mode={cfg.mode!r}, "
+            f"backbone_layers={cfg.backbone_layers}, layer_sizes={cfg.layer_sizes}, "
+            f"mixed_memory={cfg.mixed_memory}, proj_size={cfg.proj_size}, sparse={cfg.sparse})"
+        )
+
+
+def check_cfc_model(model: CfCModel) -> None:
+    """Every check on an in-memory CfC model (before export and after load)."""
+    src, cfg, p = model.source, model.config, model.params
+    check_cfc_config(cfg, src)
+    check_cfc_shapes(cfg, {name: tuple(np.shape(arr)) for name, arr in p.items()}, src)
+    check_finite(p, src)
+    for name in sorted(k for k in p if k.endswith("sparsity_mask")):
+        bad = ~np.isin(p[name], (0.0, 1.0))
+        if bad.any():
+            raise ModelFormatError(
+                f"{src}: {name} must hold only 0 and 1 (ncps stores |mask|), found {float(p[name][bad][0])!r}"
+            )
 
 
 def synapse_counts(params: dict[str, np.ndarray]) -> tuple[int, int]:

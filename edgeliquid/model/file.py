@@ -22,11 +22,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto
 
 from .. import __version__
 from ..errors import ModelFormatError
 from .cell import LSTM_PARAMS, CellConfig, LTCModel, expected_shapes
+from .cfc import CfCConfig, CfCModel, cfc_expected_shapes
+from .cfc_file import (
+    CFC_DERIVED_KEYS,
+    build_cfc_graph,
+    cfc_config_from_metadata,
+    cfc_metadata_for,
+    check_cfc_declared,
+)
 from .checks import (
     FORMAT_VERSION,
     MAX_FILE_BYTES,
@@ -34,17 +42,17 @@ from .checks import (
     MAX_METADATA_KEY,
     MAX_METADATA_VALUE,
     check_cell,
+    check_cfc_config,
+    check_cfc_shapes,
     check_config,
     check_format_version,
     check_model,
     check_shapes,
+    metadata_count,
     short,
     synapse_counts,
 )
-
-OPSET = 17
-PREFIX = "edgeliquid."
-
+from .graph import PREFIX, GraphBuilder, step_model
 
 # ------------------------------------------------------------------------- metadata
 
@@ -71,8 +79,10 @@ DERIVED_KEYS = (
 )
 
 
-def metadata_for(model: LTCModel) -> dict[str, str]:
+def metadata_for(model: LTCModel | CfCModel) -> dict[str, str]:
     """All ``edgeliquid.*`` metadata keys (without the prefix) for a model."""
+    if isinstance(model, CfCModel):
+        return cfc_metadata_for(model)
     cfg = model.config
     packed_counts = synapse_counts(model.params)
     meta = {
@@ -98,21 +108,6 @@ def metadata_for(model: LTCModel) -> dict[str, str]:
     for k, v in model.info.items():
         meta.setdefault(k, str(v))
     return meta
-
-
-def metadata_count(meta: dict[str, str], key: str, source: str) -> int:
-    """A size from the metadata: plain ASCII decimal digits only (no sign, point, exponent,
-    spaces or underscores), at most 12 of them, so nothing huge is ever converted."""
-    raw = meta[key]
-    if not _COUNT.fullmatch(raw):
-        raise ModelFormatError(
-            f"{source}: metadata {PREFIX}{key}={short(raw)} is not a non-negative integer "
-            "(decimal digits only, at most 12)"
-        )
-    return int(raw)
-
-
-_COUNT = re.compile(r"[0-9]{1,12}")
 
 
 def config_from_metadata(meta: dict[str, str], source: str) -> CellConfig:
@@ -157,31 +152,12 @@ def config_from_metadata(meta: dict[str, str], source: str) -> CellConfig:
 # ------------------------------------------------------------------------ the graph
 
 
-class _GraphBuilder:
-    """Appends ONNX nodes with unique names; each helper returns its output's name."""
-
-    def __init__(self):
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self._n = 0
-
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
-        self._n += 1
-        name = out or f"{op_type.lower()}_{self._n}"
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), [name], name=f"n{self._n}_{op_type}", **attrs)
-        )
-        return name
-
-    def const(self, name: str, value, dtype=np.float32) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-
-def build_graph(model: LTCModel) -> onnx.ModelProto:
+def build_graph(model: LTCModel | CfCModel) -> onnx.ModelProto:
     """The ONNX graph of one step, initializers holding the raw parameters (float32)."""
+    if isinstance(model, CfCModel):
+        return build_cfc_graph(model)
     cfg, p = model.config, model.params
-    g = _GraphBuilder()
+    g = GraphBuilder()
     for name, arr in p.items():
         g.const(name, arr)
     u, m = cfg.units, cfg.motor_size
@@ -200,26 +176,8 @@ def build_graph(model: LTCModel) -> onnx.ModelProto:
 
     x = "x"
     if cfg.mixed_memory:
-        h = g.op("Slice", "state", g.const("s0", [0], np.int64), g.const("su", [u], np.int64), ax1)
-        c = g.op("Slice", "state", "su", g.const("s2u", [2 * u], np.int64), ax1)
-        z = g.op(
-            "Add",
-            g.op("Gemm", x, "lstm.input_map.weight", "lstm.input_map.bias", transB=1),
-            g.op("Gemm", h, "lstm.recurrent_map.weight", transB=1),
-        )
-        gates = [f"lstm_gate_{k}" for k in range(4)]
-        g.nodes.append(
-            helper.make_node(
-                "Split", [z, g.const("split4", [u] * 4, np.int64)], gates, axis=1, name="lstm_split"
-            )
-        )
-        one = g.const("one", 1.0)
-        c_new = g.op(
-            "Add",
-            g.op("Mul", c, g.op("Sigmoid", g.op("Add", gates[2], one))),
-            g.op("Mul", g.op("Tanh", gates[0]), g.op("Sigmoid", gates[1])),
-        )
-        v = g.op("Mul", g.op("Tanh", c_new), g.op("Sigmoid", gates[3]))
+        h, c = g.slice_cols("state", 0, u), g.slice_cols("state", u, 2 * u)
+        v, c_new = g.lstm(x, h, c, u)
     else:
         v = "state"
     if cfg.input_mapping in ("affine", "linear"):
@@ -251,33 +209,17 @@ def build_graph(model: LTCModel) -> onnx.ModelProto:
     else:
         g.op("Identity", v, out="next_state")
 
-    f32 = TensorProto.FLOAT
-    inputs = [
-        helper.make_tensor_value_info("x", f32, ["batch", cfg.n_inputs]),
-        helper.make_tensor_value_info("state", f32, ["batch", cfg.n_state]),
-        helper.make_tensor_value_info("elapsed", f32, ["batch", 1]),
-    ]
-    outputs = [
-        helper.make_tensor_value_info("y", f32, ["batch", cfg.n_outputs]),
-        helper.make_tensor_value_info("next_state", f32, ["batch", cfg.n_state]),
-    ]
-    graph = helper.make_graph(g.nodes, "edgeliquid_ltc_step", inputs, outputs, g.inits)
-    onnx_model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="edgeliquid",
-        producer_version=__version__,
-    )
-    onnx_model.ir_version = 8  # readable by onnxruntime >= 1.15
-    helper.set_model_props(onnx_model, {PREFIX + k: v for k, v in metadata_for(model).items()})
-    onnx_model.doc_string = (
+    return step_model(
+        g,
+        "edgeliquid_ltc_step",
+        (cfg.n_inputs, cfg.n_state, cfg.n_outputs),
+        metadata_for(model),
         "One step of a liquid time-constant cell (ncps LTC), exported by "
-        "edgeliquid. Inputs: x, state, elapsed (model time units)."
+        "edgeliquid. Inputs: x, state, elapsed (model time units).",
     )
-    return onnx_model
 
 
-def save(model: LTCModel, path: str | os.PathLike) -> None:
+def save(model: LTCModel | CfCModel, path: str | os.PathLike) -> None:
     """Check ``model`` and write it as an edgeliquid ONNX file (atomically)."""
     model.params = {k: np.asarray(v, np.float32).astype(np.float64) for k, v in model.params.items()}
     check_model(model)
@@ -295,8 +237,9 @@ def save(model: LTCModel, path: str | os.PathLike) -> None:
 # here from their own bytes (never by onnx's loaders, which would follow external data).
 
 
-def read(path: str | os.PathLike) -> LTCModel:
-    """Read and check an edgeliquid model file.
+def read(path: str | os.PathLike) -> LTCModel | CfCModel:
+    """Read and check an edgeliquid model file: a :class:`CfCModel` for ``cell = cfc``,
+    an :class:`LTCModel` otherwise.
 
     Raises:
         ModelFormatError: for any unreadable, oversized, malformed or inconsistent file, and
@@ -307,7 +250,7 @@ def read(path: str | os.PathLike) -> LTCModel:
         return _read_bytes(_read_file(path, source), source)
 
 
-def read_bytes(data: bytes, source: str = "<bytes>") -> LTCModel:
+def read_bytes(data: bytes, source: str = "<bytes>") -> LTCModel | CfCModel:
     """Read and check a model file's bytes; ``source`` names it in messages.
 
     Raises only :class:`ModelFormatError` for bad bytes (a node reloading a model on
@@ -371,7 +314,7 @@ def _too_big(source: str, size: int) -> str:
     )
 
 
-def _read_bytes(data: bytes, source: str) -> LTCModel:
+def _read_bytes(data: bytes, source: str) -> LTCModel | CfCModel:
     if len(data) > MAX_FILE_BYTES:
         raise ModelFormatError(_too_big(source, len(data)))
     try:
@@ -384,11 +327,13 @@ def _read_bytes(data: bytes, source: str) -> LTCModel:
     meta = _metadata(onnx_model, source)
     check_format_version(meta, source)
     check_cell(meta, source)
+    if meta["cell"] == "cfc":
+        return _read_cfc(onnx_model, meta, source)
     cfg = config_from_metadata(meta, source)
     check_config(cfg, source)  # every size bounded before anything is allocated or run
     declared = _declared_sizes(meta, cfg, source)
     _check_self_contained(onnx_model, source)
-    params = _parameters(graph, cfg, source)
+    params = _parameters(graph, _param_names(cfg), lambda shapes: check_shapes(cfg, shapes, source), source)
     _check_signature(onnx_model, cfg, source)
     roles = meta["neuron_roles"].split(",") if meta.get("neuron_roles") else []
     info = {k: v for k, v in meta.items() if k not in DERIVED_KEYS}
@@ -400,6 +345,37 @@ def _read_bytes(data: bytes, source: str) -> LTCModel:
     ):
         if want is not None and want != got:
             raise ModelFormatError(f"{source}: metadata {PREFIX}{key}={want}, but {mask} has {got}")
+    return model
+
+
+_CFC_NAME = re.compile(
+    r"(layer_[0-9]+\.)?((ff1|ff2|time_a|time_b)\.(weight|bias)|w_tau|A|sparsity_mask)"
+    r"|backbone\.[0-9]+\.(weight|bias)|lstm\.(input_map|recurrent_map)\.(weight|bias)|fc\.(weight|bias)"
+)
+
+
+def _read_cfc(onnx_model: onnx.ModelProto, meta: dict[str, str], source: str) -> CfCModel:
+    cfg = cfc_config_from_metadata(meta, source)
+    check_cfc_config(cfg, source)  # every size bounded before anything is allocated or run
+    check_cfc_declared(meta, cfg, source)
+    _check_self_contained(onnx_model, source)
+    # Initializers named like a CfC parameter of any config are parameters (those this config
+    # does not have are refused: the metadata and the weights disagree); others are helpers.
+    named = {
+        t.name
+        for t in onnx_model.graph.initializer
+        if isinstance(t.name, str) and _CFC_NAME.fullmatch(t.name)
+    }
+    params = _parameters(
+        onnx_model.graph,
+        set(cfc_expected_shapes(cfg)) | named,
+        lambda shapes: check_cfc_shapes(cfg, shapes, source),
+        source,
+    )
+    _check_signature(onnx_model, cfg, source)
+    info = {k: v for k, v in meta.items() if k not in CFC_DERIVED_KEYS}
+    model = CfCModel(cfg, params, info=info, source=source)
+    check_model(model)
     return model
 
 
@@ -493,17 +469,17 @@ def _check_self_contained(onnx_model: onnx.ModelProto, source: str) -> None:
 _FLOAT_TYPES = {TensorProto.FLOAT: np.dtype("<f4"), TensorProto.DOUBLE: np.dtype("<f8")}
 
 
-def _parameters(graph: onnx.GraphProto, cfg: CellConfig, source: str) -> dict[str, np.ndarray]:
-    """The parameters as float64, each checked (names, dims, type, size) before decoding."""
+def _parameters(graph: onnx.GraphProto, wanted: set[str], check, source: str) -> dict[str, np.ndarray]:
+    """The parameters as float64, each checked (names, dims, type, size) before decoding;
+    ``check(shapes)`` checks the declared dims of the ``wanted`` initializers."""
     seen: set[str] = set()
     for name in [t.name for t in graph.initializer] + [t.values.name for t in graph.sparse_initializer]:
         if name in seen:
             # onnxruntime and edgeliquid could each take a different one.
             raise ModelFormatError(f"{source}: initializer {short(name)} appears more than once")
         seen.add(name)
-    wanted = _param_names(cfg)
     inits = {t.name: t for t in graph.initializer if t.name in wanted}
-    check_shapes(cfg, {name: tuple(t.dims) for name, t in inits.items()}, source)
+    check({name: tuple(t.dims) for name, t in inits.items()})
     return {name: _decode(t, source) for name, t in inits.items()}
 
 
@@ -560,7 +536,7 @@ def _param_names(cfg: CellConfig) -> set[str]:
     }
 
 
-def _check_signature(onnx_model: onnx.ModelProto, cfg: CellConfig, source: str) -> None:
+def _check_signature(onnx_model: onnx.ModelProto, cfg: CellConfig | CfCConfig, source: str) -> None:
     def dims(vi):
         return [
             d.dim_value if d.HasField("dim_value") else d.dim_param for d in vi.type.tensor_type.shape.dim

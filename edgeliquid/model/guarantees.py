@@ -1,4 +1,5 @@
-"""The LTC guarantees a model carries, computed in one place.
+"""The guarantees a model carries (LTC: Theorems 1 and 2; CfC: gate time scales and state
+bounds, below), computed in one place.
 
 Reused by ``edgeliquid inspect``, runtime health checks and fixed-point firmware.
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cell import LTCModel, effective_parameters
+from .cfc import CfCModel
 
 
 @dataclass
@@ -58,3 +60,95 @@ def guarantees(model: LTCModel, v0: tuple[float, float] = (0.0, 0.0)) -> Guarant
     v_min = np.minimum(np.nanmin(incoming, axis=0), min(lo0, 0.0))
     v_max = np.maximum(np.nanmax(incoming, axis=0), max(hi0, 0.0))
     return Guarantees(tau_min, tau_max, v_min, v_max)
+
+
+# ------------------------------------------------------------------------------- CfC
+#
+# What stands in for Theorems 1 and 2 in a CfC cell (ncps CfCCell, per neuron i, per step):
+#
+# * default / no_gate: h' = tanh(ff1)(1 - s) + s tanh(ff2) resp. tanh(ff1) + s tanh(ff2), with
+#   the gate s = sigmoid(time_a(z) ts + time_b(z)) in (0, 1): |h'| <= 1 resp. 2 for any input,
+#   state and elapsed time. The gate's time scale is 1 / ||time_a.weight[i]||_2 (model time
+#   units per unit of head input): the gate moves by at most one logit unit per that much
+#   elapsed time for a head input of norm 1. On the biases alone (head input z = 0) the gate
+#   is half open at ts = -time_b.bias[i] / time_a.bias[i] (when that is > 0).
+# * pure: h' = A - A exp(-ts (|w_tau| + |ff1|)) ff1, a decay towards A at the rate
+#   |w_tau_i| + |ff1_i| >= |w_tau_i|. When the backbone ends in a bounded activation (tanh:
+#   |z| <= 1; lecun_tanh: |z| <= 1.7159) |ff1_i| <= F_i = c sum_j |W_ij mask_ij| + |b_i|, so the
+#   rate is at most |w_tau_i| + F_i and |h'_i| <= |A_i| (1 + F_i); otherwise both are unbounded.
+# * With mixed memory the LSTM's c (the state's second half) is unbounded; h as above.
+# * y = h of the last (motor) layer, or fc(h): |y_p| <= sum_i |fc.weight[p, i]| hb_i + |fc.bias[p]|.
+
+#: Bound on the backbone's output for the activations that bound it.
+_ACTIVATION_BOUND = {"tanh": 1.0, "lecun_tanh": 1.7159}
+
+
+@dataclass
+class CfCGuarantees:
+    """Per-neuron CfC bounds, arrays of shape [units] (inf where there is no bound, NaN
+    where the quantity does not apply to the mode).
+
+    Attributes:
+        layer: the wiring layer of each neuron (0 unwired).
+        gate_time_scale: 1 / ||time_a.weight[i]|| (default/no_gate; inf for a zero row).
+        half_open_elapsed: ts where the gate is half open for a zero head input (NaN: never).
+        decay_rate_min, decay_rate_max: pure mode's decay rate bounds (1 / model time units).
+        h_bound: |h_i| <= h_bound[i] after every step.
+        y_bound: [n_outputs], |y_p| <= y_bound[p].
+    """
+
+    layer: np.ndarray
+    gate_time_scale: np.ndarray
+    half_open_elapsed: np.ndarray
+    decay_rate_min: np.ndarray
+    decay_rate_max: np.ndarray
+    h_bound: np.ndarray
+    y_bound: np.ndarray
+
+
+def cfc_guarantees(model: CfCModel) -> CfCGuarantees:
+    """The CfC bounds above for ``model``."""
+    cfg, p = model.config, model.params
+    nan = np.full(cfg.units, np.nan)
+    layer, scale, half, rmin, rmax, hb = [], [], [], [], [], []
+    z_bound = _ACTIVATION_BOUND.get(cfg.activation) if (not cfg.wired and cfg.backbone_layers) else None
+    for index, (prefix, _, n) in enumerate(cfg.layers()):
+        layer.append(np.full(n, index))
+        if cfg.mode == "pure":
+            w = p[f"{prefix}ff1.weight"] * p.get(f"{prefix}sparsity_mask", 1.0)
+            if z_bound is None:
+                f = np.full(n, np.inf)
+            else:
+                f = z_bound * np.abs(w).sum(axis=1) + np.abs(p[f"{prefix}ff1.bias"])
+            w_tau = np.abs(p[f"{prefix}w_tau"][0])
+            rmin.append(w_tau)
+            rmax.append(w_tau + f)
+            hb.append(np.abs(p[f"{prefix}A"][0]) * (1.0 + f))
+            scale.append(np.full(n, np.nan))
+            half.append(np.full(n, np.nan))
+            continue
+        norm = np.linalg.norm(p[f"{prefix}time_a.weight"], axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale.append(np.where(norm > 0, 1.0 / norm, np.inf))
+            t = -p[f"{prefix}time_b.bias"] / p[f"{prefix}time_a.bias"]
+        half.append(np.where(np.isfinite(t) & (t > 0), t, np.nan))
+        rmin.append(np.full(n, np.nan))
+        rmax.append(np.full(n, np.nan))
+        hb.append(np.full(n, 2.0 if cfg.mode == "no_gate" else 1.0))
+    h_bound = np.concatenate(hb) if hb else nan
+    motor = h_bound[cfg.units - cfg.motor_size :]
+    if cfg.proj_size:
+        with np.errstate(invalid="ignore"):  # 0 * inf: a zero weight on an unbounded neuron
+            terms = np.where(p["fc.weight"] == 0, 0.0, np.abs(p["fc.weight"]) * motor)
+        y_bound = terms.sum(axis=1) + np.abs(p["fc.bias"])
+    else:
+        y_bound = motor.copy()
+    return CfCGuarantees(
+        layer=np.concatenate(layer),
+        gate_time_scale=np.concatenate(scale),
+        half_open_elapsed=np.concatenate(half),
+        decay_rate_min=np.concatenate(rmin),
+        decay_rate_max=np.concatenate(rmax),
+        h_bound=h_bound,
+        y_bound=y_bound,
+    )

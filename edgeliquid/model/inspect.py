@@ -8,12 +8,16 @@ from typing import Any
 import numpy as np
 
 from .cell import LTCModel, effective_parameters
-from .guarantees import guarantees
+from .cfc import CfCModel
+from .guarantees import cfc_guarantees, guarantees
 
 
-def describe(model: LTCModel) -> dict[str, Any]:
-    """A JSON-ready summary: sizes, synapses, roles, parameter ranges, LTC bounds."""
+def describe(model: LTCModel | CfCModel) -> dict[str, Any]:
+    """A JSON-ready summary: sizes, synapses, roles, parameter ranges, LTC (or CfC) bounds."""
     from .file import metadata_for
+
+    if isinstance(model, CfCModel):
+        return describe_cfc(model, metadata_for(model))
 
     cfg = model.config
     eff = effective_parameters(model)
@@ -49,7 +53,94 @@ def describe(model: LTCModel) -> dict[str, Any]:
     }
 
 
+def _num(v: float) -> float | None:
+    """JSON has no inf/NaN: None stands for "no bound" / "does not apply"."""
+    return float(v) if np.isfinite(v) else None
+
+
+def describe_cfc(model: CfCModel, metadata: dict[str, str]) -> dict[str, Any]:
+    """The CfC summary: sizes, options, raw parameter ranges, per-neuron gate time scales,
+    pure-mode decay rates and state bounds (:func:`edgeliquid.model.guarantees.cfc_guarantees`)."""
+    cfg = model.config
+    g = cfc_guarantees(model)
+    ranges = {
+        k: [float(np.min(v)), float(np.max(v))] for k, v in sorted(model.params.items()) if "mask" not in k
+    }
+    return {
+        "source": model.source,
+        "cell": "cfc",
+        "mode": cfg.mode,
+        "activation": cfg.activation,
+        "backbone_units": cfg.backbone_units if not cfg.wired and cfg.backbone_layers else 0,
+        "backbone_layers": 0 if cfg.wired else cfg.backbone_layers,
+        "layer_sizes": list(cfg.layer_sizes),
+        "mixed_memory": cfg.mixed_memory,
+        "proj_size": cfg.proj_size,
+        "n_inputs": cfg.n_inputs,
+        "n_outputs": cfg.n_outputs,
+        "units": cfg.units,
+        "n_state": cfg.n_state,
+        "parameters": int(sum(np.size(v) for k, v in model.params.items() if "mask" not in k)),
+        "parameter_ranges": ranges,
+        "neurons": [
+            {
+                "id": i,
+                "layer": int(g.layer[i]),
+                "gate_time_scale": _num(g.gate_time_scale[i]),
+                "half_open_elapsed": _num(g.half_open_elapsed[i]),
+                "decay_rate_min": _num(g.decay_rate_min[i]),
+                "decay_rate_max": _num(g.decay_rate_max[i]),
+                "h_bound": _num(g.h_bound[i]),
+            }
+            for i in range(cfg.units)
+        ],
+        "y_bound": [_num(v) for v in g.y_bound],
+        "metadata": metadata,
+    }
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
+
+
+def format_cfc_text(d: dict[str, Any]) -> str:
+    wired = ",".join(map(str, d["layer_sizes"])) or "no"
+    lines = [
+        f"model      {d['source']}",
+        f"cell       CfC, mode {d['mode']}  backbone {d['backbone_layers']}x{d['backbone_units']} "
+        f"{d['activation']}  wired {wired}  mixed_memory {str(d['mixed_memory']).lower()}  "
+        f"proj {d['proj_size'] or 'no'}",
+        f"sizes      inputs {d['n_inputs']}  outputs {d['n_outputs']}  units {d['units']}  "
+        f"state {d['n_state']}  parameters {d['parameters']}",
+        "",
+        "parameter ranges (raw):",
+    ]
+    for k, (lo, hi) in d["parameter_ranges"].items():
+        lines.append(f"  {k:28s} [{lo: .4g}, {hi: .4g}]")
+    lines += [
+        "",
+        "CfC bounds per neuron (gate time scale 1/|time_a| and the elapsed at which the gate is "
+        "half open for a zero head input, model time units; pure: decay rate bounds; |h| <= h_bound; "
+        "'-': none or n/a):",
+        f"  {'id':>3} {'layer':>5} {'gate_ts':>10} {'half_open':>10} {'rate_min':>10} {'rate_max':>10} "
+        f"{'h_bound':>8}",
+    ]
+    for n in d["neurons"]:
+        lines.append(
+            f"  {n['id']:>3} {n['layer']:>5} {_fmt(n['gate_time_scale']):>10} "
+            f"{_fmt(n['half_open_elapsed']):>10} {_fmt(n['decay_rate_min']):>10} "
+            f"{_fmt(n['decay_rate_max']):>10} {_fmt(n['h_bound']):>8}"
+        )
+    lines.append("  |y| <= " + " ".join(_fmt(v) for v in d["y_bound"]))
+    if d["mixed_memory"]:
+        lines.append("  (mixed memory: the LSTM's c, the state's second half, has no bound)")
+    lines += ["", "metadata:"] + [f"  edgeliquid.{k} = {v}" for k, v in d["metadata"].items()]
+    return "\n".join(lines)
+
+
 def format_text(d: dict[str, Any]) -> str:
+    if d.get("cell") == "cfc":
+        return format_cfc_text(d)
     lines = [
         f"model      {d['source']}",
         f"sizes      inputs {d['n_inputs']}  outputs {d['n_outputs']}  units {d['units']}  "
