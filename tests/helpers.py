@@ -8,25 +8,35 @@ from edgeliquid.model.cell import CellConfig, LTCModel
 
 
 def perturbed_ncps(module, seed: int, scale: float = 0.3):
-    """Move every trainable parameter away from its initial value, as training would."""
+    """Move every trainable parameter away from its initial value, as training would.
+
+    LTC parameters move by ``scale``. CfC ``Linear`` weights move by ``scale / sqrt(fan_in)``:
+    by ``scale`` itself a 128-wide backbone becomes chaotic (float rounding alone grows to
+    O(1) within 60 steps, in ncps as anywhere), which training does not produce.
+    """
     import torch
 
+    cell = module.rnn_cell if hasattr(module, "rnn_cell") else module
+    is_ltc = hasattr(cell, "apply_weight_constraints")
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in module.parameters():
+        for name, p in module.named_parameters():
             if p.requires_grad:
-                p.add_(scale * torch.randn(p.shape, generator=g))
-    cell = module.rnn_cell if hasattr(module, "rnn_cell") else module
-    cell.apply_weight_constraints()  # what ncps' training loop does in non-implicit mode
+                s = scale
+                if not is_ltc and p.dim() == 2 and name.endswith("weight"):
+                    s = scale / p.shape[1] ** 0.5
+                p.add_(s * torch.randn(p.shape, generator=g))
+    if is_ltc:  # CfC has no constraints
+        cell.apply_weight_constraints()  # what ncps' training loop does in non-implicit mode
     return module
 
 
 def run_ncps(module, xs: np.ndarray, elapsed: np.ndarray, mixed: bool, dtype) -> np.ndarray:
-    """ncps LTC over a [T, I] sequence with per-step elapsed, batch 1 -> [T, M]."""
+    """ncps LTC or CfC over a [T, I] sequence with per-step elapsed, batch 1 -> [T, M]."""
     import torch
 
     tdt = torch.float64 if dtype == np.float64 else torch.float32
-    m = module.to(tdt)
+    m = module.to(tdt).eval()  # inference: a CfC backbone's dropout is the identity
     u = m.state_size
     hx = (
         (torch.zeros(1, u, dtype=tdt), torch.zeros(1, u, dtype=tdt))

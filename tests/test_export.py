@@ -13,7 +13,7 @@ from ncps.torch import LTC, CfC, LTCCell  # noqa: E402
 import edgeliquid  # noqa: E402
 from edgeliquid import CheckpointError, UnsupportedModelError  # noqa: E402
 from edgeliquid.cli.main import main  # noqa: E402
-from edgeliquid.model.export import export_checkpoint  # noqa: E402
+from edgeliquid.model.export import export_checkpoint, read_checkpoint  # noqa: E402
 
 
 def _agrees(path, module, mixed=False, n_in=4):
@@ -87,14 +87,18 @@ def test_dict_checkpoint_with_key(tmp_path, ltc):
         export_checkpoint(tmp_path / "ck.pt", tmp_path / "m.onnx", key="weights")
 
 
-def test_cfc_is_refused_by_name(tmp_path):
+def test_cfc_is_read_and_other_modules_are_refused_by_name(tmp_path):
+    # CfC is converted (tests/test_cfc_export.py has the parity matrix); a CfC state_dict
+    # without a spec names what it lacks, as an LTC one does.
     cfc = CfC(4, 8)
     torch.save(cfc.state_dict(), tmp_path / "cfc.pt")
-    with pytest.raises(UnsupportedModelError, match="CfC"):
+    with pytest.raises(CheckpointError, match=r"does not record mode, activation"):
         export_checkpoint(tmp_path / "cfc.pt", tmp_path / "m.onnx")
     torch.save(cfc, tmp_path / "cfc_whole.pt")
-    with pytest.raises(UnsupportedModelError, match="CfC"):
-        export_checkpoint(tmp_path / "cfc_whole.pt", tmp_path / "m.onnx", trust_pickle=True)
+    assert read_checkpoint(tmp_path / "cfc_whole.pt", trust_pickle=True).config.cell == "cfc"
+    torch.save(torch.nn.GRUCell(4, 8), tmp_path / "gru.pt")
+    with pytest.raises(UnsupportedModelError, match=r"cannot export a torch\.nn\.modules\.rnn\.GRUCell"):
+        export_checkpoint(tmp_path / "gru.pt", tmp_path / "m.onnx", trust_pickle=True)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])

@@ -26,7 +26,8 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
     s.add_argument(
         "--spec",
         help="state_dict only: YAML of the ncps constructor arguments it lacks "
-        "(ode_unfolds, epsilon, implicit_param_constraints, ...; see docs/export.md)",
+        "(LTC: ode_unfolds, epsilon, implicit_param_constraints; CfC: mode, activation; "
+        "see docs/export.md)",
     )
     s.add_argument(
         "--assume-defaults",
@@ -80,9 +81,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     c = model.config
+    if getattr(c, "cell", "ltc") == "cfc":
+        bb = f"backbone {c.backbone_layers}x{c.backbone_units}"
+        body = f"wired {list(c.layer_sizes)}" if c.wired else bb
+        kind, detail = "CfC", f"mode {c.mode}, {body}, proj {c.proj_size or 'none'}"
+    else:
+        kind, detail = "LTC", f"{c.ode_unfolds} unfolds, positivity {c.positivity}"
     print(
-        f"wrote {args.output}: LTC {c.units} units, {c.n_inputs} inputs, {c.n_outputs} outputs, "
-        f"{c.ode_unfolds} unfolds, positivity {c.positivity}, mixed memory {c.mixed_memory}"
+        f"wrote {args.output}: {kind} {c.units} units, {c.n_inputs} inputs, {c.n_outputs} outputs, "
+        f"{detail}, mixed memory {c.mixed_memory}"
     )
     return 0
 

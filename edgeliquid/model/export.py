@@ -1,9 +1,10 @@
 """Exporter (trainer side): ncps torch checkpoints -> one edgeliquid ONNX file.
 
 One entry point, :func:`export_checkpoint`, picks a reader by what the file
-holds (a pickled ``LTC``/``LTCCell`` module, a ``state_dict``, or a dict
-checkpoint holding one under ``key``); a file that is not a torch checkpoint at
-all is named for what it is. A state_dict lacks some hyperparameters: they come
+holds (a pickled ``LTC``/``LTCCell`` or ``CfC``/``CfCCell``/``WiredCfCCell`` module,
+a ``state_dict``, or a dict checkpoint holding one under ``key``); a file that is not a
+torch checkpoint at all is named for what it is. CfC weights are read by
+:mod:`edgeliquid.model.export_cfc`. A state_dict lacks some hyperparameters: they come
 from a spec (:mod:`edgeliquid.model.export_spec`, docs/export.md). torch is imported
 only here, lazily: ``import edgeliquid`` never imports it.
 """
@@ -25,10 +26,13 @@ import numpy as np
 
 from ..errors import CheckpointError, EdgeliquidError, UnsupportedModelError
 from .cell import LSTM_PARAMS, CellConfig, LTCModel
+from .cfc import CfCModel
+from .export_cfc import CFC_CLASSES, cfc_from_module, cfc_from_state_dict, looks_like_cfc
 from .export_spec import (
     DOCS,
     SPEC_KEYS,
     AssumedDefaultWarning,
+    check_cell_keys,
     check_names_count,
     load_spec,
     resolve_required,
@@ -89,22 +93,20 @@ def sha256_of(path: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- modules
 
 
-def model_from_module(module: Any, source: str = "<module>") -> LTCModel:
-    """Read an ``ncps.torch.LTC`` or ``ncps.torch.LTCCell`` module into an :class:`LTCModel`."""
+def model_from_module(module: Any, source: str = "<module>") -> LTCModel | CfCModel:
+    """Read an ncps ``LTC``/``LTCCell`` (:class:`LTCModel`) or ``CfC``/``CfCCell``/``WiredCfCCell``
+    (:class:`CfCModel`) module."""
     kind = type(module).__name__
     if kind == "LTC":
         cell, lstm = module.rnn_cell, (module.lstm if module.use_mixed else None)
     elif kind == "LTCCell":
         cell, lstm = module, None
-    elif kind in ("CfC", "CfCCell", "WiredCfCCell"):
-        raise UnsupportedModelError(
-            f"{source}: {kind} (closed-form continuous-time) models are not supported yet; "
-            "edgeliquid converts ncps LTC and LTCCell"
-        )
+    elif kind in CFC_CLASSES:
+        return cfc_from_module(module, source)
     else:
         raise UnsupportedModelError(
-            f"{source}: cannot export a {type(module).__module__}.{kind}; "
-            "expected ncps.torch.LTC or ncps.torch.LTCCell"
+            f"{source}: cannot export a {type(module).__module__}.{kind}; expected ncps.torch "
+            "LTC, LTCCell, CfC, CfCCell or WiredCfCCell"
         )
     wiring = cell._wiring
     cfg = CellConfig(
@@ -142,8 +144,11 @@ def model_from_state_dict(
     *,
     assume_defaults: bool = False,
     spec_source: str | None = None,
-) -> LTCModel:
+) -> LTCModel | CfCModel:
     """Build a model from a ``state_dict`` plus the hyperparameters it lacks.
+
+    A CfC state_dict (an ``ff1`` head, no ``gleak``) is read by
+    :func:`edgeliquid.model.export_cfc.cfc_from_state_dict`; the rest of this is about LTC.
 
     The wiring comes from the masks, the mappings, mixed memory and (with an
     output mapping) the motor count from which keys are present. ``ode_unfolds``,
@@ -159,17 +164,18 @@ def model_from_state_dict(
     where = spec_source or "<spec>"
     spec = validate_spec(spec, where)
     keys = list(state.keys())
+    if looks_like_cfc(keys):
+        return cfc_from_state_dict(
+            state, spec, source, assume_defaults=assume_defaults, spec_source=spec_source
+        )
     gleak = [k for k in keys if k == "gleak" or k.endswith(".gleak")]
     if not gleak:
-        if any("ff1" in k or "backbone" in k for k in keys):
-            raise UnsupportedModelError(
-                f"{source}: this looks like a CfC state_dict (keys {keys[:4]}...); "
-                "CfC models are not supported yet, edgeliquid converts ncps LTC and LTCCell"
-            )
         raise CheckpointError(
-            f"{source}: no LTC parameters found (expected a 'gleak' key, got {keys[:8]}); "
+            f"{source}: no LTC or CfC parameters found (expected a 'gleak' or 'ff1.weight' key, "
+            f"got {keys[:8]}); "
             "for dict checkpoints pass --key NAME (e.g. model_state_dict)"
         )
+    check_cell_keys(spec, "ltc", where, f"the state_dict {source}")
     prefix = gleak[0][: -len("gleak")]
     is_ltc = prefix.endswith("rnn_cell.")
     base = prefix[: -len("rnn_cell.")] if is_ltc else prefix
@@ -260,8 +266,8 @@ def read_checkpoint(
     spec: Mapping[str, Any] | None = None,
     assume_defaults: bool = False,
     spec_source: str | None = None,
-) -> LTCModel:
-    """Read a torch checkpoint file into an :class:`LTCModel` (see module docstring)."""
+) -> LTCModel | CfCModel:
+    """Read a torch checkpoint file into an :class:`LTCModel` or :class:`CfCModel` (see module docstring)."""
     path = str(path)
     what = describe_file(path)
     if what is not None:
@@ -445,7 +451,7 @@ def check_output_path(path: str | os.PathLike, checkpoint: str | os.PathLike | N
         raise EdgeliquidError(f"{path}: is the checkpoint itself; write the model file elsewhere")
 
 
-def _save(model: LTCModel, path: str | os.PathLike) -> None:
+def _save(model: LTCModel | CfCModel, path: str | os.PathLike) -> None:
     from .file import save
 
     try:
@@ -454,8 +460,9 @@ def _save(model: LTCModel, path: str | os.PathLike) -> None:
         raise EdgeliquidError(f"{path}: cannot write the model file ({exc.strerror or exc})") from None
 
 
-def export_module(module: Any, path: str | os.PathLike, **info: str) -> LTCModel:
-    """Export an ncps ``LTC``/``LTCCell`` module to an edgeliquid ONNX file.
+def export_module(module: Any, path: str | os.PathLike, **info: str) -> LTCModel | CfCModel:
+    """Export an ncps ``LTC``/``LTCCell``/``CfC``/``CfCCell``/``WiredCfCCell`` module to an
+    edgeliquid ONNX file.
 
     The module carries every hyperparameter, so no spec is needed.
 
@@ -466,7 +473,7 @@ def export_module(module: Any, path: str | os.PathLike, **info: str) -> LTCModel
             ``training="..."``).
 
     Returns:
-        the exported :class:`LTCModel`.
+        the exported :class:`LTCModel` or :class:`CfCModel`.
     """
     check_output_path(path)
     model = model_from_module(module)
@@ -486,7 +493,7 @@ def export_checkpoint(
     key: str | None = None,
     spec: Mapping[str, Any] | str | os.PathLike | None = None,
     assume_defaults: bool = False,
-) -> LTCModel:
+) -> LTCModel | CfCModel:
     """Convert a checkpoint file to an edgeliquid ONNX file.
 
     Args:

@@ -1,9 +1,10 @@
 """The ``--spec`` file of a state_dict export: its keys, their types, ncps' defaults.
 
-A ``state_dict`` holds an LTC's weights but not every constructor argument. The
-ones the weights cannot tell (:data:`REQUIRED`) must be stated in the spec, or
-assumed explicitly (``--assume-defaults``); the rest are read from which keys
-are present and, when the spec states them too, checked against the weights.
+A ``state_dict`` holds an LTC's or CfC's weights but not every constructor argument.
+The ones the weights cannot tell (:data:`REQUIRED` for LTC; for CfC ``mode`` unless the
+weights are pure-mode, and the activation when there is a backbone) must be stated in
+the spec, or assumed explicitly (``--assume-defaults``); the rest are read from which
+keys are present and, when the spec states them too, checked against the weights.
 Every key is documented in docs/export.md.
 """
 
@@ -26,16 +27,21 @@ DOCS = "docs/export.md"
 #: A spec is a handful of lines; anything bigger is the wrong file (or an attack on the parser).
 MAX_SPEC_BYTES = 64 * 1024
 MAPPINGS = ("affine", "linear", "none")
+CELLS = ("ltc", "cfc")
+CFC_MODES = ("default", "no_gate", "pure")
+CFC_ACTIVATIONS = ("lecun_tanh", "silu", "relu", "tanh", "gelu")
 
 
 @dataclass(frozen=True)
 class SpecKey:
     """One spec key: how its value is checked and what ncps does without it."""
 
-    kind: str  # "int", "number", "bool", "mapping" or "names"
+    kind: str  # "int", "int0", "number", "fraction", "bool", "mapping", "names", "cell", "mode", "activation"
     ncps: str  # where ncps takes the value
     default_ltc: Any = None  # ncps.torch.LTC's default (None: no default)
     default_cell: Any = None  # ncps.torch.LTCCell's default
+    cells: tuple[str, ...] = ("ltc",)  # the cells whose spec may hold the key
+    default_cfc: Any = None  # ncps.torch.CfC's (and CfCCell's) default
 
 
 KEYS: dict[str, SpecKey] = {
@@ -44,10 +50,22 @@ KEYS: dict[str, SpecKey] = {
     "implicit_param_constraints": SpecKey("bool", "LTC / LTCCell(implicit_param_constraints=)", True, False),
     "input_mapping": SpecKey("mapping", "LTC / LTCCell(input_mapping=)", "affine", "affine"),
     "output_mapping": SpecKey("mapping", "LTC / LTCCell(output_mapping=)", "affine", "affine"),
-    "mixed_memory": SpecKey("bool", "LTC(mixed_memory=)", False, False),
+    "mixed_memory": SpecKey("bool", "LTC / CfC(mixed_memory=)", False, False, CELLS, False),
     "motor_neurons": SpecKey("int", "the wiring's output_dim"),
-    "input_names": SpecKey("names", "edgeliquid metadata"),
-    "output_names": SpecKey("names", "edgeliquid metadata"),
+    "input_names": SpecKey("names", "edgeliquid metadata", cells=CELLS),
+    "output_names": SpecKey("names", "edgeliquid metadata", cells=CELLS),
+    "cell": SpecKey("cell", "the class: LTC/LTCCell or CfC/CfCCell/WiredCfCCell", cells=CELLS),
+    "mode": SpecKey("mode", "CfC / CfCCell / WiredCfCCell(mode=)", cells=("cfc",), default_cfc="default"),
+    "activation": SpecKey("activation", "CfC(activation=)", cells=("cfc",), default_cfc="lecun_tanh"),
+    "backbone_activation": SpecKey(
+        "activation", "CfCCell(backbone_activation=)", cells=("cfc",), default_cfc="lecun_tanh"
+    ),
+    "backbone_units": SpecKey("int", "CfC / CfCCell(backbone_units=)", cells=("cfc",), default_cfc=128),
+    "backbone_layers": SpecKey("int0", "CfC / CfCCell(backbone_layers=)", cells=("cfc",), default_cfc=1),
+    "backbone_dropout": SpecKey(
+        "fraction", "CfC / CfCCell(backbone_dropout=)", cells=("cfc",), default_cfc=0.0
+    ),
+    "proj_size": SpecKey("int0", "CfC(proj_size=) (0: None)", cells=("cfc",), default_cfc=0),
 }
 
 #: Keys a spec may hold.
@@ -77,22 +95,31 @@ def yaml_value(value: Any) -> str:
 def _kind_text(kind: str) -> str:
     return {
         "int": "an integer >= 1",
+        "int0": "an integer >= 0",
         "number": "a finite number >= 0",
+        "fraction": "a number >= 0 and < 1",
         "bool": "true or false",
         "mapping": "one of " + ", ".join(MAPPINGS),
         "names": "a YAML list of names, e.g. [pos, vel, acc]",
+        "cell": "one of " + ", ".join(CELLS),
+        "mode": "one of " + ", ".join(CFC_MODES),
+        "activation": "one of " + ", ".join(CFC_ACTIVATIONS),
     }[kind]
 
 
 def _value_ok(kind: str, v: Any) -> bool:
-    if kind == "int":
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    is_num = isinstance(v, int | float) and not isinstance(v, bool)
+    if kind in ("int", "int0"):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= (1 if kind == "int" else 0)
     if kind == "number":
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+        return is_num and math.isfinite(v) and v >= 0
+    if kind == "fraction":
+        return is_num and 0 <= v < 1
     if kind == "bool":
         return isinstance(v, bool)
-    if kind == "mapping":
-        return v in MAPPINGS
+    if kind in ("mapping", "cell", "mode", "activation"):
+        choices = {"mapping": MAPPINGS, "cell": CELLS, "mode": CFC_MODES, "activation": CFC_ACTIVATIONS}
+        return isinstance(v, str) and v in choices[kind]
     return isinstance(v, list) and all(isinstance(n, str) for n in v)
 
 
@@ -153,6 +180,24 @@ def _check_names(key: str, names: list[str], source: str) -> None:
         raise CheckpointError(f"{source}: {key}: names repeat {dup}")
 
 
+_CELL_NAMES = {"ltc": "LTC", "cfc": "CfC"}
+
+
+def check_cell_keys(spec: Mapping[str, Any], cell: str, source: str, what: str) -> None:
+    """Refuse spec keys of the other cell (e.g. ``ode_unfolds`` for a CfC) and a wrong ``cell:``."""
+    if spec.get("cell", cell) != cell:
+        raise CheckpointError(
+            f"{source}: cell: {spec['cell']} but {what} is an ncps {_CELL_NAMES[cell]}; see {DOCS}"
+        )
+    other = [k for k in spec if cell not in KEYS[k].cells]
+    if other:
+        raise CheckpointError(
+            f"{source}: {', '.join(other)} {'is not a key' if len(other) == 1 else 'are not keys'} of "
+            f"an ncps {_CELL_NAMES[cell]}, and {what} is one; allowed: "
+            f"{', '.join(k for k in SPEC_KEYS if cell in KEYS[k].cells)}; see {DOCS}"
+        )
+
+
 def check_names_count(spec: Mapping[str, Any], n_inputs: int, n_outputs: int, source: str, what: str):
     """The ``input_names``/``output_names`` of ``spec`` must name every input/output of ``what``."""
     for key, want in (("input_names", n_inputs), ("output_names", n_outputs)):
@@ -163,10 +208,23 @@ def check_names_count(spec: Mapping[str, Any], n_inputs: int, n_outputs: int, so
             )
 
 
+def ncps_default(key: str, cls: str) -> Any:
+    """ncps class ``cls``'s default for spec key ``key``."""
+    k = KEYS[key]
+    if cls.startswith(("CfC", "WiredCfC")):
+        return k.default_cfc
+    return k.default_ltc if cls == "LTC" else k.default_cell
+
+
 def resolve_required(
-    spec: Mapping[str, Any], cls: str, source: str, spec_source: str | None, assume_defaults: bool
+    spec: Mapping[str, Any],
+    cls: str,
+    source: str,
+    spec_source: str | None,
+    assume_defaults: bool,
+    required: tuple[str, ...] = REQUIRED,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The :data:`REQUIRED` hyperparameters: stated in ``spec``, or ncps ``cls``'s defaults on request.
+    """The ``required`` hyperparameters: stated in ``spec``, or ncps ``cls``'s defaults on request.
 
     Returns:
         ``(values, assumed)``: every required key's value, and those of them that were assumed.
@@ -175,8 +233,8 @@ def resolve_required(
         CheckpointError: listing the missing keys and ncps' defaults, when some are
             missing and ``assume_defaults`` is false.
     """
-    missing = [k for k in REQUIRED if k not in spec]
-    defaults = {k: KEYS[k].default_ltc if cls == "LTC" else KEYS[k].default_cell for k in missing}
+    missing = [k for k in required if k not in spec]
+    defaults = {k: ncps_default(k, cls) for k in missing}
     if missing and not assume_defaults:
         where = f"in {spec_source}" if spec_source else "with --spec FILE.yaml"
         listed = ", ".join(f"{k}: {yaml_value(v)}" for k, v in defaults.items())
@@ -194,7 +252,7 @@ def resolve_required(
             ),
             stacklevel=3,
         )
-    return {**{k: spec[k] for k in REQUIRED if k in spec}, **defaults}, defaults
+    return {**{k: spec[k] for k in required if k in spec}, **defaults}, defaults
 
 
 # ------------------------------------------------------------------------------ loading
