@@ -19,7 +19,12 @@ PKG = Path(__file__).resolve().parent.parent / "edgeliquid"
 LAYERS = ["errors", "model", "runtime", "node", "observe", "hil", "cli"]
 # The public facade (edgeliquid/__init__.py, __main__, the old-path aliases) sits above all.
 FACADE = {"edgeliquid", "edgeliquid.__main__", "edgeliquid._moved"}
-KERNELS = {"edgeliquid.runtime.kernels", "edgeliquid.runtime.fastexp", "edgeliquid.runtime.cuda_kernels"}
+KERNELS = {
+    "edgeliquid.runtime.kernels",
+    "edgeliquid.runtime.cfc_kernels",
+    "edgeliquid.runtime.fastexp",
+    "edgeliquid.runtime.cuda_kernels",
+}
 IO_MODULES = {"serial", "socket", "select", "mcap", "yaml", "onnx", "subprocess", "threading", "pty"}
 
 

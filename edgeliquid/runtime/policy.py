@@ -19,7 +19,11 @@ import numpy as np
 
 from ..errors import BackendError, InputError
 from ..model.cell import LTCModel
-from . import kernels
+from ..model.cfc import CfCModel
+from . import cfc_kernels, kernels
+from .cfc_packing import W_Y as CFC_W_Y
+from .cfc_packing import CfCPacked
+from .cfc_reference import CfCReferenceCell
 from .packing import W_Y, Packed
 from .reference import ReferenceCell
 
@@ -39,9 +43,10 @@ def register_backend(name: str, factory) -> None:
 
 
 class Policy:
-    """A stateful LTC policy (see module docstring). Create with :func:`load`.
+    """A stateful LTC or CfC policy (see module docstring). Create with :func:`load`.
 
     Attributes:
+        cell: ``"ltc"`` or ``"cfc"``, the model's cell type.
         n_inputs, n_outputs, n_state: sizes of x, y and the state.
         metadata: the model file's ``edgeliquid.*`` keys.
         batch: number of instances stepped together, or None for a single one.
@@ -50,10 +55,11 @@ class Policy:
 
     backend = "?"
 
-    def __init__(self, model: LTCModel, dtype=np.float32, batch: int | None = None):
+    def __init__(self, model: LTCModel | CfCModel, dtype=np.float32, batch: int | None = None):
         cfg = model.config
         self.model = model
         self.config = cfg
+        self.cell: str = getattr(cfg, "cell", "ltc")
         self.n_inputs, self.n_outputs, self.n_state = cfg.n_inputs, cfg.n_outputs, cfg.n_state
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -147,6 +153,7 @@ class CpuPolicy(Policy):
     """numba backend: packed parameters, preallocated work rows, no allocation per step."""
 
     backend = "cpu"
+    _k = kernels  # the kernel module (run/run_batch take the same arguments for every cell)
 
     def __init__(self, model: LTCModel, dtype=np.float32, batch: int | None = None):
         super().__init__(model, dtype, batch)
@@ -255,10 +262,10 @@ class CpuPolicy(Policy):
         xs, e = self._check_sequence(xs, elapsed)
         if self.batch is None:
             ys = np.empty((xs.shape[0], self.n_outputs), self.dtype)
-            status, t = kernels.run(xs, e, self._fp, self._ip, self._work, ys)
+            status, t = self._k.run(xs, e, self._fp, self._ip, self._work, ys)
         else:
             ys = np.empty((xs.shape[0], self.batch, self.n_outputs), self.dtype)
-            status, t = kernels.run_batch(xs, e, self._fp, self._ip, self._work2d, ys, self._bad)
+            status, t = self._k.run_batch(xs, e, self._fp, self._ip, self._work2d, ys, self._bad)
         if status:
             raise InputError(f"the sequence produced a non-finite state at index {t}")
         return ys
@@ -276,14 +283,73 @@ class CpuPolicy(Policy):
         self._state_view[...] = self._checked_state(value)
 
 
+class CfCCpuPolicy(CpuPolicy):
+    """numba backend for CfC (:mod:`edgeliquid.runtime.cfc_kernels`); same API as :class:`CpuPolicy`."""
+
+    _k = cfc_kernels
+
+    def __init__(self, model: CfCModel, dtype=np.float32, batch: int | None = None):
+        Policy.__init__(self, model, dtype, batch)
+        self._packed = packed = CfCPacked(model, self.dtype)
+        self._fp, self._ip = packed.fp, packed.ip
+        rows = 1 if self.batch is None else self.batch
+        self._work2d = np.zeros((rows, packed.work_size), self.dtype)
+        self._work = self._work2d[0]
+        y0 = int(self._ip[CFC_W_Y])
+        if self.batch is None:
+            self._y = self._work[y0 : y0 + self.n_outputs]
+            self._state_view = self._work[: self.n_state]
+        else:
+            self._y = self._work2d[:, y0 : y0 + self.n_outputs]
+            self._state_view = self._work2d[:, : self.n_state]
+        self._bad = np.zeros(rows, np.int64)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Compile (or load from the on-disk cache) every kernel this policy calls."""
+        k = cfc_kernels
+        scratch = self._work2d.copy()
+        x = np.zeros(self._xshape, self.dtype)
+        k.step(x if self.batch is None else x[0], 1.0, self._fp, self._ip, scratch[0])
+        xs, ys = np.zeros((1, self.n_inputs), self.dtype), np.zeros((1, self.n_outputs), self.dtype)
+        k.run(xs, np.ones(1), self._fp, self._ip, scratch[0], ys)
+        if self.batch is not None:
+            k.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad)
+            ys = np.zeros((1, self.batch, self.n_outputs), self.dtype)
+            k.run_batch(x[None], self._ebuf[None], self._fp, self._ip, scratch, ys, self._bad)
+
+    def step(self, x: Any, elapsed: float | np.ndarray = 1.0) -> np.ndarray:
+        """As :meth:`CpuPolicy.step`."""
+        if (
+            type(x) is not np.ndarray
+            or x.dtype is not self.dtype
+            or x.shape != self._xshape
+            or not x.flags.c_contiguous
+        ):
+            x = self._coerce_x(x)
+        if self.batch is None:
+            if type(elapsed) is not float:
+                elapsed = float(elapsed)
+            status = cfc_kernels.step(x, elapsed, self._fp, self._ip, self._work)
+            if status:
+                raise self._status_error(status, x, elapsed)
+            return self._y
+        e = self._coerce_elapsed(elapsed)
+        status, row = cfc_kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad)
+        if status:
+            raise self._status_error(status, x[row], e[row], f" (batch row {row})")
+        return self._y
+
+
 class ReferencePolicy(Policy):
     """numpy backend: the spec. Slow; allocates; reads like ncps."""
 
     backend = "reference"
 
-    def __init__(self, model: LTCModel, dtype=np.float64, batch: int | None = None):
+    def __init__(self, model: LTCModel | CfCModel, dtype=np.float64, batch: int | None = None):
         super().__init__(model, dtype, batch)
-        self._cell = ReferenceCell(model, self.dtype)
+        cell = CfCReferenceCell if self.cell == "cfc" else ReferenceCell
+        self._cell = cell(model, self.dtype)
         rows = 1 if self.batch is None else self.batch
         self._state = np.zeros((rows, self.n_state), self.dtype)
         self._out = np.zeros((rows, self.n_outputs), self.dtype)
@@ -326,19 +392,31 @@ class ReferencePolicy(Policy):
         self._state[...] = self._checked_state(value).reshape(self._state.shape)
 
 
-def model_metadata(model: LTCModel) -> dict[str, str]:
+#: Backends that can step a CfC model.
+CFC_BACKENDS = ("cpu", "reference")
+
+
+def model_metadata(model: LTCModel | CfCModel) -> dict[str, str]:
     from ..model.file import metadata_for
 
     return metadata_for(model)
 
 
 def from_model(
-    model: LTCModel, backend: str = "cpu", dtype=np.float32, batch: int | None = None, mapped: bool = False
+    model: LTCModel | CfCModel,
+    backend: str = "cpu",
+    dtype=np.float32,
+    batch: int | None = None,
+    mapped: bool = False,
 ) -> Policy:
-    """Make a policy from an in-memory :class:`LTCModel` (see :func:`load`)."""
+    """Make a policy from an in-memory :class:`LTCModel` or :class:`CfCModel` (see :func:`load`)."""
     factory = _FACTORIES.get(backend)
     if factory is None:
         raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if isinstance(model, CfCModel):
+        if backend not in CFC_BACKENDS:
+            raise BackendError(f"{backend} backend: CfC is not supported yet; use backend='cpu'")
+        return (CfCCpuPolicy if backend == "cpu" else ReferencePolicy)(model, dtype, batch)
     return factory(model, dtype, batch, mapped)
 
 
@@ -349,7 +427,7 @@ def load(
     batch: int | None = None,
     mapped: bool = False,
 ) -> Policy:
-    """Load an edgeliquid model file and return a warmed-up policy.
+    """Load an edgeliquid model file (LTC or CfC) and return a warmed-up policy.
 
     Args:
         path: the ``.onnx`` model file.
