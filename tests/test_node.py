@@ -137,6 +137,23 @@ def test_stall_longer_than_timeout_sends_failsafe_then_recovers(rig):
     assert node.mode == P.MODE_RUN
 
 
+def test_after_a_stall_safe_rearms_only_after_arm_after_fresh_samples(rig):
+    dev, start = rig
+    node = start(failsafe={"arm_after": 3})
+    t = _sensors(dev, 10)
+    dev.pump(0.3)  # sensor timeout: SAFE
+    assert node.mode == P.MODE_SAFE
+    t = _sensors(dev, 2, start_t=t + 300_000)
+    dev.pump(0.05)
+    assert node.mode == P.MODE_SAFE  # the count restarted on entering SAFE
+    n = len(dev.rx)
+    _sensors(dev, 1, start_t=t)
+    end = time.monotonic() + 5  # the third fresh sample arms (seen on the wire, however busy the host)
+    while P.MODE_RUN not in [int(p.values[0]) for p in dev.rx[n:] if p.type == P.STATUS]:
+        assert time.monotonic() < end, "did not arm after arm_after fresh samples"
+        dev.pump(0.01)
+
+
 def test_short_stall_holds_without_failsafe(rig):
     dev, start = rig
     node = start(failsafe={"sensor_timeout_ms": 80})

@@ -33,8 +33,8 @@ REALTIME_NODE = {"cpu": 1 if (os.cpu_count() or 1) > 1 else 0, "sched_fifo": 50}
 
 
 def default_config_path() -> Path:
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "configs" / "cartpole_demo.yaml", here / "data" / "cartpole_demo.yaml"):
+    pkg = Path(__file__).resolve().parents[1]  # edgeliquid/ (this file is edgeliquid/hil/demo.py)
+    for cand in (pkg.parent / "configs" / "cartpole_demo.yaml", pkg / "data" / "cartpole_demo.yaml"):
         if cand.exists():
             return cand
     raise FileNotFoundError("cartpole_demo.yaml not found")
