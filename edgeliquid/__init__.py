@@ -6,6 +6,7 @@
 
 __version__ = "0.1.0"
 
+from . import _moved  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
     CheckpointError,
@@ -17,7 +18,6 @@ from .errors import (  # noqa: E402
     RecordingError,
     UnsupportedModelError,
 )
-from . import _moved  # noqa: E402
 
 _moved.install()  # old flat import paths (edgeliquid.protocol, ...) keep working
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Train the shipped demo policy: an LTC with NCP wiring that balances the cart-pole.
+"""Train the shipped demo policies: an LTC (or, with ``--cell cfc``, a CfC) with NCP wiring
+that balances the cart-pole.
 
 Behaviour cloning of an LQR controller (seeded, a few minutes on 2 CPU cores):
 1. LQR gain K from the cart-pole linearised about upright (discrete Riccati iteration).
 2. Roll out the plant (edgeliquid.hil.sim.CartPole) under LQR + exploration noise, with
    irregular sample times (5-20 ms), recording sensor sequences and LQR forces.
-3. Fit ncps LTC(4, AutoNCP(12, 1)) to the forces (inputs normalised as the config does).
+3. Fit ncps LTC(4, AutoNCP(12, 1)) (or CfC(4, AutoNCP(12, 1))) to the forces (inputs
+   normalised as the config does).
 4. Check it in closed loop on the simulator plant at 100 Hz and 1 kHz, then export
-   with the project's exporter into edgeliquid/data/cartpole_ncp.onnx.
+   with the project's exporter into edgeliquid/data/cartpole_ncp.onnx (cartpole_cfc.onnx).
 
-    python tools/train_demo.py [--epochs N] [--out PATH]
+    python tools/train_demo.py [--cell ltc|cfc] [--epochs N] [--out PATH]
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ncps.torch import LTC
+from ncps.torch import LTC, CfC
 from ncps.wirings import AutoNCP
 
 from edgeliquid.hil.sim import CartPole
@@ -75,7 +77,7 @@ def rollouts(k: np.ndarray, n: int, steps: int, rng: np.random.Generator):
     return xs, ys, el
 
 
-def unroll(model: LTC, xs: torch.Tensor, el: torch.Tensor) -> torch.Tensor:
+def unroll(model: LTC | CfC, xs: torch.Tensor, el: torch.Tensor) -> torch.Tensor:
     """ncps LTC over [B, T, I] with per-sample elapsed [B, T, 1].
 
     Steps the cell directly with elapsed shaped [B, 1]: ncps' LTC.forward squeezes it
@@ -89,7 +91,7 @@ def unroll(model: LTC, xs: torch.Tensor, el: torch.Tensor) -> torch.Tensor:
     return torch.stack(out, dim=1)
 
 
-def closed_loop(model: LTC, rate_hz: float, seconds: float, seed: int) -> tuple[float, float]:
+def closed_loop(model: LTC | CfC, rate_hz: float, seconds: float, seed: int) -> tuple[float, float]:
     """(max |theta| rad, max |x| m) over ``seconds`` of closed loop from a random start."""
     rng = np.random.default_rng(seed)
     p = CartPole(rng)
@@ -111,18 +113,21 @@ def closed_loop(model: LTC, rate_hz: float, seconds: float, seed: int) -> tuple[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--epochs", type=int, default=1500)
+    ap.add_argument("--cell", choices=["ltc", "cfc"], default="ltc")
+    ap.add_argument("--epochs", type=int, default=None, help="default: 1500 (ltc), 1000 (cfc)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument(
-        "--out", default=str(Path(__file__).resolve().parents[1] / "edgeliquid/data/cartpole_ncp.onnx")
-    )
+    ap.add_argument("--out", default=None, help="default: edgeliquid/data/cartpole_{ncp,cfc}.onnx")
     args = ap.parse_args()
+    data = Path(__file__).resolve().parents[1] / "edgeliquid/data"
+    args.out = args.out or str(data / ("cartpole_ncp.onnx" if args.cell == "ltc" else "cartpole_cfc.onnx"))
+    args.epochs = args.epochs or (1500 if args.cell == "ltc" else 1000)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     k = lqr_gain()
     print("LQR gain", k)
     xs, ys, el = map(torch.tensor, rollouts(k, 512, 64, rng))
-    model = LTC(4, AutoNCP(12, 1), batch_first=True)
+    cls = LTC if args.cell == "ltc" else CfC  # CfC: mode "default", as ncps constructs it
+    model = cls(4, AutoNCP(12, 1), batch_first=True)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=1e-3)
     t0 = time.time()
@@ -148,7 +153,7 @@ def main() -> int:
         input_normalization=json.dumps({"offset": [0, 0, 0, 0], "scale": SCALE.tolist()}),
         training=json.dumps(
             {
-                "script": "tools/train_demo.py",
+                "script": f"tools/train_demo.py --cell {args.cell}",
                 "seed": args.seed,
                 "epochs": args.epochs,
                 "teacher": "LQR",

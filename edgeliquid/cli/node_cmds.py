@@ -90,6 +90,12 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
     )
     s.add_argument("--seed", type=ca.nonneg_int, default=0, help="random seed (initial state, noise, pushes)")
     s.add_argument("--config", default=None, help="node config (default: configs/cartpole_demo.yaml)")
+    s.add_argument(
+        "--model",
+        default=None,
+        help="model file to drive the robot instead of the config's (e.g. the shipped CfC policy "
+        "edgeliquid/data/cartpole_cfc.onnx)",
+    )
     s.add_argument("--json", action="store_true", help="print one final JSON object")
     s.add_argument(
         "--record",
@@ -177,6 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         protocol=args.protocol,
         seed=args.seed,
         config=args.config,
+        model=args.model,
         live=not args.json,
         out=sys.stderr,
         record=args.record or None,

@@ -155,6 +155,7 @@ def run_demo(
     jitter: float = 0.2,
     seed: int = 0,
     config: str | None = None,
+    model: str | None = None,
     live: bool = True,
     out=sys.stdout,
     realtime: bool = False,
@@ -168,6 +169,7 @@ def run_demo(
 
     ``pushes`` shove the cart at given times; ``random_push_count`` adds that many at random
     times (seeded by ``seed``). Each push's peak angle and settling time are in ``pushes``.
+    ``model`` replaces the config's model file (any cell with the config's channel counts).
     """
     if not (seconds > 0 and rate_hz > 0):
         raise ValueError(f"run_demo needs seconds > 0 and rate_hz > 0, got {seconds}, {rate_hz}")
@@ -175,6 +177,8 @@ def run_demo(
     if random_push_count:
         pushes += random_pushes(random_push_count, seconds, np.random.default_rng([seed, 1]))
     cfg = load_config(config or default_config_path())
+    if model is not None:
+        cfg.model = Path(model)
     rig = DeviceRig(
         plant=plant,
         rate_hz=rate_hz,
