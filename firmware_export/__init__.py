@@ -2,7 +2,8 @@
 
 ``export_firmware(model_path, out_dir, name)`` writes ``NAME.h``/``NAME.c`` (float32,
 or fixed point with ``fixed_point=True``), the protocol v1 device codec
-``edgeliquid_proto.h/.c`` and ``manifest.json``; ``NAME_normalize`` when the model records its
+``edgeliquid_proto.h/.c`` and ``manifest.json``; CfC models get float32 C from
+:mod:`firmware_export.cfc_c` (fixed point is refused for them); ``NAME_normalize`` when the model records its
 input normalisation. Names and output paths are checked before anything is written, and no
 file is written through a link. See docs/firmware.md.
 """
@@ -56,7 +57,7 @@ def export_firmware(
     sha = hashlib.sha256(data).hexdigest()
     model = read_bytes(data, str(model_path))
     if getattr(model.config, "cell", "ltc") == "cfc":
-        raise CodegenError(f"{model_path}: firmware for CfC is not supported yet")
+        return _export_cfc(model, model_path, sha, out_dir, name, fixed_point, fast_sigmoid)
     fm = FirmwareModel.of(model)
     ch = channels_of(model)
     manifest = {
@@ -80,6 +81,42 @@ def export_firmware(
     else:
         header, source = generate_float(fm, name, sha, fast_sigmoid, channels=ch)
     manifest.update(estimate_memory(fm, fixed_point))
+    files = {f"{name}.h": header, f"{name}.c": source, **codec_files(sha)}
+    files["manifest.json"] = json.dumps(manifest, indent=2)
+    write_all(prepare(out_dir, list(files)), files)
+    return manifest
+
+
+def _export_cfc(model, model_path: Path, sha: str, out_dir, name: str, fixed_point: bool, fast_sigmoid: bool):
+    """The CfC path of :func:`export_firmware`: float32 only (see ``cfc_c.FIXED_POINT_REFUSAL``)."""
+    from .cfc_c import FIXED_POINT_REFUSAL, estimate_cfc_memory, generate_cfc_float
+    from .proto_c import codec_files
+
+    if fixed_point:
+        raise CodegenError(f"{model_path}: {FIXED_POINT_REFUSAL}")
+    cfg = model.config
+    ch = channels_of(model)
+    manifest = {
+        "model": str(model_path),
+        "model_sha256": sha,
+        "name": name,
+        "cell": "cfc",
+        "variant": "float32-fast-sigmoid" if fast_sigmoid else "float32",
+        "n_inputs": cfg.n_inputs,
+        "n_outputs": cfg.n_outputs,
+        "state_size": cfg.n_state,
+        "units": cfg.units,
+        "mode": cfg.mode,
+        "activation": cfg.activation if cfg.backbone_layers and not cfg.wired else None,
+        "backbone_units": cfg.backbone_units if cfg.backbone_layers and not cfg.wired else 0,
+        "backbone_layers": 0 if cfg.wired else cfg.backbone_layers,
+        "layer_sizes": list(cfg.layer_sizes),
+        "mixed_memory": cfg.mixed_memory,
+        "proj_size": cfg.proj_size,
+        **ch.manifest(name),
+    }
+    header, source = generate_cfc_float(model, name, sha, fast_sigmoid, channels=ch)
+    manifest.update(estimate_cfc_memory(model))
     files = {f"{name}.h": header, f"{name}.c": source, **codec_files(sha)}
     files["manifest.json"] = json.dumps(manifest, indent=2)
     write_all(prepare(out_dir, list(files)), files)

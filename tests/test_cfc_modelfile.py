@@ -540,17 +540,28 @@ def test_inspect_cli_on_a_cfc_file(tmp_path):
 # -------------------------------------------------------------------- firmware
 
 
-def test_firmware_refuses_cfc(tmp_path):
+def test_firmware_refuses_cfc_fixed_point(tmp_path):
+    from firmware_export.cfc_c import FIXED_POINT_REFUSAL
+
     path = _saved(tmp_path, random_cfc(BASE))
     out = tmp_path / "fw"
     proc = subprocess.run(
-        [sys.executable, "-m", "edgeliquid", "firmware", str(path), "-o", str(out), "--name", "pol"],
+        [
+            sys.executable,
+            "-m",
+            "edgeliquid",
+            "firmware",
+            str(path),
+            "-o",
+            str(out),
+            "--name",
+            "pol",
+            "--fixed-point",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert proc.stderr.strip().splitlines() == [
-        f"edgeliquid firmware: error: {path}: firmware for CfC is not supported yet"
-    ]
+    assert proc.stderr.strip().splitlines() == [f"edgeliquid firmware: error: {path}: {FIXED_POINT_REFUSAL}"]
     assert not out.exists() or not any(out.iterdir())
