@@ -150,3 +150,22 @@ def test_failsafe_count_is_faults_not_start_or_shutdown():
     statuses = [(0, safe, starting), (1, run, 0), (2, hold, timeout), (3, safe, timeout), (4, safe, timeout)]
     assert failsafe_transitions(statuses) == 1  # repeated SAFE statuses count once
     assert failsafe_transitions(statuses + [(5, run, 0), (6, safe, shutdown)]) == 1
+
+
+CFC_POLICY = ROOT / "edgeliquid" / "data" / "cartpole_cfc.onnx"
+
+
+def test_shipped_cfc_policy_balances():
+    s = run_demo(seconds=6, seed=4, noise=0.002, jitter=0.2, model=str(CFC_POLICY), live=False)
+    assert s["balanced"] and s["max_abs_angle"] < 0.2 and s["policy_errors"] == 0, s
+    assert s["steps"] > 0.9 * 6 * 100
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["event", "fixed"])
+@pytest.mark.parametrize("seed", range(5))
+def test_cfc_policy_keeps_pole_up(mode, seed):
+    s = run_demo(seconds=10, mode=mode, seed=seed, noise=0.002, jitter=0.2, model=str(CFC_POLICY), live=False)
+    assert s["max_abs_angle"] < 0.2 and s["max_abs_x"] < 2.4, s
+    assert s["balanced"]
+    assert s["steps"] > 0.9 * 10 * 100 and s["policy_errors"] == 0

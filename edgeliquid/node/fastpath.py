@@ -1,20 +1,21 @@
-"""Glue to the fused cpu kernel (``kernels.control_step``): its arrays, and warming it up."""
+"""Glue to the fused cpu kernels (``control_step`` of the policy's kernel module, LTC or CfC):
+the kernel and its arrays, and warming it up."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..runtime import kernels
-
 
 def fast_arrays(policy):
-    """The cpu kernel's arrays for the fused fast path, or None (numpy path).
-
-    The fused ``control_step`` kernel embeds the LTC step; other cells take the generic path.
-    """
-    if policy.backend == "cpu" and policy.batch is None and getattr(policy, "cell", "ltc") == "ltc":
+    """The cpu kernel's arrays for the fused fast path, or None (numpy path)."""
+    if policy.backend == "cpu" and policy.batch is None:
         return policy._fp, policy._ip, policy._work
     return None
+
+
+def fused_kernel(policy):
+    """The fused ``control_step`` for this policy's cell (each cell's kernel module has one)."""
+    return policy._k.control_step
 
 
 def warm_fused(policy, chan: np.ndarray) -> None:
@@ -22,7 +23,7 @@ def warm_fused(policy, chan: np.ndarray) -> None:
     fast = fast_arrays(policy)
     if fast is not None:
         fp, ip, work = fast
-        kernels.control_step(
+        fused_kernel(policy)(
             np.zeros(policy.n_inputs),
             1.0,
             0.0,

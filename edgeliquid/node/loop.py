@@ -36,7 +36,7 @@ from . import protocol as P
 from .channels import ChannelMaps
 from .config import NodeConfig
 from .deploy import check_normalization, normalization_problem, size_problem
-from .fastpath import fast_arrays, warm_fused
+from .fastpath import fast_arrays, fused_kernel, warm_fused
 from .reload import (
     LOAD_TIMEOUT_S,
     ChildValidation,
@@ -396,7 +396,7 @@ class Node:
         if self._fast is not None:
             fp, ip, work = self._fast
             m = self.maps
-            return kernels.control_step(raw, elapsed, dt_s, m.chan, m.xbuf, fp, ip, work)
+            return self._fused(raw, elapsed, dt_s, m.chan, m.xbuf, fp, ip, work)
         return self.maps.apply_numpy(self.policy, raw, elapsed, dt_s)
 
     def _finish(self, status: int, ref_seq: int, t_ready: int, now: int) -> None:
@@ -458,6 +458,7 @@ class Node:
         """Cache the cpu kernel's arrays for the fused fast path (None: numpy path)."""
         self._yview = self.policy._y
         self._fast = fast_arrays(self.policy)
+        self._fused = fused_kernel(self.policy) if self._fast is not None else None
 
     # ------------------------------------------------------------------ loop
     def _read_some(self, wait_s: float) -> bytes:

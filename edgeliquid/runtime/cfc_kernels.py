@@ -77,7 +77,7 @@ from .cfc_packing import (
     W_Z,
 )
 from .fastexp import exp32, logistic
-from .kernels import _OPTS, STATUS_BAD_OUTPUT, STATUS_OK, _check
+from .kernels import _OPTS, STATUS_BAD_OUTPUT, STATUS_OK, _check, map_inputs, map_outputs
 
 MODE_DEFAULT, MODE_NO_GATE, MODE_PURE = 0, 1, 2
 # index in model.cfc.ACTIVATIONS
@@ -366,4 +366,19 @@ def run_batch(xs, elapsed, fp, ip, work, ys, bad):
     return STATUS_OK, -1
 
 
-__all__ = ["step", "run", "step_batch", "run_batch", "N_STATE"]
+@njit(**_OPTS)
+def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
+    """The node's whole compute for one cycle with a CfC policy, in one call.
+
+    As :func:`edgeliquid.runtime.kernels.control_step` (same arguments, same status codes).
+    """
+    status = map_inputs(raw, chan, xbuf)
+    if status != STATUS_OK:
+        return status
+    status = step(xbuf, elapsed, fp, ip, work)
+    if status != STATUS_OK:
+        return status
+    return map_outputs(work, ip[W_Y], ip[N_OUT], raw.shape[0], dt_s, chan)
+
+
+__all__ = ["step", "run", "step_batch", "run_batch", "control_step", "N_STATE"]

@@ -447,13 +447,10 @@ CH_OUT_SCALE, CH_OUT_OFFSET, CH_OUT_LO, CH_OUT_HI, CH_RATE, CH_LAST, CH_U = rang
 
 
 @njit(**_OPTS)
-def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
-    """The node's whole compute for one cycle, in one call.
+def map_inputs(raw, chan, xbuf):
+    """Raw sensors -> clip/offset/scale -> ``xbuf``; counts clipped inputs into ``chan[-1]``.
 
-    raw sensors -> clip/offset/scale -> policy step -> scale/offset/clip -> rate limit;
-    the command lands in ``chan`` (u block) and becomes the rate limiter's ``last``; the
-    number of inputs the clip changed is added to ``chan[-1]`` (once all inputs are finite).
-    Returns a kernel status; on failure neither the state nor ``last`` change.
+    Part of every cell's fused control step. Returns a kernel status (non-finite input).
     """
     n = raw.shape[0]
     clipped = 0
@@ -465,17 +462,21 @@ def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
         clipped += c != r
         xbuf[i] = (c - chan[2 * n + i]) * chan[3 * n + i]
     chan[chan.shape[0] - 1] += clipped
-    status = step(xbuf, elapsed, fp, ip, work)
-    if status != STATUS_OK:
-        return status
-    m = ip[MOTORS]
-    base = 4 * n
-    y0 = ip[W_Y]
+    return STATUS_OK
+
+
+@njit(**_OPTS)
+def map_outputs(work, y0, m, n, dt_s, chan):
+    """Policy outputs ``work[y0:y0+m]`` -> scale/offset/clip -> rate limit -> ``chan``'s u block.
+
+    Part of every cell's fused control step; on a non-finite output nothing changes.
+    """
     for k in range(m):
-        y = work[y0 + k]
-        if not math.isfinite(y):
+        if not math.isfinite(work[y0 + k]):
             return STATUS_BAD_OUTPUT
-        u = y * chan[base + CH_OUT_SCALE * m + k] + chan[base + CH_OUT_OFFSET * m + k]
+    base = 4 * n
+    for k in range(m):
+        u = work[y0 + k] * chan[base + CH_OUT_SCALE * m + k] + chan[base + CH_OUT_OFFSET * m + k]
         u = min(max(u, chan[base + CH_OUT_LO * m + k]), chan[base + CH_OUT_HI * m + k])
         last = chan[base + CH_LAST * m + k]
         step_max = chan[base + CH_RATE * m + k] * max(dt_s, 0.0)
@@ -483,3 +484,21 @@ def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
         chan[base + CH_LAST * m + k] = u
         chan[base + CH_U * m + k] = u
     return STATUS_OK
+
+
+@njit(**_OPTS)
+def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
+    """The node's whole compute for one cycle, in one call.
+
+    raw sensors -> clip/offset/scale -> policy step -> scale/offset/clip -> rate limit;
+    the command lands in ``chan`` (u block) and becomes the rate limiter's ``last``; the
+    number of inputs the clip changed is added to ``chan[-1]`` (once all inputs are finite).
+    Returns a kernel status; on failure neither the state nor ``last`` change.
+    """
+    status = map_inputs(raw, chan, xbuf)
+    if status != STATUS_OK:
+        return status
+    status = step(xbuf, elapsed, fp, ip, work)
+    if status != STATUS_OK:
+        return status
+    return map_outputs(work, ip[W_Y], ip[MOTORS], raw.shape[0], dt_s, chan)
