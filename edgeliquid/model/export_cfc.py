@@ -338,3 +338,67 @@ def _to_array(value, key: str, source: str) -> np.ndarray:
 
 
 __all__ = ["CFC_CLASSES", "cfc_from_module", "cfc_from_state_dict", "looks_like_cfc"]
+
+
+def cfc_to_ncps_step(model: CfCModel):
+    """An ncps-stepped peer for a CfC model: ``step(x [1, I] tensor, h, c) -> (y, h, c)``.
+
+    Rebuilds ncps ``CfCCell`` modules (one per wiring layer, or one with the backbone), the
+    ``LSTMCell`` and the ``fc`` Linear, holding ``model``'s parameters (float32), and chains
+    them as ncps ``CfC.forward`` / ``WiredCfCCell.forward`` do. Used as the benchmark peer.
+    """
+    import torch
+    from ncps.torch import CfCCell
+    from ncps.torch.lstm import LSTMCell
+
+    cfg, p = model.config, model.params
+
+    def t(a):
+        return torch.tensor(np.asarray(a), dtype=torch.float32)
+
+    cells = []
+    for prefix, n_in, n in cfg.layers():
+        mask = p.get(f"{prefix}sparsity_mask")
+        layers = 0 if cfg.wired else cfg.backbone_layers
+        cell = CfCCell(
+            n_in,
+            n,
+            cfg.mode,
+            backbone_activation=cfg.activation,
+            backbone_units=cfg.backbone_units if layers else 0,
+            backbone_layers=layers,
+            sparsity_mask=None if mask is None else np.asarray(mask).T,  # ncps stores |mask.T|
+        )
+        state = {}
+        for k in range(layers):  # ncps Sequential: Linear, activation (no dropout at inference)
+            state[f"backbone.{2 * k}.weight"] = t(p[f"backbone.{k}.weight"])
+            state[f"backbone.{2 * k}.bias"] = t(p[f"backbone.{k}.bias"])
+        for name in cell.state_dict():
+            if not name.startswith("backbone.") and name != "sparsity_mask":
+                state[name] = t(p[f"{prefix}{name}"])
+        if mask is not None:
+            state["sparsity_mask"] = t(mask)
+        cell.load_state_dict(state)
+        cells.append((cell.eval(), n))
+    lstm = None
+    if cfg.mixed_memory:
+        lstm = LSTMCell(cfg.n_inputs, cfg.units)
+        lstm.load_state_dict({k.removeprefix("lstm."): t(v) for k, v in p.items() if k.startswith("lstm.")})
+    fc = None
+    if cfg.proj_size:
+        fc = torch.nn.Linear(cfg.motor_size, cfg.proj_size)
+        fc.load_state_dict({"weight": t(p["fc.weight"]), "bias": t(p["fc.bias"])})
+
+    def step(x, h, c):
+        with torch.no_grad():
+            if lstm is not None:
+                h, c = lstm(x, (h, c))
+            outs, start, inp = [], 0, x
+            for cell, n in cells:
+                inp, _ = cell(inp, h[:, start : start + n], 1.0)
+                outs.append(inp)
+                start += n
+            h = torch.cat(outs, dim=1)
+            return (fc(inp) if fc is not None else inp), h, c
+
+    return step

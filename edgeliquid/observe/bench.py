@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..model.cell import LTCModel
+from ..model.cfc import CfCModel
 
 PERCENTILES = (50, 99, 99.9)
 
@@ -75,6 +76,18 @@ def _peers(model: LTCModel, path: str | None, dtype) -> dict[str, Callable[[np.n
         import ncps  # noqa: F401
         import torch  # noqa: F401
     except ImportError:
+        return peers
+    if isinstance(model, CfCModel):
+        from ..model.export_cfc import cfc_to_ncps_step
+
+        ncps_step = cfc_to_ncps_step(model)
+        cs = {"h": torch.zeros(1, model.config.units), "c": torch.zeros(1, model.config.units)}
+
+        def cfc_torch_step(x):
+            y, cs["h"], cs["c"] = ncps_step(torch.from_numpy(x)[None], cs["h"], cs["c"])
+            return y
+
+        peers["ncps_torch"] = cfc_torch_step
         return peers
     from ..model.export import to_ncps
 
