@@ -6,6 +6,7 @@ dynamics are not chaotic and float64 rounding differences stay at rounding level
 
 import tracemalloc
 
+import numba
 import numpy as np
 import pytest
 from helpers import random_model
@@ -201,8 +202,70 @@ def test_y_is_policy_buffer():
     assert y.shape == (2,) and y.base is not None and int(pol._ip[W_Y]) >= 0
 
 
-def test_cuda_backend_refuses_cfc_in_one_line():
+def test_unknown_backend_refuses_cfc_in_one_line():
     with pytest.raises(BackendError) as err:
-        from_model(cfc_model(CfCConfig(2, 3)), "cuda")
+        from_model(cfc_model(CfCConfig(2, 3)), "tpu")
     msg = str(err.value)
-    assert "cuda backend: CfC is not supported yet" in msg and "\n" not in msg
+    assert "tpu" in msg and "\n" not in msg
+
+
+CHUNK_CFGS = {
+    "wired": CfCConfig(8, 19, layer_sizes=(11, 6, 2), backbone_layers=0),
+    "backbone": CfCConfig(8, 12, backbone_units=24, activation="lecun_tanh", proj_size=3),
+    "pure2": CfCConfig(5, 9, mode="pure", backbone_units=16, backbone_layers=2, activation="gelu"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHUNK_CFGS))
+@pytest.mark.parametrize("b", [1, 7, 37, 1024])
+def test_batch_chunks_match_reference(name, b):
+    """The chunked batch kernel (CHUNK instances across SIMD lanes) at sizes that are not multiples."""
+    cfg = CHUNK_CFGS[name]
+    model = cfc_model(cfg, seed=b)
+    xb, eb = inputs(cfg, 4, seed=b + 1, batch=b)
+    want = drive(from_model(model, "reference", np.float64, batch=b), xb, eb)
+    for dt in (np.float64, np.float32):
+        got = drive(from_model(model, "cpu", dt, batch=b), xb, eb)
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL[dt], err_msg=f"{name} {b} {dt.__name__}")
+
+
+def test_batch_chunk_sparse_heads_equal_dense():
+    """The chunked kernel's existing-synapses-only heads (forced) give the dense results."""
+    model = cfc_model(CfCConfig(8, 19, layer_sizes=(11, 6, 2), backbone_layers=0), seed=4)
+    b = 70
+    xs, es = inputs(model.config, 3, batch=b)
+    outs = []
+    for sparse in (False, True):
+        pk = CfCPacked(model, np.float64, sparse=sparse)
+        work, bad = np.zeros((b, pk.work_size)), np.zeros(b, np.int64)
+        scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, cfc_kernels.batch_scratch_size(pk.work_size)))
+        for x, e in zip(xs, es):
+            assert cfc_kernels.step_batch(x, e, pk.fp, pk.ip, work, bad, scratch) == (0, -1)
+        outs.append(work[:, pk.ip[W_Y] : pk.ip[W_Y] + 2].copy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=0, atol=1e-12)
+
+
+def test_batch_non_finite_row_keeps_its_state_others_commit():
+    """A row whose step overflows keeps its state and is named; the other rows of its chunk step."""
+    cfg = CfCConfig(4, 6, backbone_units=8, activation="relu")
+    model = cfc_model(cfg, seed=2)
+    # positive first-layer weights: a huge input overflows float32 to +inf, relu keeps it, and the
+    # mixed-sign head weights then sum inf - inf = nan
+    model.params["backbone.0.weight"] = 10 * np.abs(model.params["backbone.0.weight"])
+    b, row = 37, 20
+    pol = from_model(model, "cpu", np.float32, batch=b)
+    ref = from_model(model, "reference", np.float64, batch=b)
+    x0 = np.random.default_rng(0).normal(0, 1, (b, 4))
+    pol.step(x0, 0.5)
+    ref.step(x0, 0.5)
+    before = pol.state
+    x = np.random.default_rng(1).normal(0, 1, (b, 4))
+    x[row] = 3e38
+    with pytest.raises(InputError, match=rf"batch row {row}\) produced a non-finite state"):
+        pol.step(x, 0.7)
+    after = pol.state
+    np.testing.assert_array_equal(after[row], before[row])
+    x[row] = x0[row]
+    ref.step(x, 0.7)
+    others = np.arange(b) != row
+    np.testing.assert_allclose(after[others], ref.state[others], rtol=0, atol=1e-5)

@@ -70,7 +70,10 @@ def main() -> int:
     env.pop("NUMBA_ENABLE_CUDASIM", None)
     if not args.skip_tests:
         rc = subprocess.call(
-            [sys.executable, "-m", "pytest", "-q", str(ROOT / "tests" / "test_cuda.py")], env=env, cwd=ROOT
+            [sys.executable, "-m", "pytest", "-q"]
+            + [str(ROOT / "tests" / f) for f in ("test_cuda.py", "test_cfc_cuda.py")],
+            env=env,
+            cwd=ROOT,
         )
         print(f"cuda parity tests: {'PASS' if rc == 0 else 'FAIL'}", flush=True)
     import torch

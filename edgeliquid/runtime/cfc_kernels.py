@@ -8,7 +8,11 @@ when the whole new state is finite; statuses are ``kernels.STATUS_*``.
 The backbone and the heads are dense matrix-vector products in column order
 (``out += W[:, i] * z[i]``), contiguous over outputs so LLVM vectorises them; sparse
 (wired) sub-cells gather their existing synapses first and scatter-add by destination,
-as the LTC kernel does. Activations are the exact functions (gelu with erf, not its tanh
+as the LTC kernel does. :func:`step_batch` runs non-mixed models :data:`CHUNK` instances at a
+time with the instances innermost (the work-row layout transposed into per-thread scratch):
+the products become matrix-matrix products and every activation runs across SIMD lanes, as
+the LTC batch kernel does; mixed-memory models and :func:`run_batch` step instance by
+instance. Activations are the exact functions (gelu with erf, not its tanh
 approximation); in float32
 the logistic and tanh go through :func:`edgeliquid.runtime.fastexp.exp32` (<= 2 ulp, SIMD;
 libm tanhf was 12 ns a call, most of a step), float64 uses libm.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange, types
+from numba import get_thread_id, njit, prange, types
 from numba.extending import overload
 
 from .cfc_packing import (
@@ -72,6 +76,7 @@ from .cfc_packing import (
     W_HEADS,
     W_HNEW,
     W_LZ,
+    W_SIZE,
     W_STATE,
     W_Y,
     W_Z,
@@ -320,20 +325,206 @@ def run(xs, elapsed, fp, ip, work, ys):
     return STATUS_OK, -1
 
 
+#: Instances per SIMD chunk of :func:`step_batch` (lanes run across instances).
+CHUNK = 64
+
+
+def batch_scratch_size(work_size: int) -> int:
+    """Floats of scratch one thread needs for :func:`step_batch`: the work-row layout with a
+    lane per instance (``[work_size + 1, CHUNK]``; the extra row holds each lane's elapsed)."""
+    return (work_size + 1) * CHUNK
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_matmul(fp, woff, boff, rows, cols, s, zr, outr, nb):
+    """s[outr + r, :nb] = b[r] + sum_i W[i, r] s[zr + i, :nb], W stored [cols, rows] at fp[woff:].
+
+    A matrix-matrix product with the instances innermost: each weight is one broadcast,
+    the lanes are contiguous (no horizontal sums, no gathers). Two output rows by four
+    inputs per pass: each input row loaded feeds two outputs and each output row is
+    loaded and stored once per four inputs (2-3x one row by one input at 128 x 128).
+    """
+    r = 0
+    while r + 2 <= rows:
+        o, p = s[outr + r], s[outr + r + 1]
+        b0, b1 = fp[boff + r], fp[boff + r + 1]
+        for lane in range(nb):
+            o[lane] = b0
+            p[lane] = b1
+        i = 0
+        while i + 4 <= cols:
+            k = woff + i * rows + r
+            w0, w1, w2, w3 = fp[k], fp[k + rows], fp[k + 2 * rows], fp[k + 3 * rows]
+            v0, v1, v2, v3 = fp[k + 1], fp[k + rows + 1], fp[k + 2 * rows + 1], fp[k + 3 * rows + 1]
+            z0, z1, z2, z3 = s[zr + i], s[zr + i + 1], s[zr + i + 2], s[zr + i + 3]
+            for lane in range(nb):
+                a0, a1, a2, a3 = z0[lane], z1[lane], z2[lane], z3[lane]
+                o[lane] += (w0 * a0 + w1 * a1) + (w2 * a2 + w3 * a3)
+                p[lane] += (v0 * a0 + v1 * a1) + (v2 * a2 + v3 * a3)
+            i += 4
+        while i < cols:
+            k = woff + i * rows + r
+            w0, v0 = fp[k], fp[k + 1]
+            z0 = s[zr + i]
+            for lane in range(nb):
+                o[lane] += w0 * z0[lane]
+                p[lane] += v0 * z0[lane]
+            i += 1
+        r += 2
+    if r < rows:  # odd row count: the last row alone
+        o = s[outr + r]
+        b0 = fp[boff + r]
+        for lane in range(nb):
+            o[lane] = b0
+        for i in range(cols):
+            w0 = fp[woff + i * rows + r]
+            z0 = s[zr + i]
+            for lane in range(nb):
+                o[lane] += w0 * z0[lane]
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_subcell(fp, ip, c, inr, s, nb):
+    """:func:`_subcell` for nb lanes at once; the input is rows s[inr:], the new h -> s[W_HNEW + hoff:]."""
+    rec = ip[CELL_TAB] + c * L_REC
+    n_in, n, hoff = ip[rec + L_IN], ip[rec + L_N], ip[rec + L_HOFF]
+    zr = ip[W_Z]
+    if inr != zr:
+        for i in range(n_in):
+            for lane in range(nb):
+                s[zr + i, lane] = s[inr + i, lane]
+    h = ip[W_H] + hoff
+    for j in range(n):
+        for lane in range(nb):
+            s[zr + n_in + j, lane] = s[h + j, lane]
+    hin = zr
+    for k in range(ip[N_BB]):
+        b = ip[BB_TAB] + k * BB_REC
+        dst = ip[W_B0] if k % 2 == 0 else ip[W_B1]
+        rows = ip[b + BB_OUT]
+        _chunk_matmul(fp, ip[b + BB_W], ip[b + BB_B], rows, ip[b + BB_IN], s, hin, dst, nb)
+        for r in range(rows):
+            _activate(s[dst + r], nb, ip[ACT])
+        hin = dst
+    hr = ip[W_HEADS]
+    nh = ip[rec + L_NH]
+    if nh > 0:
+        hd = hr + ip[rec + L_HDST]
+        _chunk_matmul(fp, ip[rec + L_W], ip[rec + L_B], nh * n, ip[rec + L_HEADIN], s, hin, hd, nb)
+    mode = ip[MODE]
+    if ip[rec + L_SPARSE]:
+        nnz = ip[rec + L_NNZ]
+        sw, sb = ip[rec + L_SW], ip[rec + L_SB]
+        src = ip[ip[rec + L_SRC] : ip[rec + L_SRC] + nnz]
+        dst = ip[ip[rec + L_DST] : ip[rec + L_DST] + nnz]
+        for m in range(1 if mode == MODE_PURE else 2):
+            for j in range(n):
+                bias = fp[sb + m * n + j]
+                for lane in range(nb):
+                    s[hr + m * n + j, lane] = bias
+            for k in range(nnz):
+                wk = fp[sw + m * nnz + k]
+                zk = s[hin + src[k]]
+                o = s[hr + m * n + dst[k]]
+                for lane in range(nb):
+                    o[lane] += wk * zk[lane]
+    ts = s[ip[W_SIZE]]
+    hn = ip[W_HNEW] + hoff
+    one = fp.dtype.type(1.0)
+    if mode == MODE_PURE:
+        tau, a = ip[rec + L_TAU], ip[rec + L_A]
+        for j in range(n):
+            f, o = s[hr + j], s[hn + j]
+            tj, aj = fp[tau + j], fp[a + j]
+            for lane in range(nb):
+                o[lane] = -aj * _exp(-ts[lane] * (tj + abs(f[lane]))) * f[lane] + aj
+        return
+    for j in range(n):
+        f1, f2, ta, tb, o = s[hr + j], s[hr + n + j], s[hr + 2 * n + j], s[hr + 3 * n + j], s[hn + j]
+        if mode == MODE_NO_GATE:
+            for lane in range(nb):
+                g = logistic(ta[lane] * ts[lane] + tb[lane])
+                o[lane] = _tanh(f1[lane]) + g * _tanh(f2[lane])
+        else:
+            for lane in range(nb):
+                g = logistic(ta[lane] * ts[lane] + tb[lane])
+                o[lane] = _tanh(f1[lane]) * (one - g) + g * _tanh(f2[lane])
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_step(xs, elapsed, fp, ip, work, bad, s, b0, nb):
+    """Step instances b0 .. b0+nb-1 together, SIMD across instances (non-mixed models).
+
+    ``s`` [W_SIZE + 1, CHUNK] is the work-row layout transposed (row = work offset, column =
+    lane). Each lane's state is committed only if its whole new state is finite.
+    """
+    u = ip[UNITS]
+    st, hr, zr, tr = ip[W_STATE], ip[W_H], ip[W_Z], ip[W_SIZE]
+    n_in = ip[N_IN]
+    for lane in range(nb):
+        row = work[b0 + lane]
+        for j in range(u):
+            s[hr + j, lane] = row[st + j]
+        for i in range(n_in):
+            s[zr + i, lane] = xs[b0 + lane, i]
+        s[tr, lane] = fp.dtype.type(elapsed[b0 + lane])
+    # The compute runs over all CHUNK lanes (a constant trip count vectorises without a
+    # remainder loop); lanes past nb hold stale finite values and are never committed.
+    inr = zr
+    for c in range(ip[N_CELLS]):
+        _chunk_subcell(fp, ip, c, inr, s, CHUNK)
+        inr = ip[W_HNEW] + ip[ip[CELL_TAB] + c * L_REC + L_HOFF]
+    hn = ip[W_HNEW]
+    yr = ip[W_Y]
+    if ip[PROJ]:
+        _chunk_matmul(fp, ip[FC_W], ip[FC_B], ip[PROJ], ip[MOTORS], s, hn + ip[MOTOR_OFF], yr, CHUNK)
+    else:
+        yr = hn + ip[MOTOR_OFF]
+    m = ip[N_OUT]
+    y = ip[W_Y]
+    for lane in range(nb):
+        ok = True
+        for j in range(u):
+            if not math.isfinite(s[hn + j, lane]):
+                ok = False
+        if not ok:
+            bad[b0 + lane] = STATUS_BAD_OUTPUT
+            continue
+        bad[b0 + lane] = STATUS_OK
+        row = work[b0 + lane]
+        for j in range(u):
+            row[st + j] = s[hn + j, lane]
+        for k in range(m):
+            row[y + k] = s[yr + k, lane]
+
+
 @njit(parallel=True, **_OPTS)
-def step_batch(xs, elapsed, fp, ip, work, bad):
+def step_batch(xs, elapsed, fp, ip, work, bad, scratch):
     """One step for B instances [B, I], each with its own elapsed [B]; parallel over B.
 
-    All rows are validated before any state changes; a row whose result is not finite
-    keeps its state (``bad[b]`` says which). Returns (status, b), b the first bad row or -1.
+    Non-mixed models run in chunks of :data:`CHUNK` instances with the SIMD lanes across
+    instances (the backbone and heads become matrix-matrix products); mixed-memory models
+    step instance by instance. ``scratch`` [threads, batch_scratch_size] and ``bad`` [B]
+    int64 are caller-owned. All rows are validated before any state changes; a row whose
+    result is not finite keeps its state (``bad[b]`` says which). Returns (status, b), b
+    the first bad row or -1.
     """
     b_count = xs.shape[0]
     for b in range(b_count):
         status = _check(xs[b], elapsed[b])
         if status != STATUS_OK:
             return status, b
-    for b in prange(b_count):
-        bad[b] = _cell(xs[b], elapsed[b], fp, ip, work[b])
+    if ip[MIXED]:
+        for b in prange(b_count):
+            bad[b] = _cell(xs[b], elapsed[b], fp, ip, work[b])
+    else:
+        n_chunks = (b_count + CHUNK - 1) // CHUNK
+        rows = ip[W_SIZE] + 1
+        for c in prange(n_chunks):
+            b0 = c * CHUNK
+            nb = min(CHUNK, b_count - b0)
+            s = scratch[get_thread_id()].reshape((rows, CHUNK))
+            _chunk_step(xs, elapsed, fp, ip, work, bad, s, b0, nb)
     for b in range(b_count):
         if bad[b] != STATUS_OK:
             return bad[b], b
@@ -381,4 +572,4 @@ def control_step(raw, elapsed, dt_s, chan, xbuf, fp, ip, work):
     return map_outputs(work, ip[W_Y], ip[N_OUT], raw.shape[0], dt_s, chan)
 
 
-__all__ = ["step", "run", "step_batch", "run_batch", "control_step", "N_STATE"]
+__all__ = ["step", "run", "step_batch", "run_batch", "control_step", "batch_scratch_size", "CHUNK", "N_STATE"]

@@ -12,6 +12,9 @@ per step only x goes up and y comes down (or nothing is copied at all with
 ``mapped=True``, zero-copy host memory for integrated GPUs such as Jetson).
 Plain device allocations otherwise; never managed memory.
 
+CfC models get :class:`CfCCudaPolicy` (same mapping; kernel in
+:mod:`edgeliquid.runtime.cfc_cuda_kernels`, reading the cpu backend's packed arrays).
+
 Tested under ``NUMBA_ENABLE_CUDASIM=1`` (the CPU simulator) in CI; the same
 tests run unchanged on a GPU.
 """
@@ -24,6 +27,8 @@ import numpy as np
 
 from ..errors import BackendError, InputError
 from ..model.cell import LTCModel
+from ..model.cfc import CfCModel
+from .cfc_packing import CfCPacked
 from .packing import Packed
 from .policy import Policy, register_backend
 
@@ -106,6 +111,15 @@ class CudaPolicy(Policy):
             he[...] = 1
             if dx is not hx:
                 de.copy_to_device(he)
+        self._call_kernel(dx, de, dy)
+        if dy is not hy:
+            dy.copy_to_host(hy)
+        else:
+            self._cuda.synchronize()
+        if warm:
+            self._d_state.copy_to_device(state_backup)
+
+    def _call_kernel(self, dx, de, dy) -> None:
         s = self._scratch
         self._run[self._grid, THREADS](
             dx,
@@ -124,12 +138,6 @@ class CudaPolicy(Policy):
             self._d_z,
             self._d_status,
         )
-        if dy is not hy:
-            dy.copy_to_host(hy)
-        else:
-            self._cuda.synchronize()
-        if warm:
-            self._d_state.copy_to_device(state_backup)
 
     def _check_status(self) -> None:
         status = self._d_status.copy_to_host()
@@ -185,6 +193,65 @@ class CudaPolicy(Policy):
         self._d_state.copy_to_device(np.ascontiguousarray(s.T))
 
 
+class CfCCudaPolicy(CudaPolicy):
+    """Batched CfC stepping on the GPU (:mod:`edgeliquid.runtime.cfc_cuda_kernels`).
+
+    Same API, checks and status handling as :class:`CudaPolicy`; the kernel reads the cpu
+    backend's packed arrays (:class:`~edgeliquid.runtime.cfc_packing.CfCPacked`) and keeps each
+    instance's work row on the device, the state being its first ``n_state`` entries.
+
+    Args:
+        sparse: as :class:`CfCPacked` (None: the packer's choice).
+    """
+
+    def __init__(
+        self,
+        model: CfCModel,
+        dtype=np.float32,
+        batch: int | None = None,
+        mapped: bool = False,
+        sparse: bool | None = None,
+    ):
+        Policy.__init__(self, model, dtype, batch)
+        cuda = _cuda()
+        from . import cfc_cuda_kernels
+
+        self._run = cfc_cuda_kernels.kernel_for(self.dtype)
+        packed = CfCPacked(model, self.dtype, sparse)
+        rows = 1 if self.batch is None else self.batch
+        n_in, n_out, dt = self.n_inputs, self.n_outputs, self.dtype
+        self._rows = rows
+        self._d_fp = cuda.to_device(packed.fp)
+        self._d_ip = cuda.to_device(packed.ip)
+        self._d_work = cuda.to_device(np.zeros((packed.work_size, rows), dt))
+        self._d_state = self._d_work[: self.n_state]  # a contiguous view: leading rows
+        self._d_status = cuda.device_array(rows, np.int32)
+        self.mapped = mapped
+        alloc = cuda.mapped_array if mapped else cuda.pinned_array
+        self._hx = alloc((1, rows, n_in), dt)
+        self._he = alloc((1, rows), dt)
+        self._hy = alloc((1, rows, n_out), dt)
+        self._hx[...] = 0
+        if mapped:
+            self._dx, self._de, self._dy = self._hx, self._he, self._hy
+        else:
+            self._dx = cuda.device_array((1, rows, n_in), dt)
+            self._de = cuda.device_array((1, rows), dt)
+            self._dy = cuda.device_array((1, rows, n_out), dt)
+        self._grid = (rows + THREADS - 1) // THREADS
+        self._y = self._hy[0, 0] if self.batch is None else self._hy[0]
+        self._cuda = cuda
+        self._launch(self._hx, self._he, self._hy, self._dx, self._de, self._dy, warm=True)
+
+    def _call_kernel(self, dx, de, dy) -> None:
+        self._run[self._grid, THREADS](dx, de, self._d_fp, self._d_ip, self._d_work, dy, self._d_status)
+
+
+def _make_policy(model, dtype, batch, mapped: bool) -> Policy:
+    cls = CfCCudaPolicy if isinstance(model, CfCModel) else CudaPolicy
+    return cls(model, dtype, batch, mapped=mapped)
+
+
 def bench_cuda(model: LTCModel, batches=(1, 64, 1024, 65536), steps: int = 50) -> dict:
     """Instance-steps/s of the cuda backend per batch size (one process, same model)."""
     import time
@@ -217,4 +284,4 @@ def bench_cuda(model: LTCModel, batches=(1, 64, 1024, 65536), steps: int = 50) -
     return out
 
 
-register_backend("cuda", lambda model, dtype, batch, mapped: CudaPolicy(model, dtype, batch, mapped=mapped))
+register_backend("cuda", _make_policy)

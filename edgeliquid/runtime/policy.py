@@ -303,6 +303,11 @@ class CfCCpuPolicy(CpuPolicy):
             self._y = self._work2d[:, y0 : y0 + self.n_outputs]
             self._state_view = self._work2d[:, : self.n_state]
         self._bad = np.zeros(rows, np.int64)
+        import numba
+
+        # per-thread scratch of the chunked batch kernel (instances across SIMD lanes)
+        size = cfc_kernels.batch_scratch_size(packed.work_size) if self.batch is not None else 1
+        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, size), self.dtype)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -314,7 +319,7 @@ class CfCCpuPolicy(CpuPolicy):
         xs, ys = np.zeros((1, self.n_inputs), self.dtype), np.zeros((1, self.n_outputs), self.dtype)
         k.run(xs, np.ones(1), self._fp, self._ip, scratch[0], ys)
         if self.batch is not None:
-            k.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad)
+            k.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad, self._scratch)
             ys = np.zeros((1, self.batch, self.n_outputs), self.dtype)
             k.run_batch(x[None], self._ebuf[None], self._fp, self._ip, scratch, ys, self._bad)
 
@@ -335,7 +340,7 @@ class CfCCpuPolicy(CpuPolicy):
                 raise self._status_error(status, x, elapsed)
             return self._y
         e = self._coerce_elapsed(elapsed)
-        status, row = cfc_kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad)
+        status, row = cfc_kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
         if status:
             raise self._status_error(status, x[row], e[row], f" (batch row {row})")
         return self._y
@@ -393,7 +398,7 @@ class ReferencePolicy(Policy):
 
 
 #: Backends that can step a CfC model.
-CFC_BACKENDS = ("cpu", "reference")
+CFC_BACKENDS = ("cpu", "reference", "cuda")
 
 
 def model_metadata(model: LTCModel | CfCModel) -> dict[str, str]:
@@ -416,8 +421,9 @@ def from_model(
     if isinstance(model, CfCModel):
         if backend not in CFC_BACKENDS:
             raise BackendError(f"{backend} backend: CfC is not supported yet; use backend='cpu'")
-        return (CfCCpuPolicy if backend == "cpu" else ReferencePolicy)(model, dtype, batch)
-    return factory(model, dtype, batch, mapped)
+        if backend in ("cpu", "reference"):
+            return (CfCCpuPolicy if backend == "cpu" else ReferencePolicy)(model, dtype, batch)
+    return factory(model, dtype, batch, mapped)  # the cuda factory dispatches on the model type
 
 
 def load(
