@@ -155,14 +155,14 @@ class CpuPolicy(Policy):
     backend = "cpu"
     _k = kernels  # the kernel module (run/run_batch take the same arguments for every cell)
 
-    def __init__(self, model: LTCModel, dtype=np.float32, batch: int | None = None):
+    def __init__(self, model: LTCModel | CfCModel, dtype=np.float32, batch: int | None = None):
         super().__init__(model, dtype, batch)
-        self._packed = packed = Packed(model, self.dtype)
+        self._packed = packed = self._pack(model)
         self._fp, self._ip = packed.fp, packed.ip
         rows = 1 if self.batch is None else self.batch
         self._work2d = np.zeros((rows, packed.work_size), self.dtype)
         self._work = self._work2d[0]
-        y0 = int(self._ip[W_Y])
+        y0 = self._y_index()
         if self.batch is None:
             self._y = self._work[y0 : y0 + self.n_outputs]
             self._state_view = self._work[: self.n_state]
@@ -172,39 +172,37 @@ class CpuPolicy(Policy):
         self._bad = np.zeros(rows, np.int64)
         import numba
 
-        self._scratch = np.zeros(
-            (
-                numba.config.NUMBA_NUM_THREADS,
-                kernels.batch_scratch_size(model.config.units, model.config.n_inputs),
-            ),
-            self.dtype,
-        )
+        # per-thread scratch of the chunked batch kernel (instances across SIMD lanes)
+        size = self._batch_scratch_size() if self.batch is not None else 1
+        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, size), self.dtype)
+        # bound once: the step path pays one attribute lookup, as for a module global
+        self._kstep, self._kstep_batch = self._k.step, self._k.step_batch
         self._warm_up()
+
+    # The cell-specific parts; everything else is shared by every cell's cpu policy.
+    def _pack(self, model: LTCModel) -> Packed:
+        return Packed(model, self.dtype)
+
+    def _y_index(self) -> int:
+        return int(self._ip[W_Y])
+
+    def _batch_scratch_size(self) -> int:
+        cfg = self.model.config
+        return kernels.batch_scratch_size(cfg.units, cfg.n_inputs)
 
     def _warm_up(self) -> None:
         """Compile (or load from the on-disk cache) every kernel this policy calls."""
+        k = self._k
         scratch = self._work2d.copy()
         x = np.zeros(self._xshape, self.dtype)
-        kernels.step(x if self.batch is None else x[0], 1.0, self._fp, self._ip, scratch[0])
-        kernels.run(
-            np.zeros((1, self.n_inputs), self.dtype),
-            np.ones(1, self.dtype),
-            self._fp,
-            self._ip,
-            scratch[0],
-            np.zeros((1, self.n_outputs), self.dtype),
-        )
+        k.step(x if self.batch is None else x[0], 1.0, self._fp, self._ip, scratch[0])
+        # run() passes float64 elapsed (see _check_sequence): warm that signature
+        xs, ys = np.zeros((1, self.n_inputs), self.dtype), np.zeros((1, self.n_outputs), self.dtype)
+        k.run(xs, np.ones(1), self._fp, self._ip, scratch[0], ys)
         if self.batch is not None:
-            kernels.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad, self._scratch)
-            kernels.run_batch(
-                x[None],
-                self._ebuf[None],
-                self._fp,
-                self._ip,
-                scratch,
-                np.zeros((1, self.batch, self.n_outputs), self.dtype),
-                self._bad,
-            )
+            k.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad, self._scratch)
+            ys = np.zeros((1, self.batch, self.n_outputs), self.dtype)
+            k.run_batch(x[None], np.ones((1, self.batch)), self._fp, self._ip, scratch, ys, self._bad)
 
     def step(self, x: Any, elapsed: float | np.ndarray = 1.0) -> np.ndarray:
         """Advance the state by ``elapsed`` model time units with inputs ``x``.
@@ -230,12 +228,12 @@ class CpuPolicy(Policy):
         if self.batch is None:
             if type(elapsed) is not float:
                 elapsed = float(elapsed)
-            status = kernels.step(x, elapsed, self._fp, self._ip, self._work)
+            status = self._kstep(x, elapsed, self._fp, self._ip, self._work)
             if status:
                 raise self._status_error(status, x, elapsed)
             return self._y
         e = self._coerce_elapsed(elapsed)
-        status, row = kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
+        status, row = self._kstep_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
         if status:
             raise self._status_error(status, x[row], e[row], f" (batch row {row})")
         return self._y
@@ -288,62 +286,14 @@ class CfCCpuPolicy(CpuPolicy):
 
     _k = cfc_kernels
 
-    def __init__(self, model: CfCModel, dtype=np.float32, batch: int | None = None):
-        Policy.__init__(self, model, dtype, batch)
-        self._packed = packed = CfCPacked(model, self.dtype)
-        self._fp, self._ip = packed.fp, packed.ip
-        rows = 1 if self.batch is None else self.batch
-        self._work2d = np.zeros((rows, packed.work_size), self.dtype)
-        self._work = self._work2d[0]
-        y0 = int(self._ip[CFC_W_Y])
-        if self.batch is None:
-            self._y = self._work[y0 : y0 + self.n_outputs]
-            self._state_view = self._work[: self.n_state]
-        else:
-            self._y = self._work2d[:, y0 : y0 + self.n_outputs]
-            self._state_view = self._work2d[:, : self.n_state]
-        self._bad = np.zeros(rows, np.int64)
-        import numba
+    def _pack(self, model: CfCModel) -> CfCPacked:
+        return CfCPacked(model, self.dtype)
 
-        # per-thread scratch of the chunked batch kernel (instances across SIMD lanes)
-        size = cfc_kernels.batch_scratch_size(packed.work_size) if self.batch is not None else 1
-        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, size), self.dtype)
-        self._warm_up()
+    def _y_index(self) -> int:
+        return int(self._ip[CFC_W_Y])
 
-    def _warm_up(self) -> None:
-        """Compile (or load from the on-disk cache) every kernel this policy calls."""
-        k = cfc_kernels
-        scratch = self._work2d.copy()
-        x = np.zeros(self._xshape, self.dtype)
-        k.step(x if self.batch is None else x[0], 1.0, self._fp, self._ip, scratch[0])
-        xs, ys = np.zeros((1, self.n_inputs), self.dtype), np.zeros((1, self.n_outputs), self.dtype)
-        k.run(xs, np.ones(1), self._fp, self._ip, scratch[0], ys)
-        if self.batch is not None:
-            k.step_batch(x, self._ebuf, self._fp, self._ip, scratch, self._bad, self._scratch)
-            ys = np.zeros((1, self.batch, self.n_outputs), self.dtype)
-            k.run_batch(x[None], self._ebuf[None], self._fp, self._ip, scratch, ys, self._bad)
-
-    def step(self, x: Any, elapsed: float | np.ndarray = 1.0) -> np.ndarray:
-        """As :meth:`CpuPolicy.step`."""
-        if (
-            type(x) is not np.ndarray
-            or x.dtype is not self.dtype
-            or x.shape != self._xshape
-            or not x.flags.c_contiguous
-        ):
-            x = self._coerce_x(x)
-        if self.batch is None:
-            if type(elapsed) is not float:
-                elapsed = float(elapsed)
-            status = cfc_kernels.step(x, elapsed, self._fp, self._ip, self._work)
-            if status:
-                raise self._status_error(status, x, elapsed)
-            return self._y
-        e = self._coerce_elapsed(elapsed)
-        status, row = cfc_kernels.step_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
-        if status:
-            raise self._status_error(status, x[row], e[row], f" (batch row {row})")
-        return self._y
+    def _batch_scratch_size(self) -> int:
+        return cfc_kernels.batch_scratch_size(self._packed.work_size)
 
 
 class ReferencePolicy(Policy):
