@@ -18,7 +18,7 @@ from edgeliquid.model.cfc import CfCModel
 
 from .cgen import CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
-from .float_c import SIGMOID_EXACT, SIGMOID_FAST
+from .float_c import HEADER, SIGMOID_EXACT, SIGMOID_FAST
 
 # Why fixed point is refused (one line for the CLI): what a Q format would need bounded.
 FIXED_POINT_REFUSAL = (
@@ -28,32 +28,9 @@ FIXED_POINT_REFUSAL = (
     "is bounded (|h| <= 1 default, <= 2 no_gate); use the float32 variant"
 )
 
-HEADER = Template("""$banner
-#ifndef ${UP}_H
-#define ${UP}_H
-
-#define ${UP}_N_INPUTS $n_in
-#define ${UP}_N_OUTPUTS $n_out
-#define ${UP}_STATE_SIZE $n_state
-
-#ifdef __cplusplus
-extern "C" {
-#endif
-
-$inputs_doc
-/* Zero the state (ncps' initial state). state: ${UP}_STATE_SIZE floats, owned by the caller. */
-void ${name}_reset(float *state);
-
-/* One CfC step ($what): x[${UP}_N_INPUTS] model inputs as above (finite), elapsed the time
+STEP_DOC = """/* One CfC step ($what): x[${UP}_N_INPUTS] model inputs as above (finite), elapsed the time
  * since the previous step in model time units (ncps: 1.0 per sample), state updated in place,
- * y[${UP}_N_OUTPUTS] written. */
-void ${name}_step(const float *x, float *state, float elapsed, float *y);
-$extra_decl
-#ifdef __cplusplus
-}
-#endif
-#endif
-""")
+ * y[${UP}_N_OUTPUTS] written. */"""
 
 SOURCE = Template("""$banner
 #include "$name.h"
@@ -313,7 +290,7 @@ def generate_cfc_float(
         n_state=cfg.n_state,
         inputs_doc=header_doc(ch, name),
         extra_decl=norm_decl,
-        what=describe(cfg),
+        step_doc=Template(STEP_DOC).substitute(UP=up, what=describe(cfg)),
     )
     source = SOURCE.substitute(
         banner=banner(sha, what),

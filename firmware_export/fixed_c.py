@@ -31,7 +31,7 @@ from edgeliquid.model.guarantees import guarantees
 
 from .cgen import CodegenError, banner, c_array
 from .channels import Channels, channels_of, header_doc, normalize_c
-from .float_c import HEADER
+from .float_c import HEADER, LTC_STEP_DOC
 from .layout import FirmwareModel
 
 LUT_N = 512
@@ -299,6 +299,7 @@ def generate_fixed(
         n_state=cfg.n_state,
         inputs_doc=header_doc(ch, name),
         extra_decl=decl,
+        step_doc=Template(LTC_STEP_DOC).substitute(UP=up),
     )
     header = header.replace(f"#define {up}_H\n", f"#define {up}_H\n#include <stdint.h>\n", 1)
     source = SOURCE.substitute(

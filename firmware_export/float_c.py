@@ -10,6 +10,13 @@ from .cgen import banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .layout import FirmwareModel
 
+#: The step's comment in HEADER for LTC models (``step_doc``; ${UP} is the name in capitals).
+LTC_STEP_DOC = (
+    "/* One LTC step: x[${UP}_N_INPUTS] model inputs as above (finite), elapsed > 0 in model time units\n"
+    " * (ncps: 1.0 per sample), state updated in place, y[${UP}_N_OUTPUTS] written. */"
+)
+
+#: The header of every float and fixed-point variant, LTC and CfC alike.
 HEADER = Template("""$banner
 #ifndef ${UP}_H
 #define ${UP}_H
@@ -26,8 +33,7 @@ $inputs_doc
 /* Zero the state (ncps' initial state). state: ${UP}_STATE_SIZE floats, owned by the caller. */
 void ${name}_reset(float *state);
 
-/* One LTC step: x[${UP}_N_INPUTS] model inputs as above (finite), elapsed > 0 in model time units
- * (ncps: 1.0 per sample), state updated in place, y[${UP}_N_OUTPUTS] written. */
+$step_doc
 void ${name}_step(const float *x, float *state, float elapsed, float *y);
 $extra_decl
 #ifdef __cplusplus
@@ -213,6 +219,7 @@ def generate_float(
         n_state=cfg.n_state,
         inputs_doc=header_doc(ch, name),
         extra_decl=norm_decl,
+        step_doc=Template(LTC_STEP_DOC).substitute(UP=up),
     )
     source = SOURCE.substitute(
         banner=banner(sha, what),
