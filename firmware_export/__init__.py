@@ -58,6 +58,8 @@ def export_firmware(
     model = read_bytes(data, str(model_path))
     if getattr(model.config, "cell", "ltc") == "cfc":
         return _export_cfc(model, model_path, sha, out_dir, name, fixed_point, fast_sigmoid)
+    if model.config.solver != "fused_semi_implicit_euler":  # TODO(#15): explicit solvers in C
+        raise CodegenError(f"{model_path}: no C for solver {model.config.solver!r} yet")
     fm = FirmwareModel.of(model)
     ch = channels_of(model)
     manifest = {

@@ -24,8 +24,10 @@ POSITIVE_PARAMS = ("gleak", "cm", "w", "sensory_w")
 LSTM_PARAMS = ("lstm.input_map.weight", "lstm.input_map.bias", "lstm.recurrent_map.weight")
 
 
-#: Solver names a model file may carry (edgeliquid.runtime.reference implements each).
-SOLVER_NAMES: tuple[str, ...] = ("fused_semi_implicit_euler",)
+#: Solver names a model file may carry (edgeliquid.runtime.reference implements each):
+#: ncps' fused semi-implicit Euler (what ncps trains with), and two explicit schemes that
+#: integrate the same ODE with sub-step h = elapsed / ode_unfolds.
+SOLVER_NAMES: tuple[str, ...] = ("fused_semi_implicit_euler", "explicit_euler", "rk4")
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class CellConfig:
         input_mapping: ``"affine"``, ``"linear"`` or ``"none"``.
         output_mapping: ``"affine"``, ``"linear"`` or ``"none"``.
         mixed_memory: an LSTM cell runs before the LTC cell; the state is ``[h, c]``.
-        solver: name in :data:`edgeliquid.solvers.SOLVERS`.
+        solver: one of :data:`SOLVER_NAMES`.
     """
 
     n_inputs: int

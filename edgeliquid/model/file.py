@@ -157,6 +157,8 @@ def build_graph(model: LTCModel | CfCModel) -> onnx.ModelProto:
     if isinstance(model, CfCModel):
         return build_cfc_graph(model)
     cfg, p = model.config, model.params
+    if cfg.solver != "fused_semi_implicit_euler":  # TODO(#15): the explicit solvers' graphs
+        raise ModelFormatError(f"{model.source}: no ONNX graph for solver {cfg.solver!r} yet")
     g = GraphBuilder()
     for name, arr in p.items():
         g.const(name, arr)

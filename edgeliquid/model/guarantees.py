@@ -152,3 +152,42 @@ def cfc_guarantees(model: CfCModel) -> CfCGuarantees:
         h_bound=h_bound,
         y_bound=y_bound,
     )
+
+
+# ------------------------------------------------------------------ solver stability (LTC)
+#
+# Linearised at a state, neuron i decays at the rate (gleak_i + sum_j w_ji s_ji) / cm_i
+# <= 1 / tau_min_i (Theorem 1). A fixed-step scheme is stable on a decay of rate r when
+# h r lies in its real stability interval: [0, 2] for explicit Euler (|1 - z| <= 1) and
+# [0, 2.785...] for RK4 (|1 - z + z^2/2 - z^3/6 + z^4/24| <= 1). The fused semi-implicit
+# Euler is a weighted average for every h (Theorem 2): unconditionally stable.
+
+#: Real stability interval of each explicit scheme (the largest h * rate that does not grow).
+STABILITY_INTERVAL = {"explicit_euler": 2.0, "rk4": 2.785293563405282}
+
+#: Fraction of the interval the bound allows (the diagonal bound ignores the synapses'
+#: sigmoid slopes; see docs/model-format.md "Solvers" for how this margin was chosen).
+STABILITY_MARGIN = 1.0
+
+
+def max_substep(model: LTCModel, solver: str | None = None) -> float:
+    """Largest stable sub-step h (model time units) of ``solver`` (default: the model's).
+
+    ``inf`` for the fused solver; 0.0 when some neuron has cm = 0 (no explicit step is stable).
+    """
+    solver = solver or model.config.solver
+    if solver not in STABILITY_INTERVAL:
+        return float("inf")
+    tau = float(np.min(guarantees(model).tau_min))
+    return max(0.0, STABILITY_MARGIN * STABILITY_INTERVAL[solver] * tau)
+
+
+def stability(model: LTCModel) -> dict[str, dict[str, float]]:
+    """Per solver: ``max_substep`` and ``max_elapsed`` (= max_substep * the model's unfolds)."""
+    from .cell import SOLVER_NAMES
+
+    out = {}
+    for solver in SOLVER_NAMES:
+        h = max_substep(model, solver)
+        out[solver] = {"max_substep": h, "max_elapsed": h * model.config.ode_unfolds}
+    return out

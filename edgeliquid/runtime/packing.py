@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import BackendError
 from ..model.cell import LTCModel, effective_parameters
 
 # ip header (int64)
@@ -36,6 +37,8 @@ class Packed:
 
     def __init__(self, model: LTCModel, dtype=np.float32):
         cfg = model.config
+        if cfg.solver != "fused_semi_implicit_euler":  # TODO(#15): explicit solvers in the kernels
+            raise BackendError(f"{model.source}: solver {cfg.solver!r} is not in the compiled kernels yet")
         self.dtype = np.dtype(dtype)
         p = effective_parameters(model, np.float64)
         u, n_in, m = cfg.units, cfg.n_inputs, cfg.motor_size

@@ -32,6 +32,22 @@ def synapse_sigmoid(v_pre: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.
     return sigmoid(sigma * mues)
 
 
+def sensory_sums(p: dict[str, np.ndarray], inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum w*s*erev, sum w*s) of the sensory synapses, [B, U] each: constant over a step."""
+    sensory_w_activation = p["sensory_w"] * synapse_sigmoid(inputs, p["sensory_mu"], p["sensory_sigma"])
+    sensory_w_activation = sensory_w_activation * p["sensory_sparsity_mask"]
+    sensory_rev_activation = sensory_w_activation * p["sensory_erev"]
+    return np.sum(sensory_rev_activation, axis=1), np.sum(sensory_w_activation, axis=1)
+
+
+def recurrent_sums(p: dict[str, np.ndarray], v_pre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum w*s*erev, sum w*s) of the recurrent synapses into each neuron, [B, U] each."""
+    w_activation = p["w"] * synapse_sigmoid(v_pre, p["mu"], p["sigma"])
+    w_activation = w_activation * p["sparsity_mask"]
+    rev_activation = w_activation * p["erev"]
+    return np.sum(rev_activation, axis=1), np.sum(w_activation, axis=1)
+
+
 def fused_semi_implicit_euler(
     p: dict[str, np.ndarray],
     cfg: CellConfig,
@@ -46,30 +62,85 @@ def fused_semi_implicit_euler(
     why the update is a weighted average and cannot leave the reversal-potential
     range (Theorem 2).
     """
-    sensory_w_activation = p["sensory_w"] * synapse_sigmoid(inputs, p["sensory_mu"], p["sensory_sigma"])
-    sensory_w_activation = sensory_w_activation * p["sensory_sparsity_mask"]
-    sensory_rev_activation = sensory_w_activation * p["sensory_erev"]
-    w_numerator_sensory = np.sum(sensory_rev_activation, axis=1)
-    w_denominator_sensory = np.sum(sensory_w_activation, axis=1)
+    w_numerator_sensory, w_denominator_sensory = sensory_sums(p, inputs)
 
     # cm/t is loop invariant; one dt per batch row (ncps broadcasts it wrongly).
     cm_t = p["cm"] / (elapsed[:, None] / cfg.ode_unfolds)
 
     for _ in range(cfg.ode_unfolds):
-        w_activation = p["w"] * synapse_sigmoid(v_pre, p["mu"], p["sigma"])
-        w_activation = w_activation * p["sparsity_mask"]
-        rev_activation = w_activation * p["erev"]
-        w_numerator = np.sum(rev_activation, axis=1) + w_numerator_sensory
-        w_denominator = np.sum(w_activation, axis=1) + w_denominator_sensory
+        rev_sum, w_sum = recurrent_sums(p, v_pre)
+        w_numerator = rev_sum + w_numerator_sensory
+        w_denominator = w_sum + w_denominator_sensory
         numerator = cm_t * v_pre + p["gleak"] * p["vleak"] + w_numerator
         denominator = cm_t + p["gleak"] + w_denominator
         v_pre = numerator / (denominator + cfg.epsilon)
     return v_pre
 
 
+def ltc_derivative(
+    p: dict[str, np.ndarray], v: np.ndarray, num_s: np.ndarray, den_s: np.ndarray
+) -> np.ndarray:
+    """dv/dt of the LTC ODE, ``cm dv/dt = gleak (vleak - v) + sum w s(v) (erev - v)``.
+
+    Written as ``(gleak*vleak + N - (gleak + D) v) / cm`` with N, D the synaptic sums
+    (recurrent at ``v`` plus the step's sensory ``num_s``, ``den_s``): the same grouping
+    every backend uses, so that they agree to rounding. No epsilon: the explicit schemes
+    divide by cm only, and a model with cm = 0 has no stable sub-step (see
+    :func:`edgeliquid.model.guarantees.stability`).
+    """
+    rev_sum, w_sum = recurrent_sums(p, v)
+    numerator = p["gleak"] * p["vleak"] + (rev_sum + num_s)
+    return (numerator - (p["gleak"] + (w_sum + den_s)) * v) / p["cm"]
+
+
+def explicit_euler(
+    p: dict[str, np.ndarray],
+    cfg: CellConfig,
+    inputs: np.ndarray,
+    v_pre: np.ndarray,
+    elapsed: np.ndarray,
+) -> np.ndarray:
+    """``ode_unfolds`` forward Euler sub-steps of h = elapsed / ode_unfolds per batch row.
+
+    Inputs are held over the step (zero-order hold), so the sensory sums are computed
+    once. Stable only for h below the bound of Theorem 1 (``guarantees.stability``).
+    """
+    num_s, den_s = sensory_sums(p, inputs)
+    h = (elapsed / cfg.ode_unfolds)[:, None]
+    for _ in range(cfg.ode_unfolds):
+        v_pre = v_pre + h * ltc_derivative(p, v_pre, num_s, den_s)
+    return v_pre
+
+
+def rk4(
+    p: dict[str, np.ndarray],
+    cfg: CellConfig,
+    inputs: np.ndarray,
+    v_pre: np.ndarray,
+    elapsed: np.ndarray,
+) -> np.ndarray:
+    """``ode_unfolds`` classic Runge-Kutta 4 sub-steps of h = elapsed / ode_unfolds per row.
+
+    ``v + h/6 (k1 + 2 k2 + 2 k3 + k4)`` with k1 = f(v), k2 = f(v + h/2 k1),
+    k3 = f(v + h/2 k2), k4 = f(v + h k3); inputs held over the step.
+    """
+    num_s, den_s = sensory_sums(p, inputs)
+    h = (elapsed / cfg.ode_unfolds)[:, None]
+    half = 0.5 * h
+    for _ in range(cfg.ode_unfolds):
+        k1 = ltc_derivative(p, v_pre, num_s, den_s)
+        k2 = ltc_derivative(p, v_pre + half * k1, num_s, den_s)
+        k3 = ltc_derivative(p, v_pre + half * k2, num_s, den_s)
+        k4 = ltc_derivative(p, v_pre + h * k3, num_s, den_s)
+        v_pre = v_pre + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+    return v_pre
+
+
 #: Fixed-step schemes by the name stored in ``edgeliquid.solver``.
 SOLVERS: dict[str, Callable[..., np.ndarray]] = {
     "fused_semi_implicit_euler": fused_semi_implicit_euler,
+    "explicit_euler": explicit_euler,
+    "rk4": rk4,
 }
 
 
