@@ -26,7 +26,7 @@ from onnx import TensorProto
 
 from .. import __version__
 from ..errors import ModelFormatError
-from .cell import LSTM_PARAMS, CellConfig, LTCModel, expected_shapes
+from .cell import LSTM_PARAMS, SOLVER_NAMES, CellConfig, LTCModel, expected_shapes
 from .cfc import CfCConfig, CfCModel, cfc_expected_shapes
 from .cfc_file import (
     CFC_DERIVED_KEYS,
@@ -52,7 +52,7 @@ from .checks import (
     short,
     synapse_counts,
 )
-from .graph import PREFIX, GraphBuilder, step_model
+from .graph import PREFIX, GraphBuilder, explicit_substeps, step_model
 
 # ------------------------------------------------------------------------- metadata
 
@@ -157,8 +157,10 @@ def build_graph(model: LTCModel | CfCModel) -> onnx.ModelProto:
     if isinstance(model, CfCModel):
         return build_cfc_graph(model)
     cfg, p = model.config, model.params
-    if cfg.solver != "fused_semi_implicit_euler":  # TODO(#15): the explicit solvers' graphs
-        raise ModelFormatError(f"{model.source}: no ONNX graph for solver {cfg.solver!r} yet")
+    if cfg.solver not in SOLVER_NAMES:
+        raise ModelFormatError(
+            f"{model.source}: unknown solver {short(cfg.solver)}; expected one of {sorted(SOLVER_NAMES)}"
+        )
     g = GraphBuilder()
     for name, arr in p.items():
         g.const(name, arr)
@@ -189,17 +191,31 @@ def build_graph(model: LTCModel | CfCModel) -> onnx.ModelProto:
     num_s, den_s = synapse_sums(
         x, "sensory_mu", "sensory_sigma", positive("sensory_w"), "sensory_sparsity_mask", "sensory_erev"
     )
+    # The sub-step h = elapsed / ode_unfolds, one per batch row ([batch, 1]).
     dt = g.op("Div", "elapsed", g.const("ode_unfolds", float(cfg.ode_unfolds)))
-    cm_t = g.op("Div", positive("cm"), dt)
-    w_pos, gleak = positive("w"), positive("gleak")
-    eps = g.const("epsilon", cfg.epsilon)
-    for _ in range(cfg.ode_unfolds):
-        num, den = synapse_sums(v, "mu", "sigma", w_pos, "sparsity_mask", "erev")
-        numerator = g.op(
-            "Add", g.op("Add", g.op("Mul", cm_t, v), g.op("Mul", gleak, "vleak")), g.op("Add", num, num_s)
-        )
-        denominator = g.op("Add", g.op("Add", cm_t, gleak), g.op("Add", den, den_s))
-        v = g.op("Div", numerator, g.op("Add", denominator, eps))
+    if cfg.solver == "fused_semi_implicit_euler":
+        cm_t = g.op("Div", positive("cm"), dt)
+        w_pos, gleak = positive("w"), positive("gleak")
+        eps = g.const("epsilon", cfg.epsilon)
+        for _ in range(cfg.ode_unfolds):
+            num, den = synapse_sums(v, "mu", "sigma", w_pos, "sparsity_mask", "erev")
+            numerator = g.op(
+                "Add", g.op("Add", g.op("Mul", cm_t, v), g.op("Mul", gleak, "vleak")), g.op("Add", num, num_s)
+            )
+            denominator = g.op("Add", g.op("Add", cm_t, gleak), g.op("Add", den, den_s))
+            v = g.op("Div", numerator, g.op("Add", denominator, eps))
+    else:
+        cm, w_pos, gleak = positive("cm"), positive("w"), positive("gleak")
+        leak = g.op("Mul", gleak, "vleak")
+
+        def f(v: str) -> str:
+            """dv/dt = (gleak*vleak + (num + num_s) - (gleak + (den + den_s)) v) / cm, no epsilon."""
+            num, den = synapse_sums(v, "mu", "sigma", w_pos, "sparsity_mask", "erev")
+            numerator = g.op("Add", leak, g.op("Add", num, num_s))
+            decay = g.op("Mul", g.op("Add", gleak, g.op("Add", den, den_s)), v)
+            return g.op("Div", g.op("Sub", numerator, decay), cm)
+
+        v = explicit_substeps(g, cfg.solver, f, v, dt, cfg.ode_unfolds)
     y = v if m == u else g.op("Slice", v, g.const("y0", [0], np.int64), g.const("ym", [m], np.int64), ax1)
     if cfg.output_mapping in ("affine", "linear"):
         y = g.op("Mul", y, "output_w")

@@ -1,7 +1,10 @@
 """Pieces shared by the ONNX step graphs of every cell: a node builder, the mixed-memory
-LSTM, and the model wrapper with the file's signature and metadata (docs/model-format.md)."""
+LSTM, the explicit ODE schemes, and the model wrapper with the file's signature and
+metadata (docs/model-format.md)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -69,6 +72,34 @@ class GraphBuilder:
         )
         h_new = self.op("Mul", self.op("Tanh", c_new), self.op("Sigmoid", gates[3]))
         return h_new, c_new
+
+
+#: The explicit schemes :func:`explicit_substeps` unrolls (``edgeliquid.solver`` names).
+EXPLICIT_SCHEMES = ("explicit_euler", "rk4")
+
+
+def explicit_substeps(
+    g: GraphBuilder, solver: str, f: Callable[[str], str], v: str, h: str, unfolds: int
+) -> str:
+    """``unfolds`` sub-steps of ``solver`` on dv/dt = f(v) with step ``h`` ([batch, 1]);
+    the grouping of ``edgeliquid.runtime.reference`` (its ``explicit_euler``, ``rk4``)."""
+    if solver not in EXPLICIT_SCHEMES:
+        raise ValueError(f"unknown explicit scheme {solver!r}; expected one of {EXPLICIT_SCHEMES}")
+    if solver == "explicit_euler":
+        for _ in range(unfolds):
+            v = g.op("Add", v, g.op("Mul", h, f(v)))
+        return v
+    half = g.op("Mul", g.const("half", 0.5), h)
+    sixth = g.op("Div", h, g.const("six", 6.0))
+    two = g.const("two", 2.0)
+    for _ in range(unfolds):
+        k1 = f(v)
+        k2 = f(g.op("Add", v, g.op("Mul", half, k1)))
+        k3 = f(g.op("Add", v, g.op("Mul", half, k2)))
+        k4 = f(g.op("Add", v, g.op("Mul", h, k3)))
+        ks = g.op("Add", g.op("Add", g.op("Add", k1, g.op("Mul", two, k2)), g.op("Mul", two, k3)), k4)
+        v = g.op("Add", v, g.op("Mul", sixth, ks))
+    return v
 
 
 def step_model(
