@@ -2,10 +2,12 @@
 
 ``export_firmware(model_path, out_dir, name)`` writes ``NAME.h``/``NAME.c`` (float32,
 or fixed point with ``fixed_point=True``), the protocol v1 device codec
-``edgeliquid_proto.h/.c`` and ``manifest.json``; CfC models get float32 C from
-:mod:`firmware_export.cfc_c` (fixed point is refused for them); ``NAME_normalize`` when the model records its
-input normalisation. Names and output paths are checked before anything is written, and no
-file is written through a link. See docs/firmware.md.
+``edgeliquid_proto.h/.c`` and ``manifest.json``. LTC models are integrated with the solver
+their file names (fused, explicit_euler, rk4; fixed point: see :mod:`firmware_export.fixed_c`);
+CfC models get float32 C from :mod:`firmware_export.cfc_c` (fixed point is refused for them);
+``NAME_normalize`` when the model records its input normalisation. Names and output paths
+are checked before anything is written, and no file is written through a link. See
+docs/firmware.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from .float_c import generate_float
 from .layout import FirmwareModel
 from .outdir import prepare, write_all
 
-__all__ = ["export_firmware", "CodegenError"]
+__all__ = ["export_firmware", "export_ltc", "CodegenError"]
 
 # A model file bigger than this is not a policy for a microcontroller (and reading it whole
 # to hash it would cost that much memory).
@@ -38,8 +40,13 @@ def export_firmware(
     fixed_point: bool = False,
     fast_sigmoid: bool = False,
     min_elapsed: float = 0.01,
+    max_elapsed: float | None = None,
 ) -> dict:
     """Generate the C files for ``model_path`` in ``out_dir``; returns the manifest.
+
+    ``min_elapsed``/``max_elapsed`` (fixed point): the elapsed range the Q format covers, in
+    model time units; the C clamps to it. ``max_elapsed`` None is 100; fixed-point
+    explicit_euler needs ``max_elapsed <= ode_unfolds * tau_min`` (docs/firmware.md).
 
     Raises :class:`CodegenError` (an ``EdgeliquidError``) for a bad ``name``, output path or
     metadata, and ``ModelFormatError`` for a missing or invalid model file; nothing is
@@ -47,19 +54,48 @@ def export_firmware(
     """
     from edgeliquid.model.file import read_bytes
 
-    from .proto_c import codec_files
-
     check_name(name)
-    if not (isinstance(min_elapsed, int | float) and math.isfinite(min_elapsed) and 0 < min_elapsed <= 100):
-        raise CodegenError(f"--min-elapsed {min_elapsed!r} must be a number in (0, 100] (model time units)")
+    check_elapsed(min_elapsed, max_elapsed)
     model_path = Path(model_path)
     data = _read_model(model_path)
     sha = hashlib.sha256(data).hexdigest()
     model = read_bytes(data, str(model_path))
     if getattr(model.config, "cell", "ltc") == "cfc":
         return _export_cfc(model, model_path, sha, out_dir, name, fixed_point, fast_sigmoid)
-    if model.config.solver != "fused_semi_implicit_euler":  # TODO(#15): explicit solvers in C
-        raise CodegenError(f"{model_path}: no C for solver {model.config.solver!r} yet")
+    return export_ltc(
+        model,
+        out_dir,
+        name,
+        model_path=str(model_path),
+        sha=sha,
+        fixed_point=fixed_point,
+        fast_sigmoid=fast_sigmoid,
+        min_elapsed=min_elapsed,
+        max_elapsed=max_elapsed,
+    )
+
+
+def export_ltc(
+    model,
+    out_dir: str | Path,
+    name: str,
+    *,
+    model_path: str,
+    sha: str,
+    fixed_point: bool = False,
+    fast_sigmoid: bool = False,
+    min_elapsed: float = 0.01,
+    max_elapsed: float | None = None,
+) -> dict:
+    """The LTC path of :func:`export_firmware` from an in-memory ``LTCModel`` (``sha``: of its file).
+
+    Dispatches on ``model.config.solver`` (fused, explicit_euler, rk4; fixed point: fused and
+    explicit_euler only, see ``fixed_c``); ``max_elapsed`` None is 100 model units.
+    """
+    from .proto_c import codec_files
+
+    check_name(name)
+    check_elapsed(min_elapsed, max_elapsed)
     fm = FirmwareModel.of(model)
     ch = channels_of(model)
     manifest = {
@@ -71,6 +107,8 @@ def export_firmware(
         "n_outputs": model.config.n_outputs,
         "state_size": model.config.n_state,
         "units": model.config.units,
+        "solver": model.config.solver,
+        "ode_unfolds": model.config.ode_unfolds,
         "synapses": fm.rec.count,
         "sensory_synapses": fm.sens.count,
         **ch.manifest(name),
@@ -78,7 +116,9 @@ def export_firmware(
     if fixed_point:
         from .fixed_c import generate_fixed
 
-        header, source, qinfo = generate_fixed(fm, name, sha, min_elapsed=min_elapsed, channels=ch)
+        header, source, qinfo = generate_fixed(
+            fm, name, sha, min_elapsed=min_elapsed, max_elapsed=max_elapsed or 100.0, channels=ch
+        )
         manifest["fixed_point"] = qinfo
     else:
         header, source = generate_float(fm, name, sha, fast_sigmoid, channels=ch)
@@ -87,6 +127,18 @@ def export_firmware(
     files["manifest.json"] = json.dumps(manifest, indent=2)
     write_all(prepare(out_dir, list(files)), files)
     return manifest
+
+
+def check_elapsed(min_elapsed: float, max_elapsed: float | None) -> None:
+    """--min-elapsed in (0, 100]; --max-elapsed (when given) in [min_elapsed, 100]."""
+    if not (isinstance(min_elapsed, int | float) and math.isfinite(min_elapsed) and 0 < min_elapsed <= 100):
+        raise CodegenError(f"--min-elapsed {min_elapsed!r} must be a number in (0, 100] (model time units)")
+    ok = isinstance(max_elapsed, int | float) and math.isfinite(max_elapsed)
+    if max_elapsed is not None and not (ok and min_elapsed <= max_elapsed <= 100):
+        raise CodegenError(
+            f"--max-elapsed {max_elapsed!r} must be a number in [--min-elapsed {min_elapsed!r}, 100] "
+            "(model time units)"
+        )
 
 
 def _export_cfc(model, model_path: Path, sha: str, out_dir, name: str, fixed_point: bool, fast_sigmoid: bool):
@@ -149,7 +201,9 @@ def estimate_memory(fm: FirmwareModel, fixed_point: bool) -> dict:
     flash = syn * (4 * word + 2 * idx) + cfg.units * 3 * word + 2 * (cfg.n_inputs + cfg.motor_size) * word
     if cfg.mixed_memory:
         flash += 4 * cfg.units * (cfg.n_inputs + cfg.units + 1) * word
-    stack = (7 * cfg.units + cfg.n_inputs) * word + (5 * cfg.units * word if cfg.mixed_memory else 0)
+    # float buffers of U in the step (and the derivative function), per solver
+    per_u = {"fused_semi_implicit_euler": 7, "explicit_euler": 6, "rk4": 10}[cfg.solver]
+    stack = (per_u * cfg.units + cfg.n_inputs) * word + (5 * cfg.units * word if cfg.mixed_memory else 0)
     return {
         "flash_params_bytes_estimate": flash,
         "ram_static_bytes": 0,

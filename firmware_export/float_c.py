@@ -6,7 +6,7 @@ from string import Template
 
 import numpy as np
 
-from .cgen import banner, c_array, c_float
+from .cgen import CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .layout import FirmwareModel
 
@@ -55,7 +55,7 @@ SOURCE = Template("""$banner
 #define SNNZ $snnz
 
 $arrays
-$sigmoid
+$sigmoid$deriv
 $normalize
 void ${name}_reset(float *state)
 {
@@ -67,9 +67,7 @@ void ${name}_reset(float *state)
 
 void ${name}_step(const float *x, float *state, float elapsed, float *y)
 {
-    float v[U], vn[U], xm[NI], ns[U], ds[U], nr[U], dr[U], cmt[U];
-$lstm_decl    float dt;
-    int i, j, k, t;
+$buffers$lstm_decl$scalars    int i, j, k, t;
 
 $lstm_body    for (i = 0; i < NI; ++i) {
         xm[i] = x[i] * $in_w + $in_b;
@@ -84,7 +82,22 @@ $lstm_body    for (i = 0; i < NI; ++i) {
         ns[s_dst[k]] += a * s_erev[k];
         ds[s_dst[k]] += a;
     }
-    /* cm / dt is loop invariant */
+$ode    for (j = 0; j < U; ++j) {
+        state[j] = v[j];
+    }
+$lstm_commit    for (k = 0; k < NM; ++k) {
+        y[k] = v[k] * $out_w + $out_b;
+    }
+}
+""")
+
+#: Per solver: the step's buffers, scalars, the sub-step loop ($ode) and the derivative function
+#: ($deriv; '' for the fused solver). The fused pieces are ncps' update, text unchanged.
+FUSED = {
+    "buffers": "    float v[U], vn[U], xm[NI], ns[U], ds[U], nr[U], dr[U], cmt[U];\n",
+    "scalars": "    float dt;\n",
+    "deriv": "",
+    "ode": """    /* cm / dt is loop invariant */
     dt = elapsed / (float)UNFOLDS;
     for (j = 0; j < U; ++j) {
         cmt[j] = cm[j] / dt;
@@ -107,14 +120,99 @@ $lstm_body    for (i = 0; i < NI; ++i) {
             v[j] = vn[j];
         }
     }
+""",
+}
+
+# f(v) of edgeliquid.runtime.reference.ltc_derivative, grouped the same way; 1/cm is folded in
+# at export (inv_cm), so the explicit schemes multiply where the fused update divides.
+DERIV = Template("""
+/* dv/dt of the LTC ODE at v (sensory sums ns, ds held over the step); f[U] written */
+static void ${name}_deriv(const float *v, const float *ns, const float *ds, float *f)
+{
+    float nr[U], dr[U];
+    int j, k;
     for (j = 0; j < U; ++j) {
-        state[j] = v[j];
+        nr[j] = 0.0f;
+        dr[j] = 0.0f;
     }
-$lstm_commit    for (k = 0; k < NM; ++k) {
-        y[k] = v[k] * $out_w + $out_b;
+    for (k = 0; k < NNZ; ++k) {
+        float a = r_w[k] * ${name}_sigmoid(r_sigma[k] * (v[r_src[k]] - r_mu[k]));
+        nr[r_dst[k]] += a * r_erev[k];
+        dr[r_dst[k]] += a;
+    }
+    for (j = 0; j < U; ++j) {
+        f[j] = (gleak_vleak[j] + (nr[j] + ns[j]) - (gleak[j] + (dr[j] + ds[j])) * v[j]) * inv_cm[j];
     }
 }
 """)
+
+EXPLICIT_EULER = {
+    "buffers": "    float v[U], xm[NI], ns[U], ds[U], k1[U];\n",
+    "scalars": "    float h;\n",
+    "ode": """    /* explicit Euler: UNFOLDS sub-steps of h = elapsed / UNFOLDS, v += h f(v) */
+    h = elapsed / (float)UNFOLDS;
+    for (t = 0; t < UNFOLDS; ++t) {
+        ${name}_deriv(v, ns, ds, k1);
+        for (j = 0; j < U; ++j) {
+            v[j] = v[j] + h * k1[j];
+        }
+    }
+""",
+}
+
+RK4 = {
+    "buffers": "    float v[U], vt[U], xm[NI], ns[U], ds[U], k1[U], k2[U], k3[U], k4[U];\n",
+    "scalars": "    float h, hh, h6;\n",
+    "ode": """    /* classic RK4: UNFOLDS sub-steps of h = elapsed / UNFOLDS */
+    h = elapsed / (float)UNFOLDS;
+    hh = 0.5f * h;
+    h6 = h / 6.0f;
+    for (t = 0; t < UNFOLDS; ++t) {
+        ${name}_deriv(v, ns, ds, k1);
+        for (j = 0; j < U; ++j) {
+            vt[j] = v[j] + hh * k1[j];
+        }
+        ${name}_deriv(vt, ns, ds, k2);
+        for (j = 0; j < U; ++j) {
+            vt[j] = v[j] + hh * k2[j];
+        }
+        ${name}_deriv(vt, ns, ds, k3);
+        for (j = 0; j < U; ++j) {
+            vt[j] = v[j] + h * k3[j];
+        }
+        ${name}_deriv(vt, ns, ds, k4);
+        for (j = 0; j < U; ++j) {
+            v[j] = v[j] + h6 * (k1[j] + 2.0f * k2[j] + 2.0f * k3[j] + k4[j]);
+        }
+    }
+""",
+}
+
+SOLVER_C = {"fused_semi_implicit_euler": FUSED, "explicit_euler": EXPLICIT_EULER, "rk4": RK4}
+
+
+def solver_pieces(solver: str, name: str) -> dict[str, str]:
+    """The template pieces of ``solver`` with NAME filled in; raises CodegenError for an unknown one."""
+    if solver not in SOLVER_C:
+        raise CodegenError(f"no C for solver {solver!r}; expected one of {sorted(SOLVER_C)}")
+    pieces = {k: Template(v).substitute(name=name) for k, v in SOLVER_C[solver].items() if k != "deriv"}
+    pieces["deriv"] = "" if solver == "fused_semi_implicit_euler" else DERIV.substitute(name=name)
+    return pieces
+
+
+def solver_note(solver: str) -> str:
+    """The banner's solver remark: nothing for ncps' fused solver (files stay as they were)."""
+    return "" if solver == "fused_semi_implicit_euler" else f", solver {solver}"
+
+
+def check_cm(fm: FirmwareModel) -> None:
+    """The explicit schemes divide by cm (folded into inv_cm): every cm must be > 0."""
+    if fm.cfg.solver != "fused_semi_implicit_euler" and not np.all(fm.p["cm"] > 0):
+        raise CodegenError(
+            f"{fm.model.source}: solver {fm.cfg.solver} needs cm > 0 for every neuron "
+            "(dv/dt = .../cm; no sub-step is stable otherwise)"
+        )
+
 
 SIGMOID_EXACT = Template("""static float ${name}_sigmoid(float x)
 {
@@ -156,9 +254,14 @@ def generate_float(
     norm_decl, norm_def = normalize_c(ch, name)
     up = name.upper()
     idx = fm.index_type()
+    check_cm(fm)
+    pieces = solver_pieces(cfg.solver, name)
+    if cfg.solver == "fused_semi_implicit_euler":
+        ode_consts = [f"#define EPSILON {c_float(cfg.epsilon)}\n", c_array("float", "cm", p["cm"])]
+    else:  # 1/cm once here: the explicit schemes multiply (no division per neuron per sub-step)
+        ode_consts = [c_array("float", "inv_cm", 1.0 / p["cm"])]
     arrays = [
-        f"#define EPSILON {c_float(cfg.epsilon)}\n",
-        c_array("float", "cm", p["cm"]),
+        *ode_consts,
         c_array("float", "gleak", p["gleak"]),
         c_array("float", "gleak_vleak", p["gleak"] * p["vleak"]),
     ]
@@ -209,7 +312,7 @@ def generate_float(
     else:
         lstm_body = "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
     sig = (SIGMOID_FAST if fast_sigmoid else SIGMOID_EXACT).substitute(name=name)
-    what = f"{name}: LTC policy, float32{' (fast sigmoid)' if fast_sigmoid else ''}"
+    what = f"{name}: LTC policy, float32{' (fast sigmoid)' if fast_sigmoid else ''}{solver_note(cfg.solver)}"
     header = HEADER.substitute(
         banner=banner(sha, what),
         UP=up,
@@ -237,6 +340,7 @@ def generate_float(
         lstm_decl=lstm_decl,
         lstm_body=lstm_body,
         lstm_commit=lstm_commit,
+        **pieces,
         **affine,
     )
     return header, source

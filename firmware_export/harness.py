@@ -290,3 +290,210 @@ def reference_outputs(model, xs, el, init_state, reset_at):
             ref.reset()
         ys.append(ref.step(np.asarray(xs[t], np.float32), float(np.float32(el[t]))).copy())
     return np.array(ys), ref.state
+
+
+# ------------------------------------------------ Cortex-M0 (qemu microbit): division census
+#
+# The fixed-point step on a Cortex-M0 (no divider, no FPU), bare metal without newlib: the
+# division helpers the object calls are wrapped (ld --wrap) by counters, and with
+# ``profile=True`` qemu logs every executed instruction (-singlestep -d exec), attributed to
+# the step and to the division routines it calls. Instructions, not cycles: qemu does not
+# model the M0's timing.
+
+M0_DIV_HELPERS = ("__aeabi_ldivmod", "__aeabi_idiv", "__aeabi_uldivmod", "__aeabi_uidiv")
+
+M0_MAIN = """#include <stdint.h>
+#include "{name}.h"
+#include "qvectors.h"
+extern uint32_t __stack_top, __bss_start__, __bss_end__;
+volatile uint32_t {counters};
+int main(void);
+void reset_handler(void);
+static int semi(int op, const void *arg)
+{{
+    register int r0 __asm__("r0") = op;
+    register const void *r1 __asm__("r1") = arg;
+    __asm__ volatile ("bkpt 0xab" : "+r"(r0) : "r"(r1) : "memory");
+    return r0;
+}}
+static void say(const char *s, uint32_t u)
+{{
+    char b[16];
+    int i = 15;
+    b[i] = 0;
+    b[--i] = '\\n';
+    do {{
+        b[--i] = (char)('0' + u % 10u);
+        u /= 10u;
+    }} while (u && i > 0);
+    semi(0x04, s);   /* SYS_WRITE0 */
+    semi(0x04, &b[i]);
+}}
+void reset_handler(void)
+{{
+    uint32_t *p;
+    for (p = &__bss_start__; p < &__bss_end__; ++p) {{
+        *p = 0;
+    }}
+    main();
+    semi(0x18, (const void *)0x20026u);  /* SYS_EXIT, ADP_Stopped_ApplicationExit */
+    for (;;) {{ }}
+}}
+static void fault(void) {{ for (;;) {{ }} }}
+__attribute__((section(".isr_vector"), used))
+const void *const vectors[4] = {{&__stack_top, (const void *)reset_handler, (const void *)fault,
+                                 (const void *)fault}};
+int main(void)
+{{
+    int32_t sq[{UP}_STATE_SIZE] = {{0}}, yq[{UP}_N_OUTPUTS];
+    int t;
+    for (t = 0; t < T_STEPS; ++t) {{
+        {name}_step_q(&xq[t * {UP}_N_INPUTS], sq, eq[t], yq);
+    }}
+{report}    return 0;
+}}
+"""
+
+M0_WRAP_MACRO = """    .syntax unified
+    .thumb
+    .macro counted name, counter
+    .global __wrap_\\name
+    .type __wrap_\\name, %function
+    .thumb_func
+__wrap_\\name:
+    push {r4, r5}
+    ldr r4, =\\counter
+    ldr r5, [r4]
+    adds r5, #1
+    str r5, [r4]
+    ldr r4, =__real_\\name
+    mov ip, r4
+    pop {r4, r5}
+    bx ip
+    .ltorg
+    .endm
+"""
+
+M0_LINKER = """MEMORY
+{
+  FLASH (rx)  : ORIGIN = 0x00000000, LENGTH = 256K
+  RAM   (rwx) : ORIGIN = 0x20000000, LENGTH = 16K
+}
+ENTRY(reset_handler)
+SECTIONS
+{
+  .text : { KEEP(*(.isr_vector)) *(.text*) *(.rodata*) . = ALIGN(4); } > FLASH
+  .data : { *(.data*) } > RAM AT > FLASH
+  .bss (NOLOAD) : { __bss_start__ = .; *(.bss*) *(COMMON) . = ALIGN(4); __bss_end__ = .; } > RAM
+  __stack_top = ORIGIN(RAM) + LENGTH(RAM);
+}
+"""
+
+
+def build_m0(out: Path, name: str, xq: np.ndarray, elapsed_q: np.ndarray) -> Path:
+    """Bare-metal Cortex-M0 image (qemu microbit) stepping ``NAME_step_q`` over Q vectors, the
+    division helpers wrapped by counters; ``out/m0_census.elf``."""
+    counters = [f"n{h}" for h in M0_DIV_HELPERS]
+    # read the counters before say(), whose own u / 10 would count
+    report = f"    const uint32_t seen[{len(counters)}] = {{{', '.join(counters)}}};\n" + "".join(
+        f'    say("{h} ", seen[{i}]);\n' for i, h in enumerate(M0_DIV_HELPERS)
+    )
+    (out / "qvectors.h").write_text(
+        f"#define T_STEPS {xq.shape[0]}\n"
+        + c_array("int32_t", "xq", xq.astype(np.int64), per_line=8)
+        + c_array("int32_t", "eq", elapsed_q.astype(np.int64), per_line=8)
+    )
+    (out / "m0_main.c").write_text(
+        M0_MAIN.format(name=name, UP=name.upper(), counters=", ".join(counters), report=report)
+    )
+    wrap = M0_WRAP_MACRO + "".join(f"    counted {h}, n{h}\n" for h in M0_DIV_HELPERS)
+    (out / "m0_wrap.s").write_text(wrap)
+    (out / "m0.ld").write_text(M0_LINKER)
+    elf = out / "m0_census.elf"
+    cmd = [
+        "arm-none-eabi-gcc",
+        *M0_FLAGS,
+        "-std=c99",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-nostartfiles",
+        "-nostdlib",
+        "-T",
+        str(out / "m0.ld"),
+        "-Wl,--wrap=" + ",--wrap=".join(M0_DIV_HELPERS),
+        "-o",
+        str(elf),
+        str(out / "m0_main.c"),
+        str(out / f"{name}.c"),
+        str(out / "m0_wrap.s"),
+        "-lgcc",
+        "-lc",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return elf
+
+
+def run_m0(elf: Path, name: str, profile: bool = False, timeout: float = 120) -> dict:
+    """Run a :func:`build_m0` image under qemu (microbit, Cortex-M0).
+
+    Returns ``{"calls": {helper: count}}`` and, with ``profile``, ``"instructions"`` (executed
+    inside ``NAME_step_q``, everything it calls included) and ``"division_instructions"`` (inside
+    the wrapped division helpers and what they call).
+    """
+    log = elf.with_suffix(".exec.log")
+    extra = ["-singlestep", "-d", "exec,nochain", "-D", str(log)] if profile else []
+    cmd = [
+        "qemu-system-arm",
+        "-M",
+        "microbit",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        *extra,
+        "-kernel",
+        str(elf),
+    ]
+    r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
+    text = r.stdout + r.stderr
+    calls = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in M0_DIV_HELPERS:
+            calls[parts[0]] = int(parts[1])
+    if set(calls) != set(M0_DIV_HELPERS):
+        raise RuntimeError(f"M0 run printed no division census: {text[-300:]!r}")
+    result: dict = {"calls": calls}
+    if profile:
+        result.update(_attribute(log, name))
+    return result
+
+
+def _attribute(log: Path, name: str) -> dict:
+    """Instructions executed in the step and in the division helpers, from qemu's exec log
+    (one line per instruction with -singlestep; the line ends with the function's symbol)."""
+    step, div = f"{name}_step_q", "__wrap___aeabi_"
+    in_step = in_div = False
+    total = division = 0
+    with open(log) as f:
+        for line in f:
+            if not line.startswith("Trace"):
+                continue
+            sym = line.rsplit(None, 1)[-1]
+            if sym == "main":
+                in_step = in_div = False
+                continue
+            if sym == step:
+                in_step, in_div = True, False
+            elif sym.startswith(div):
+                in_div = True
+            elif in_div and not sym.startswith("__"):
+                in_div = False  # back in the generated code (qsigmoid, qmul, ...)
+            if in_step:
+                total += 1
+                division += in_div
+    return {"instructions": total, "division_instructions": division}
