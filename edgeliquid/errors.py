@@ -25,6 +25,10 @@ class BackendError(EdgeliquidError):
     """Raised when a backend name is unknown or its hardware/library is missing."""
 
 
+class StabilityError(EdgeliquidError):
+    """Raised when a model's explicit solver is unstable at the elapsed time it would be stepped with."""
+
+
 class ConfigError(EdgeliquidError):
     """Raised when a node configuration file is invalid."""
 

@@ -105,8 +105,8 @@ UPDATE_GATED = Template("""    ${name}_dense(${p}ff2_w, ${p}ff2_b, $head_in, $n,
     ${name}_dense(${p}ta_w, ${p}ta_b, $head_in, $n, $head_cols, ta);
     ${name}_dense(${p}tb_w, ${p}tb_b, $head_in, $n, $head_cols, tb);
     for (i = 0; i < $n; ++i) {
-        float a = tanhf(f1[i]), b = tanhf(f2[i]);
-        float g = ${name}_sigmoid(ta[i] * ts + tb[i]);
+        float a = $fa, b = $fb;
+        float g = ${name}_sigmoid($gate);
         out[i] = $combine;
     }
 """)
@@ -189,8 +189,18 @@ def _cell(name: str, cfg, l: int, cp: str, n_in: int, n: int, backbone: bool) ->
     else:
         gate_decl = f", f2[{n}], ta[{n}], tb[{n}]"
         combine = "a + g * b" if cfg.mode == "no_gate" else "a * (1.0f - g) + g * b"
+        # ncps.keras (formulation keras): gate sigmoid(-time_a * ts + time_b), no tanh on the heads.
+        keras = cfg.formulation == "keras"
         update = UPDATE_GATED.substitute(
-            name=name, p=cp, n=n, head_in=head_in, head_cols=head_cols, combine=combine
+            name=name,
+            p=cp,
+            n=n,
+            head_in=head_in,
+            head_cols=head_cols,
+            combine=combine,
+            fa="f1[i]" if keras else "tanhf(f1[i])",
+            fb="f2[i]" if keras else "tanhf(f2[i])",
+            gate="tb[i] - ta[i] * ts" if keras else "ta[i] * ts + tb[i]",
         )
     return CELL.substitute(
         name=name,
@@ -218,8 +228,10 @@ def describe(cfg) -> str:
         arch = f"backbone {cfg.backbone_layers} x {cfg.backbone_units} {cfg.activation}"
     else:
         arch = "no backbone"
-    extra = (", mixed memory" if cfg.mixed_memory else "") + (
-        f", fc {cfg.proj_size}" if cfg.proj_size else ""
+    extra = (
+        (", mixed memory" if cfg.mixed_memory else "")
+        + (f", fc {cfg.proj_size}" if cfg.proj_size else "")
+        + (", ncps.keras formulation" if cfg.formulation == "keras" else "")
     )
     return f"mode {cfg.mode}, {arch}{extra}"
 

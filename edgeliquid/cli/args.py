@@ -12,6 +12,10 @@ import math
 from collections.abc import Callable
 
 RATE_HZ_MIN, RATE_HZ_MAX = 1.0, 100_000.0  # the node config accepts loop.rate_hz up to 100 kHz
+# edgeliquid.model.cell.SOLVER_NAMES and checks.MAX_UNFOLDS, spelled out so that parsing imports
+# no numpy (tests/test_convert.py checks they agree)
+SOLVER_CHOICES = ("fused_semi_implicit_euler", "explicit_euler", "rk4")
+UNFOLDS_MAX = 1000
 
 
 def _number(text: str, kind: type, what: str) -> float | int:

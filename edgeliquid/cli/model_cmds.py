@@ -1,5 +1,5 @@
-"""Commands that make artifacts from a model: ``export`` (ncps checkpoint -> model file) and
-``firmware`` (model file -> C99)."""
+"""Commands that make artifacts from a model: ``export`` (ncps checkpoint -> model file),
+``convert`` (model file -> the same weights with another solver) and ``firmware`` (model file -> C99)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,11 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
     s = sub.add_parser(
         "export", formatter_class=fmt, help="convert an ncps torch checkpoint to an edgeliquid .onnx file"
     )
-    s.add_argument("checkpoint", help="ncps torch checkpoint (.pt: a module, a state_dict or a dict)")
+    s.add_argument(
+        "checkpoint",
+        help="ncps torch checkpoint (.pt: a module, a state_dict or a dict), or an ncps.keras "
+        ".keras file (or model.weights.h5 with --spec)",
+    )
     s.add_argument("-o", "--output", required=True, help="model file to write (.onnx)")
     s.add_argument(
         "--trust-pickle",
@@ -34,6 +38,24 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
         action="store_true",
         help="state_dict only: take ncps' defaults for what --spec does not state, "
         "with a warning each and 'assumed' recorded in the model file",
+    )
+
+    s = sub.add_parser(
+        "convert",
+        formatter_class=fmt,
+        help="the same trained weights with another ODE solver or number of unfolds (LTC)",
+    )
+    s.add_argument("model", help="model file (.onnx)")
+    s.add_argument("-o", "--output", required=True, help="model file to write (.onnx)")
+    s.add_argument(
+        "--solver",
+        choices=ca.SOLVER_CHOICES,
+        help="ODE solver (default: the file's)",
+    )
+    s.add_argument(
+        "--unfolds",
+        type=ca.int_range(1, ca.UNFOLDS_MAX),
+        help=f"solver sub-steps per step, 1..{ca.UNFOLDS_MAX} (default: the file's)",
     )
 
     s = sub.add_parser("firmware", formatter_class=fmt, help="generate C99 for microcontrollers")
@@ -56,6 +78,13 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
         type=ca.positive_float,
         default=0.01,
         help="fixed point: smallest elapsed time (model units) the Q format must cover",
+    )
+    s.add_argument(
+        "--max-elapsed",
+        type=ca.positive_float,
+        default=None,
+        help="fixed point: largest elapsed time (model units; default 100); explicit_euler needs "
+        "<= ode_unfolds x tau_min",
     )
 
 
@@ -95,6 +124,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 @command
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..errors import EdgeliquidError
+    from ..model.convert import CONVERTED_FROM_KEY, convert_file, trained_integration
+    from ..model.guarantees import stability
+
+    if args.solver is None and args.unfolds is None:
+        raise EdgeliquidError("give --solver and/or --unfolds (the integration to convert to)")
+    src, out = convert_file(args.model, args.output, args.solver, args.unfolds)
+    s, c = src.config, out.config
+    solver, unfolds = trained_integration(out)
+    print(f"read {args.model}: LTC {s.units} units, solver {s.solver}, {s.ode_unfolds} unfolds")
+    print(
+        f"wrote {args.output}: solver {c.solver}, {c.ode_unfolds} unfolds, same weights (trained with "
+        f"{solver}, {unfolds} unfolds; converted from sha256 {out.info[CONVERTED_FROM_KEY][:12]}...)"
+    )
+    bound = stability(out)[c.solver]
+    if bound["max_elapsed"] == float("inf"):
+        print(f"stability: {c.solver} is unconditionally stable (any elapsed time)")
+    else:
+        print(
+            f"stability (Theorem 1): stable for elapsed <= {bound['max_elapsed']:.4g} model time units "
+            f"per step (sub-step <= {bound['max_substep']:.4g}); one ncps training sample is 1.0"
+        )
+    return 0
+
+
+@command
 def cmd_firmware(args: argparse.Namespace) -> int:
     from firmware_export import export_firmware
 
@@ -105,6 +161,7 @@ def cmd_firmware(args: argparse.Namespace) -> int:
         fixed_point=args.fixed_point,
         fast_sigmoid=args.fast_sigmoid,
         min_elapsed=args.min_elapsed,
+        max_elapsed=args.max_elapsed,
     )
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Commands that look at models and runs: ``inspect``, ``bench``, ``replay``, ``profile``."""
+"""Commands that look at models and runs: ``inspect``, ``bench``, ``replay``, ``profile``, ``tune``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,39 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
         "deadline misses and mode/event timeline",
     )
     s.add_argument("--baseline", help="an earlier --json output: print ratios per percentile")
+
+    s = sub.add_parser(
+        "tune",
+        formatter_class=fmt,
+        help="LTC: every solver x unfolds against the trained integration: error, µs per step, stability",
+    )
+    s.add_argument("model", help="model file (.onnx)")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--input", help="a flight recording (.mcap): its inputs, elapsed times and resets")
+    src.add_argument(
+        "--random",
+        type=ca.int_range(1, 1_000_000),
+        metavar="T",
+        help="T seeded random input steps at --elapsed (default when no --input: 1000)",
+    )
+    s.add_argument(
+        "--elapsed", type=ca.positive_float, default=1.0, help="--random: model time units per step"
+    )
+    s.add_argument("--seed", type=ca.nonneg_int, default=0, help="--random: seed")
+    s.add_argument(
+        "--tolerance",
+        type=ca.nonneg_float,
+        default=1e-3,
+        help="largest relative output error accepted (per channel / the trained output's max |y|)",
+    )
+    s.add_argument("--solvers", nargs="+", choices=ca.SOLVER_CHOICES, help="solvers to try (default: all)")
+    s.add_argument(
+        "--max-unfolds", type=ca.int_range(1, ca.UNFOLDS_MAX), default=12, help="candidates use 1..N unfolds"
+    )
+    s.add_argument("--repeats", type=ca.positive_int, default=7, help="timing blocks per candidate")
+    s.add_argument("--json", action="store_true", help="print the table as a JSON list of objects")
+    s.add_argument("--plot", help="write a PNG: relative error vs µs per step (log-log)")
+    s.add_argument("-o", "--output", help="write the chosen candidate as a model file (edgeliquid convert)")
 
 
 @command
@@ -231,4 +264,41 @@ def cmd_profile(args: argparse.Namespace) -> int:
             ) from None
         text += "\n" + pf.baseline_table(pf.with_baseline(pf.public(r), old))
     print(pf.dumps(r) if args.json else text)
+    return 0
+
+
+@command
+def cmd_tune(args: argparse.Namespace) -> int:
+    from ..errors import EdgeliquidError
+    from ..model.convert import check_convert_output, convert_file
+    from ..model.file import read
+    from ..observe import tune as tu
+
+    if args.output:
+        check_convert_output(args.output, args.model)  # before the work, not after it
+    model = read(args.model)
+    if args.input:
+        stream = tu.recording_stream(args.input, model)
+    else:
+        stream = tu.random_stream(model, args.random or 1000, args.elapsed, args.seed)
+    r = tu.tune(
+        model,
+        stream,
+        solvers=tuple(args.solvers or ca.SOLVER_CHOICES),
+        max_unfolds=args.max_unfolds,
+        tolerance=args.tolerance,
+        repeats=args.repeats,
+    )
+    print(json.dumps(tu.json_rows(r), indent=2) if args.json else tu.format_table(r))
+    if args.plot:
+        tu.plot(r, args.plot)
+    if args.output:
+        c = r["chosen"]
+        if c is None:
+            raise EdgeliquidError(
+                f"-o {args.output}: no stable candidate within tolerance {args.tolerance:g}; nothing written"
+            )
+        convert_file(args.model, args.output, c.solver, c.unfolds)
+        if not args.json:
+            print(f"wrote {args.output}: {c.solver}, {c.unfolds} unfolds")
     return 0

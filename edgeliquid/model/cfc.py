@@ -31,6 +31,10 @@ import numpy as np
 CFC_MODES = ("default", "no_gate", "pure")
 ACTIVATIONS = ("lecun_tanh", "silu", "relu", "tanh", "gelu")
 HEADS = ("ff1", "ff2", "time_a", "time_b")
+#: Which ncps implementation's equations the cell follows (docs/model-format.md, CfC):
+#: ``torch`` (ncps.torch: gate sigmoid(time_a*ts + time_b), tanh on ff1/ff2) or ``keras``
+#: (ncps.keras: gate sigmoid(-time_a*ts + time_b), no tanh on ff1/ff2). Pure mode is the same in both.
+FORMULATIONS = ("torch", "keras")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class CfCConfig:
         mixed_memory: an LSTM cell runs before the CfC cell; the state is ``[h, c]``.
         proj_size: outputs of the ``fc`` Linear on the output; 0 for none (ncps ``proj_size=None``).
         sparse: unwired only: the cell has a ``sparsity_mask`` (ncps ``CfCCell(sparsity_mask=...)``).
+        formulation: one of :data:`FORMULATIONS`; the parameters are stored raw either way.
     """
 
     n_inputs: int
@@ -60,8 +65,14 @@ class CfCConfig:
     mixed_memory: bool = False
     proj_size: int = 0
     sparse: bool = False
+    formulation: str = "torch"
 
     cell = "cfc"
+
+    @property
+    def keras(self) -> bool:
+        """The ncps.keras equations (negated time_a in the gate, no tanh on the heads)."""
+        return self.formulation == "keras"
 
     @property
     def wired(self) -> bool:

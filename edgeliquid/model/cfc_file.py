@@ -29,6 +29,7 @@ CFC_DERIVED_KEYS = (
     "mixed_memory",
     "proj_size",
     "sparse",
+    "formulation",
     "n_inputs",
     "units",
     "motor_neurons",
@@ -56,6 +57,7 @@ def cfc_metadata_for(model: CfCModel) -> dict[str, str]:
         "mixed_memory": _flag(cfg.mixed_memory),
         "proj_size": str(cfg.proj_size),
         "sparse": _flag(cfg.sparse),
+        "formulation": cfg.formulation,
         "n_inputs": str(cfg.n_inputs),
         "units": str(cfg.units),
         "motor_neurons": str(cfg.motor_size),
@@ -106,6 +108,8 @@ def cfc_config_from_metadata(meta: dict[str, str], source: str) -> CfCConfig:
         mixed_memory=flag("mixed_memory"),
         proj_size=count("proj_size"),
         sparse=flag("sparse"),
+        # Optional: files written before the Keras exporter follow the torch equations.
+        formulation=meta.get("formulation", "torch"),
     )
 
 
@@ -166,10 +170,13 @@ def _cfc_cell(g: GraphBuilder, cfg: CfCConfig, prefix: str, x: str, h: str, back
         rate = g.op("Add", g.op("Abs", f"{prefix}w_tau"), g.op("Abs", ff1))
         decay = g.op("Exp", g.op("Neg", g.op("Mul", ts, rate)))
         return g.op("Add", g.op("Neg", g.op("Mul", g.op("Mul", a, decay), ff1)), a)
-    ff2 = g.op("Tanh", head("ff2", mask=True))
-    ff1 = g.op("Tanh", ff1)
+    ff2 = head("ff2", mask=True)
     t_a, t_b = head("time_a"), head("time_b")
-    t_interp = g.op("Sigmoid", g.op("Add", g.op("Mul", t_a, ts), t_b))
+    if cfg.keras:  # ncps.keras: sigmoid(-t_a * ts + t_b), no tanh on the heads
+        t_interp = g.op("Sigmoid", g.op("Sub", t_b, g.op("Mul", t_a, ts)))
+    else:
+        ff1, ff2 = g.op("Tanh", ff1), g.op("Tanh", ff2)
+        t_interp = g.op("Sigmoid", g.op("Add", g.op("Mul", t_a, ts), t_b))
     if cfg.mode == "no_gate":
         return g.op("Add", ff1, g.op("Mul", t_interp, ff2))
     one = g.const("one", 1.0)
@@ -210,6 +217,7 @@ def build_cfc_graph(model: CfCModel) -> onnx.ModelProto:
         "edgeliquid_cfc_step",
         (cfg.n_inputs, cfg.n_state, cfg.n_outputs),
         cfc_metadata_for(model),
-        f"One step of a closed-form continuous-time cell (ncps CfC, mode {cfg.mode}), exported by "
+        f"One step of a closed-form continuous-time cell (ncps CfC, mode {cfg.mode}, "
+        f"{cfg.formulation} formulation), exported by "
         "edgeliquid. Inputs: x, state, elapsed (model time units).",
     )

@@ -21,7 +21,7 @@ from .cell import (
     effective_parameters,
     expected_shapes,
 )
-from .cfc import ACTIVATIONS, CFC_MODES, CfCConfig, CfCModel, cfc_expected_shapes
+from .cfc import ACTIVATIONS, CFC_MODES, FORMULATIONS, CfCConfig, CfCModel, cfc_expected_shapes
 
 FORMAT_VERSION = 1
 ROLES = ("motor", "command", "inter")
@@ -311,6 +311,10 @@ def check_cfc_config(cfg: CfCConfig, source: str) -> None:
         raise ModelFormatError(f"{source}: mode {short(cfg.mode)}; expected one of {CFC_MODES}")
     if cfg.activation not in ACTIVATIONS:
         raise ModelFormatError(f"{source}: activation {short(cfg.activation)}; expected one of {ACTIVATIONS}")
+    if cfg.formulation not in FORMULATIONS:
+        raise ModelFormatError(
+            f"{source}: formulation {short(cfg.formulation)}; expected one of {FORMULATIONS}"
+        )
     for name in ("mixed_memory", "sparse"):
         if not isinstance(getattr(cfg, name), bool):
             raise ModelFormatError(f"{source}: {name} must be true or false, got {short(getattr(cfg, name))}")

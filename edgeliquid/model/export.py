@@ -5,8 +5,10 @@ holds (a pickled ``LTC``/``LTCCell`` or ``CfC``/``CfCCell``/``WiredCfCCell`` mod
 a ``state_dict``, or a dict checkpoint holding one under ``key``); a file that is not a
 torch checkpoint at all is named for what it is. CfC weights are read by
 :mod:`edgeliquid.model.export_cfc`. A state_dict lacks some hyperparameters: they come
-from a spec (:mod:`edgeliquid.model.export_spec`, docs/export.md). torch is imported
-only here, lazily: ``import edgeliquid`` never imports it.
+from a spec (:mod:`edgeliquid.model.export_spec`, docs/export.md). ncps.keras ``.keras``
+files (and ``model.weights.h5`` with a spec) go to :mod:`edgeliquid.model.export_keras`,
+which needs neither torch nor Keras. torch is imported only here, lazily: ``import
+edgeliquid`` never imports it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..errors import CheckpointError, EdgeliquidError, UnsupportedModelError
 from .cell import LSTM_PARAMS, CellConfig, LTCModel
 from .cfc import CfCModel
 from .export_cfc import CFC_CLASSES, cfc_from_module, cfc_from_state_dict, looks_like_cfc
+from .export_keras import looks_like_keras, read_keras
 from .export_spec import (
     DOCS,
     SPEC_KEYS,
@@ -344,7 +347,10 @@ def describe_file(path: str) -> str | None:
     if head.startswith(_LEGACY_TORCH_MAGIC):
         return None
     if head.startswith(b"\x89HDF\r\n\x1a\n"):
-        return "is an HDF5 file (a Keras model?), not a torch checkpoint; edgeliquid exports ncps torch"
+        return (
+            "is an HDF5 file, not a torch checkpoint; an ncps.keras model.weights.h5 is exported "
+            "with edgeliquid export FILE --spec spec.yaml (docs/export.md, Keras)"
+        )
     if _is_onnx(path, head):
         return (
             "is an ONNX model file, not a torch checkpoint; export reads what torch.save wrote "
@@ -381,6 +387,8 @@ def _describe_zip(path: str) -> str | None:
         )
     if "data.pkl" in base:
         return None
+    if "config.json" in names and "model.weights.h5" in names:
+        return "is a Keras 3 .keras file, not a torch checkpoint; edgeliquid export reads it (docs/export.md)"
     return f"is a zip archive without data.pkl (holds {names[:3]}), not a torch checkpoint"
 
 
@@ -511,6 +519,21 @@ def export_checkpoint(
     """
     check_output_path(path, checkpoint if os.path.exists(checkpoint) else None)
     spec_source = None
+    if os.path.isfile(checkpoint) and looks_like_keras(str(checkpoint)):
+        # ncps.keras: a .keras zip, or model.weights.h5 with a spec of its own keys (docs/export.md, Keras)
+        if trust_pickle or key is not None or assume_defaults:
+            with open(checkpoint, "rb") as f:
+                what = "an HDF5 file (Keras weights)" if f.read(4) == b"\x89HDF" else "a Keras .keras file"
+            raise CheckpointError(
+                f"{checkpoint}: is {what}, not a torch checkpoint; export it without the torch-only "
+                "options (docs/export.md, Keras)"
+            )
+        if spec is not None and not isinstance(spec, Mapping):
+            spec_source = str(spec)
+            spec = load_spec(spec, validate=False)
+        model = read_keras(checkpoint, spec, spec_source)
+        _save(model, path)
+        return model
     if spec is not None and not isinstance(spec, Mapping):
         spec_source = str(spec)
         spec = load_spec(spec)

@@ -258,8 +258,10 @@ def resolve_required(
 # ------------------------------------------------------------------------------ loading
 
 
-def load_spec(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and validate a spec YAML file (at most :data:`MAX_SPEC_BYTES`, no aliases)."""
+def load_spec(path: str | os.PathLike, validate: bool = True) -> dict[str, Any]:
+    """Read and validate a spec YAML file (at most :data:`MAX_SPEC_BYTES`, no aliases).
+
+    ``validate=False`` returns the mapping unchecked, for readers with their own keys (Keras)."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -276,6 +278,10 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
     except _AliasFound as exc:
         raise CheckpointError(f"{path}: {exc}; write values out instead of anchors/aliases") from None
+    if not validate:
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: a spec is a YAML mapping of names to values; see {DOCS}")
+        return data
     return validate_spec(data, str(path))
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .cell import LTCModel, effective_parameters
 from .cfc import CfCModel
-from .guarantees import cfc_guarantees, guarantees
+from .guarantees import STABILITY_MARGIN, cfc_guarantees, guarantees, stability
 
 
 def describe(model: LTCModel | CfCModel) -> dict[str, Any]:
@@ -33,6 +33,11 @@ def describe(model: LTCModel | CfCModel) -> dict[str, Any]:
         "units": cfg.units,
         "n_state": cfg.n_state,
         "ode_unfolds": cfg.ode_unfolds,
+        "solver": cfg.solver,
+        # Theorem 1 per solver (null: no bound, the fused solver); CfC has no ODE solver.
+        "stability": {
+            solver: {k: _num(v) for k, v in bounds.items()} for solver, bounds in stability(model).items()
+        },
         "synapses": int(np.count_nonzero(eff["sparsity_mask"])),
         "sensory_synapses": int(np.count_nonzero(eff["sensory_sparsity_mask"])),
         "density": float(np.count_nonzero(eff["sparsity_mask"]) / cfg.units**2),
@@ -144,7 +149,8 @@ def format_text(d: dict[str, Any]) -> str:
     lines = [
         f"model      {d['source']}",
         f"sizes      inputs {d['n_inputs']}  outputs {d['n_outputs']}  units {d['units']}  "
-        f"state {d['n_state']}  unfolds {d['ode_unfolds']}",
+        f"state {d['n_state']}  unfolds {d['ode_unfolds']}  solver {d['solver']}",
+        stability_line(d),
         f"synapses   recurrent {d['synapses']} (density {d['density']:.2f})  sensory {d['sensory_synapses']}",
         "roles      " + "  ".join(f"{r} {len(ids)}" for r, ids in d["roles"].items()),
         "",
@@ -166,6 +172,26 @@ def format_text(d: dict[str, Any]) -> str:
         )
     lines += ["", "metadata:"] + [f"  edgeliquid.{k} = {v}" for k, v in d["metadata"].items()]
     return "\n".join(lines)
+
+
+_SOLVER_LABEL = {"explicit_euler": "explicit Euler", "rk4": "RK4", "fused_semi_implicit_euler": "fused"}
+
+
+def stability_line(d: dict[str, Any]) -> str:
+    """One line: the largest stable sub-step and elapsed time per solver (Theorem 1)."""
+    parts = []
+    for solver, b in d["stability"].items():
+        label = _SOLVER_LABEL.get(solver, solver)
+        if b["max_substep"] is None:
+            parts.append(f"{label}: unconditional")
+            continue
+        parts.append(
+            f"{label} h <= {b['max_substep']:.3g} (elapsed <= {b['max_elapsed']:.3g} at "
+            f"{d['ode_unfolds']} unfolds)"
+        )
+    # explicit first, as the issue's reading order: the bounded ones are the news
+    parts.sort(key=lambda t: t.endswith("unconditional"))
+    return f"stability  {', '.join(parts)}  [Theorem 1, margin {STABILITY_MARGIN:g}]"
 
 
 def to_json(d: dict[str, Any]) -> str:

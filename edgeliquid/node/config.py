@@ -82,8 +82,14 @@ class NodeConfig:
     reconnect_min_s: float = 0.05
     reconnect_max_s: float = 2.0
     backend: str = "cpu"
+    allow_unstable: bool = False  # run a model whose explicit solver is unstable at nominal_elapsed
     telemetry: dict[str, Any] | None = None
     source: str = "<dict>"
+
+    @property
+    def nominal_elapsed(self) -> float:
+        """Model time units per nominal period: ``(1 / rate_hz) / model_dt``."""
+        return (1.0 / self.rate_hz) / self.model_dt
 
     def realtime_settings(self) -> dict[str, Any]:
         """The ``realtime:`` section as keywords of :func:`edgeliquid.node.realtime.apply`."""
@@ -107,6 +113,7 @@ _TOP = {
     "stats_every_s",
     "reconnect",
     "backend",
+    "allow_unstable",
     "telemetry",
 }
 
@@ -307,6 +314,7 @@ def parse_config(data: Any, source: str = "<dict>", base: Path | None = None) ->
         reconnect_min_s=r.num(rc, "min_s", "reconnect.min_s", 0.05, 0, 3600, strict_lo=True),
         reconnect_max_s=r.num(rc, "max_s", "reconnect.max_s", 2.0, 0, 3600, strict_lo=True),
         backend=r.choice(data, "backend", "backend", "cpu", ("cpu", "reference")),
+        allow_unstable=r.flag(data, "allow_unstable", "allow_unstable", False),
         telemetry=_telemetry(r, data),
     )
     if cfg.reconnect_min_s > cfg.reconnect_max_s:

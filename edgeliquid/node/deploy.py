@@ -1,4 +1,5 @@
-"""Does a model fit a node config? Size and input-normalisation checks (pure, no I/O)."""
+"""Does a model fit a node config? Size, input-normalisation and solver-stability checks (pure,
+no I/O)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ def size_problem(cfg: NodeConfig, n_inputs: int, n_outputs: int) -> str | None:
             f"has {n_inputs} / {n_outputs}"
         )
     return None
+
+
+def stability_kwargs(cfg: NodeConfig) -> dict:
+    """Keywords of every model load the node makes (start-up, SIGHUP, ``run --check``):
+    ``load()`` refuses a model whose explicit solver is unstable at the node's nominal elapsed
+    time; with ``allow_unstable: true`` the node loads it and reports it itself
+    (:func:`stability_note`) rather than through a Python warning."""
+    return {"nominal_elapsed": None if cfg.allow_unstable else cfg.nominal_elapsed}
+
+
+def stability_note(cfg: NodeConfig, model) -> str | None:
+    """Why ``model`` is unstable at the config's nominal elapsed time (None when it is not)."""
+    from ..model.guarantees import stability_problem
+
+    problem = stability_problem(model, cfg.nominal_elapsed)
+    if problem is None:
+        return None
+    if cfg.allow_unstable:
+        return f"{problem}; running it anyway (allow_unstable: true in {cfg.source})"
+    return f"{problem}, or allow_unstable: true in {cfg.source}"

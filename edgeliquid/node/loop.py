@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import serial
 
-from ..errors import EdgeliquidError
+from ..errors import EdgeliquidError, StabilityError
 from ..runtime import kernels
 from . import deadlines, realtime
 from . import protocol as P
 from .channels import ChannelMaps
 from .config import NodeConfig
-from .deploy import check_normalization, normalization_problem, size_problem
+from .deploy import check_normalization, normalization_problem, size_problem, stability_kwargs, stability_note
 from .fastpath import fast_arrays, fused_kernel, warm_fused
 from .reload import (
     LOAD_TIMEOUT_S,
@@ -168,10 +168,15 @@ class Node:
         from ..runtime.policy import load
 
         self.cfg = cfg
-        self.policy = policy if policy is not None else load(cfg.model, backend=cfg.backend)
+        if policy is None:
+            policy = load(cfg.model, backend=cfg.backend, **stability_kwargs(cfg))
+        self.policy = policy
         problem = size_problem(cfg, self.policy.n_inputs, self.policy.n_outputs)
         if problem:
             raise EdgeliquidError(problem)
+        unstable = stability_note(cfg, self.policy.model)  # a policy built elsewhere: same check
+        if unstable and not cfg.allow_unstable:
+            raise StabilityError(unstable)
         self.maps = ChannelMaps(cfg.inputs, cfg.outputs, self.policy.dtype)
         check_normalization(cfg, self.policy.metadata)
         self._bind_policy()
@@ -211,6 +216,7 @@ class Node:
         self.recorder = None
         if cfg.telemetry:
             self.recorder = make_recorder(cfg, self.policy)
+        self._note_stability()
 
     @property
     def mode(self) -> int:
@@ -444,6 +450,8 @@ class Node:
         self, raw: np.ndarray, elapsed: float, ref_seq: int, t_ready: int, t_us: int = 0
     ) -> None:
         now = time.monotonic_ns()
+        if elapsed > self._max_elapsed:  # inf unless an explicit solver: one float compare
+            self._unstable_step(elapsed)
         self._rec_elapsed, self._rec_t_us = elapsed, t_us
         status = self._compute(raw, elapsed, (now - self._last_cmd_ns) / 1e9)
         self._finish(status, ref_seq, t_ready, now)
@@ -454,8 +462,29 @@ class Node:
         if self.recorder is not None:
             self.recorder.event("reset", why)
 
+    def _unstable_step(self, elapsed: float) -> None:
+        """A cycle beyond the solver's stability bound: counted; an event the first time per
+        policy (then only the count, in the stats line). The node never stops on it."""
+        self.stats.unstable_steps += 1
+        if not self._unstable_seen:
+            self._unstable_seen = True
+            self._event(
+                f"elapsed {elapsed:.4g} model time units exceeds the {self.policy.config.solver} "
+                f"stability bound {self._max_elapsed:.4g} (Theorem 1); the state may diverge "
+                "(further cycles counted in the stats line: unstable=N)",
+                kind="unstable",
+            )
+
+    def _note_stability(self) -> None:
+        """An allowed unstable model (allow_unstable: true) is recorded when it is bound."""
+        note = stability_note(self.cfg, self.policy.model)
+        if note:
+            self._event(note, kind="unstable")
+
     def _bind_policy(self) -> None:
         """Cache the cpu kernel's arrays for the fused fast path (None: numpy path)."""
+        self._max_elapsed = self.policy.max_elapsed
+        self._unstable_seen = False
         self._yview = self.policy._y
         self._fast = fast_arrays(self.policy)
         self._fused = fused_kernel(self.policy) if self._fast is not None else None
@@ -589,6 +618,7 @@ class Node:
             logging.INFO,
             kind="reload",
         )
+        self._note_stability()
 
     def stats_line(self) -> str:
         lat = self.stats.latency_us()
@@ -598,6 +628,7 @@ class Node:
             f"max={lat['max']:.0f} misses={self.stats.deadline_misses} lost={self.rx.lost} "
             f"dup={self.rx.duplicates} errors[{errs or 'none'}] clipped={self.maps.clipped} "
             f"out_of_range={self.stats.out_of_range} mode={MODE_NAMES[self.sup.mode]}"
+            + (f" unstable={self.stats.unstable_steps}" if self.stats.unstable_steps else "")
         )
 
     def run(self, duration_s: float | None = None, fail_fast: bool = False) -> NodeStats:

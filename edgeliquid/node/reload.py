@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import EdgeliquidError
 from ..model.checks import MAX_FILE_BYTES
 from .config import NodeConfig
-from .deploy import normalization_problem, size_problem
+from .deploy import normalization_problem, size_problem, stability_kwargs
 from .fastpath import warm_fused
 
 #: Time limit of one model load (validation child + in-process build); a first run on a
@@ -52,17 +52,19 @@ def _validate_child() -> None:
         except (ValueError, OSError):
             pass
     source, backend = sys.argv[1], sys.argv[2]
+    nominal = float(sys.argv[6]) if sys.argv[6] else None  # refuse a solver unstable at it
     try:
         from edgeliquid.model.file import read_bytes
         from edgeliquid.runtime.policy import from_model
 
         data = sys.stdin.buffer.read()
-        policy = from_model(read_bytes(data, source), backend=backend)
+        policy = from_model(read_bytes(data, source), backend=backend, nominal_elapsed=nominal)
         x = np.zeros(policy.n_inputs)
+        e = min(1.0, policy.max_elapsed)  # timing only: an allowed unstable solver must not overflow here
         best, spent = math.inf, 0.0
         for _ in range(5):  # the fastest of a few steps (a slow model: one is enough)
             t0 = time.perf_counter()
-            policy.step(x, 1.0)
+            policy.step(x, e)
             best = min(best, time.perf_counter() - t0)
             spent += best
             if spent > 0.5:
@@ -73,10 +75,11 @@ def _validate_child() -> None:
             "n_outputs": policy.n_outputs,
             "step_s": best,
             "metadata": dict(policy.metadata),
+            "max_elapsed": policy.max_elapsed if math.isfinite(policy.max_elapsed) else None,
         }
     except BaseException as exc:  # noqa: BLE001 - anything at all is a rejection, on one line
         msg = str(exc) if isinstance(exc, EdgeliquidError) else f"{type(exc).__name__}: {exc}"
-        sys.stderr.write("\n" + " ".join(msg.split())[:300] + "\n")
+        sys.stderr.write("\n" + " ".join(msg.split())[:600] + "\n")
         sys.stderr.flush()
         os._exit(2)
     sys.stdout.write(json.dumps(out) + "\n")
@@ -116,8 +119,9 @@ class ChildValidation:
     from any thread and ends a validation in progress at once.
     """
 
-    def __init__(self, source: str, backend: str, timeout_s: float):
+    def __init__(self, source: str, backend: str, timeout_s: float, nominal_elapsed: float | None = None):
         self.source, self.backend, self.timeout_s = source, backend, timeout_s
+        self.nominal_elapsed = nominal_elapsed  # see runtime.policy.load
         self._proc: subprocess.Popen | None = None
         self._killed = False
 
@@ -135,6 +139,7 @@ class ChildValidation:
             str(child_memory_bytes()),
             str(int(self.timeout_s) + 2),
             str(os.getpid()),
+            "" if self.nominal_elapsed is None else repr(float(self.nominal_elapsed)),
         ]
         if self._killed:
             raise EdgeliquidError("validation cancelled")
@@ -159,7 +164,7 @@ class ChildValidation:
             raise EdgeliquidError("validation cancelled")
         if proc.returncode != 0:
             lines = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()]
-            why = lines[-1][:300] if lines else f"exit status {proc.returncode}"
+            why = lines[-1][:600] if lines else f"exit status {proc.returncode}"
             if proc.returncode < 0:
                 why = f"killed by signal {-proc.returncode} (time or memory limit); {why}"
             raise EdgeliquidError(why if why.startswith(self.source) else f"{self.source}: {why}")
@@ -193,7 +198,7 @@ def load_policy_interruptible(cfg: NodeConfig, stop: threading.Event, timeout_s:
 
     def work() -> None:
         try:
-            box["policy"] = load(cfg.model, backend=cfg.backend)
+            box["policy"] = load(cfg.model, backend=cfg.backend, **stability_kwargs(cfg))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             box["error"] = exc
 
@@ -222,7 +227,7 @@ def check_deployment(cfg: NodeConfig, timeout_s: float = LOAD_TIMEOUT_S) -> str:
     input normalisation. Returns a one-line summary; raises EdgeliquidError naming the problem.
     """
     data = read_model_bytes(cfg.model)
-    report = ChildValidation(str(cfg.model), cfg.backend, timeout_s).run(data)
+    report = ChildValidation(str(cfg.model), cfg.backend, timeout_s, **stability_kwargs(cfg)).run(data)
     problems = [
         p
         for p in (
@@ -239,10 +244,16 @@ def check_deployment(cfg: NodeConfig, timeout_s: float = LOAD_TIMEOUT_S) -> str:
             f"{cfg.model}: one step takes {report['step_s'] * 1e3:.3g} ms, longer than the "
             f"{period_s * 1e3:.3g} ms period of {cfg.source}: loop.rate_hz"
         )
+    bound = report.get("max_elapsed")
+    unstable = (
+        f"; solver unstable at elapsed {cfg.nominal_elapsed:.4g} > {bound:.4g}, allowed (allow_unstable)"
+        if bound is not None and cfg.nominal_elapsed > bound
+        else ""
+    )
     return (
         f"ok: {cfg.source} and {cfg.model} agree: {report['n_inputs']} inputs, "
         f"{report['n_outputs']} outputs, backend {cfg.backend}, step {report['step_s'] * 1e6:.0f} µs "
-        f"(period {period_s * 1e6:.0f} µs)"
+        f"(period {period_s * 1e6:.0f} µs){unstable}"
     )
 
 
@@ -304,7 +315,7 @@ class Reloader:
                 out = self._load_once()
             except BaseException as exc:  # noqa: BLE001 - any failure is a rejection
                 why = str(exc) if isinstance(exc, EdgeliquidError) else f"{type(exc).__name__}: {exc}"
-                out = " ".join(why.split())[:400]
+                out = " ".join(why.split())[:600]
             if self._closed:
                 return
             with self._lock:
@@ -317,7 +328,7 @@ class Reloader:
         cfg = self.cfg
         end = time.monotonic() + self.timeout_s
         data = read_model_bytes(cfg.model)
-        self._child = ChildValidation(str(cfg.model), cfg.backend, self.timeout_s)
+        self._child = ChildValidation(str(cfg.model), cfg.backend, self.timeout_s, **stability_kwargs(cfg))
         try:
             report = self._child.run(data)
         finally:
@@ -339,7 +350,8 @@ class Reloader:
         switch = sys.getswitchinterval()
         sys.setswitchinterval(min(switch, 0.0005))
         try:
-            policy = from_model(read_bytes(data, str(cfg.model)), backend=cfg.backend)
+            model = read_bytes(data, str(cfg.model))
+            policy = from_model(model, backend=cfg.backend, **stability_kwargs(cfg))
             warm_fused(policy, self._chan)
         finally:
             sys.setswitchinterval(switch)

@@ -35,6 +35,7 @@ class NodeStats:
     hello_mismatch: int = 0
     wrong_size: int = 0
     out_of_range: int = 0  # SENSOR samples outside the config's inputs[].range
+    unstable_steps: int = 0  # cycles whose elapsed exceeds the explicit solver's stability bound
     miss_log: list = field(default_factory=list, repr=False)  # (monotonic s, ticks missed), first 100
     latency_ns: np.ndarray = field(default_factory=lambda: np.zeros(LAT_RING, np.int64), repr=False)
     n_lat: int = 0

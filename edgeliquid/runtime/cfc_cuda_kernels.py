@@ -34,6 +34,7 @@ from .cfc_packing import (
     CELL_TAB,
     FC_B,
     FC_W,
+    KERAS,
     L_A,
     L_B,
     L_DST,
@@ -181,10 +182,14 @@ def kernel_for(dtype) -> object:
                 f1 = w[heads + j, b]
                 w[hn + j, b] = -fp[a + j] * math.exp(-ts * (fp[tau + j] + abs(f1))) * f1 + fp[a + j]
             return
+        keras = ip[KERAS] != 0  # ncps.keras: no tanh on the heads (time_a is packed negated)
         for j in range(n):
             g = sigm(w[heads + 2 * n + j, b] * ts + w[heads + 3 * n + j, b])
-            f1 = math.tanh(w[heads + j, b])
-            f2 = math.tanh(w[heads + n + j, b])
+            f1 = w[heads + j, b]
+            f2 = w[heads + n + j, b]
+            if not keras:
+                f1 = math.tanh(f1)
+                f2 = math.tanh(f2)
             if mode == MODE_NO_GATE:
                 w[hn + j, b] = f1 + g * f2
             else:

@@ -37,6 +37,7 @@ from .cfc_packing import (
     CELL_TAB,
     FC_B,
     FC_W,
+    KERAS,
     L_A,
     L_B,
     L_DST,
@@ -245,10 +246,11 @@ def _subcell(fp, ip, c, inp, ts, w):
             f = heads[j]
             hn[j] = -fp[a + j] * _exp(-ts * (fp[tau + j] + abs(f))) * f + fp[a + j]
         return
+    keras = ip[KERAS] != 0  # ncps.keras: no tanh on the heads (time_a is packed negated)
     for j in range(n):
         g = logistic(heads[2 * n + j] * ts + heads[3 * n + j])
-        f1 = _tanh(heads[j])
-        f2 = _tanh(heads[n + j])
+        f1 = heads[j] if keras else _tanh(heads[j])
+        f2 = heads[n + j] if keras else _tanh(heads[n + j])
         if mode == MODE_NO_GATE:
             hn[j] = f1 + g * f2
         else:
@@ -438,6 +440,17 @@ def _chunk_subcell(fp, ip, c, inr, s, nb):
             tj, aj = fp[tau + j], fp[a + j]
             for lane in range(nb):
                 o[lane] = -aj * _exp(-ts[lane] * (tj + abs(f[lane]))) * f[lane] + aj
+        return
+    if ip[KERAS]:  # ncps.keras: no tanh on the heads (time_a is packed negated)
+        for j in range(n):
+            f1, f2, ta, tb, o = s[hr + j], s[hr + n + j], s[hr + 2 * n + j], s[hr + 3 * n + j], s[hn + j]
+            if mode == MODE_NO_GATE:
+                for lane in range(nb):
+                    o[lane] = f1[lane] + logistic(ta[lane] * ts[lane] + tb[lane]) * f2[lane]
+            else:
+                for lane in range(nb):
+                    g = logistic(ta[lane] * ts[lane] + tb[lane])
+                    o[lane] = f1[lane] * (one - g) + g * f2[lane]
         return
     for j in range(n):
         f1, f2, ta, tb, o = s[hr + j], s[hr + n + j], s[hr + 2 * n + j], s[hr + 3 * n + j], s[hn + j]

@@ -9,7 +9,8 @@ Dense weights are stored column-major (``[in, out]``): the kernel's matrix-vecto
 then one ``out += W[:, i] * z[i]`` per input, contiguous over outputs, which vectorises
 without horizontal sums. A sub-cell's dense heads sit side by side (``[ff1|ff2|time_a|time_b]``
 or just ``ff1`` in pure mode) so one product computes them all. The sparsity mask is folded
-into the ff1/ff2 weights (ncps multiplies by it; it does not touch time_a/time_b). In a
+into the ff1/ff2 weights (ncps multiplies by it; it does not touch time_a/time_b). A
+``formulation = keras`` model has time_a packed negated and the ``KERAS`` header flag set. In a
 *sparse* sub-cell ff1/ff2 keep only their existing synapses (CSR by destination) and the
 dense product covers time_a/time_b only.
 """
@@ -25,7 +26,10 @@ N_IN, UNITS, N_STATE, MIXED, MODE, ACT, N_CELLS, N_BB, MOTORS, PROJ, N_OUT = ran
 LSTM_WI, LSTM_BI, LSTM_WR, FC_W, FC_B, BB_TAB, CELL_TAB, MOTOR_OFF = range(11, 19)
 # work layout (offsets into one instance's work row)
 W_STATE, W_H, W_C, W_LZ, W_Z, W_B0, W_B1, W_HEADS, W_HNEW, W_ACT, W_Y, W_SIZE = range(19, 31)
-HEADER = 31
+# 1: ncps.keras formulation: no tanh on ff1/ff2 (time_a is packed negated, so the gate is
+# the torch expression sigmoid(time_a * ts + time_b) on the packed weights)
+KERAS = 31
+HEADER = 32
 # backbone record: inputs, outputs, weights (fp, [in, out]), bias (fp)
 BB_IN, BB_OUT, BB_W, BB_B = range(4)
 BB_REC = 4
@@ -88,6 +92,7 @@ class CfCPacked:
         )
         ip[MOTORS], ip[PROJ], ip[N_OUT] = cfg.motor_size, cfg.proj_size, cfg.n_outputs
         ip[MOTOR_OFF] = u - cfg.motor_size
+        ip[KERAS] = int(cfg.keras)
         if cfg.mixed_memory:
             ip[LSTM_WI] = put_f(p["lstm.input_map.weight"])
             ip[LSTM_BI] = put_f(p["lstm.input_map.bias"])
@@ -113,10 +118,13 @@ class CfCPacked:
             is_sparse = mask is not None and (
                 sparse if sparse is not None else (cfg.wired and head_in >= SPARSE_MIN_HEAD_IN)
             )
-            ws = [p[f"{prefix}{h}.weight"] for h in heads]
+            # ncps.keras's gate is sigmoid(-time_a * ts + time_b): negating time_a here (exact)
+            # lets every kernel keep the torch expression; the file keeps the raw weights.
+            sign = {"time_a": -1.0} if cfg.keras else {}
+            ws = [sign.get(h, 1.0) * p[f"{prefix}{h}.weight"] for h in heads]
             if mask is not None:
                 ws = [w * mask if i < masked else w for i, w in enumerate(ws)]
-            bs = [p[f"{prefix}{h}.bias"] for h in heads]
+            bs = [sign.get(h, 1.0) * p[f"{prefix}{h}.bias"] for h in heads]
             first = masked if is_sparse else 0
             rec[[L_IN, L_N, L_HOFF, L_HEADIN]] = n_in, n, hoff, head_in
             rec[L_NH] = len(heads) - first

@@ -1,9 +1,10 @@
 """The numpy reference for CfC: the spec every CfC fast path is tested against.
 
 It follows ncps 1.0.1 (``ncps/torch/cfc_cell.py``, ``wired_cfc_cell.py``, ``cfc.py``)
-operation for operation. One deliberate difference, as for LTC: ncps squeezes the
-timespans so that with batch > 1 a per-sample elapsed time broadcasts across *units*
-(wrong, or an error); here each batch row uses its own.
+operation for operation; a ``formulation = keras`` model follows ``ncps/keras/cfc_cell.py``
+instead (gate ``sigmoid(-t_a * ts + t_b)``, no tanh on ff1/ff2). One deliberate
+difference, as for LTC: ncps squeezes the timespans so that with batch > 1 a per-sample
+elapsed time broadcasts across *units* (wrong, or an error); here each batch row uses its own.
 
 Layouts as in :mod:`edgeliquid.runtime.reference`: x [B, I], state [B, U] or [B, 2U]
 (``[h, c]``), elapsed [B], y [B, n_outputs].
@@ -63,11 +64,14 @@ def cfc_cell(
         a = p[f"{prefix}A"]
         return -a * np.exp(-ts * (np.abs(p[f"{prefix}w_tau"]) + np.abs(ff1))) * ff1 + a
     ff2 = _linear(p, f"{prefix}ff2", z, mask)
-    ff1 = np.tanh(ff1)
-    ff2 = np.tanh(ff2)
     t_a = _linear(p, f"{prefix}time_a", z)
     t_b = _linear(p, f"{prefix}time_b", z)
-    t_interp = sigmoid(t_a * ts + t_b)
+    if cfg.keras:  # ncps/keras/cfc_cell.py: no tanh on the heads, time_a negated
+        t_interp = sigmoid(-t_a * ts + t_b)
+    else:
+        ff1 = np.tanh(ff1)
+        ff2 = np.tanh(ff2)
+        t_interp = sigmoid(t_a * ts + t_b)
     if cfg.mode == "no_gate":
         return ff1 + t_interp * ff2
     return ff1 * (1.0 - t_interp) + t_interp * ff2

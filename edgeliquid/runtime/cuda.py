@@ -32,7 +32,7 @@ from .cfc_packing import CfCPacked
 from .packing import Packed
 from .policy import Policy, register_backend
 
-STATUS_OK, STATUS_BAD_INPUT, STATUS_BAD_ELAPSED, STATUS_BAD_OUTPUT = 0, 1, 2, 3
+STATUS_OK, STATUS_BAD_INPUT, STATUS_BAD_ELAPSED, STATUS_BAD_OUTPUT, STATUS_BAD_SOLVER = 0, 1, 2, 3, 4
 THREADS = 128  # threads per block
 
 
@@ -82,7 +82,8 @@ class CudaPolicy(Policy):
         self._d_ip = cuda.to_device(packed.ip)
         dt = self.dtype
         self._d_state = cuda.to_device(np.zeros((self.n_state, rows), dt))
-        self._scratch = [cuda.device_array((u, rows), dt) for _ in range(6)]
+        # v, vnext (RK4: k1 + 2 k2 + 2 k3), nums, dens, numr, denr, the RK4 stage input
+        self._scratch = [cuda.device_array((u, rows), dt) for _ in range(7)]
         self._d_xm = cuda.device_array((n_in, rows), dt)
         self._d_z = cuda.device_array((4 * u if model.config.mixed_memory else 1, rows), dt)
         self._d_status = cuda.device_array(rows, np.int32)
@@ -136,6 +137,7 @@ class CudaPolicy(Policy):
             s[4],
             s[5],
             self._d_z,
+            s[6],
             self._d_status,
         )
 
@@ -148,6 +150,7 @@ class CudaPolicy(Policy):
                 STATUS_BAD_INPUT: "x must be finite",
                 STATUS_BAD_ELAPSED: "elapsed must be finite and > 0",
                 STATUS_BAD_OUTPUT: "the step produced a non-finite state",
+                STATUS_BAD_SOLVER: "the packed model names no known solver",
             }[code]
             where = "" if self.batch is None else f" (batch row {row}, {bad.size} rows in all)"
             raise InputError(f"{what}{where}; that row's state unchanged")
@@ -164,6 +167,7 @@ class CudaPolicy(Policy):
         self._he[0] = e
         self._launch(self._hx, self._he, self._hy, self._dx, self._de, self._dy)
         self._check_status()
+        self._count_unstable(e.reshape(1, -1))  # steps beyond the solver's stability bound
         return self._y
 
     def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:
@@ -177,6 +181,7 @@ class CudaPolicy(Policy):
         dx, de, dy = cuda.to_device(hx), cuda.to_device(he), cuda.device_array_like(hy)
         self._launch(hx, he, hy, dx, de, dy)
         self._check_status()
+        self._count_unstable(e)
         return hy[:, 0] if self.batch is None else hy
 
     def reset(self) -> None:

@@ -2,6 +2,11 @@
 
 Layouts: state/scratch [rows, batch] (instance-major: coalesced across threads),
 x [T, batch, I], elapsed [T, batch], y [T, batch, M]; fp/ip as in packing.py.
+
+Every solver of :mod:`edgeliquid.runtime.reference` (``ip[SOLVER]``); the branch is
+warp-uniform (every thread runs the same model). The explicit schemes take their
+constants (1/unfolds, 1/2, 1/6, 2) and 1/cm from ``fp``, so float32 math stays float32
+and no division runs per neuron.
 """
 
 import math
@@ -12,10 +17,12 @@ from numba import cuda
 from .packing import (
     CM,
     EPS,
+    EXPL_C,
     GLEAK,
     GLEAK_VLEAK,
     IN_B,
     IN_W,
+    INV_CM,
     LSTM_BI,
     LSTM_WI,
     LSTM_WR,
@@ -26,6 +33,10 @@ from .packing import (
     OUT_B,
     OUT_W,
     SNNZ,
+    SOLVER,
+    SOLVER_EULER,
+    SOLVER_FUSED,
+    SOLVER_RK4,
     SSYN,
     SSYN_DST,
     SSYN_SRC,
@@ -36,7 +47,7 @@ from .packing import (
     UNITS,
 )
 
-STATUS_OK, STATUS_BAD_INPUT, STATUS_BAD_ELAPSED, STATUS_BAD_OUTPUT = 0, 1, 2, 3
+STATUS_OK, STATUS_BAD_INPUT, STATUS_BAD_ELAPSED, STATUS_BAD_OUTPUT, STATUS_BAD_SOLVER = 0, 1, 2, 3, 4
 _ONE = np.float32(1.0)
 _CLAMP = np.float32(80.0)
 
@@ -58,9 +69,57 @@ def synapses(pre, fp, ip, base, nnz, src_off, dst_off, nums, dens, b):
 
 
 @cuda.jit(device=True)
-def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z, status, b):
+def explicit(fp, ip, e, v, acc, vs, nums, dens, numr, denr, b):
+    """``ode_unfolds`` explicit Euler or RK4 sub-steps of instance b's v, in place.
+
+    As ``kernels._explicit``: ``acc`` sums k1 + 2 k2 + 2 k3, ``vs`` holds the next stage's input.
+    """
+    u = ip[UNITS]
+    c = ip[EXPL_C]
+    h = e * fp[c]
+    half = h * fp[c + 1]
+    sixth = h * fp[c + 2]
+    two = fp[c + 3]
+    stages = 4 if ip[SOLVER] == SOLVER_RK4 else 1
+    for _ in range(ip[UNFOLDS]):
+        for stage in range(stages):
+            for j in range(u):
+                numr[j, b] = 0.0
+                denr[j, b] = 0.0
+            if stage == 0:
+                synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
+            else:
+                synapses(vs, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
+            for j in range(u):
+                vj = v[j, b]
+                at = vj if stage == 0 else vs[j, b]
+                k = (
+                    (fp[ip[GLEAK_VLEAK] + j] + (numr[j, b] + nums[j, b]))
+                    - (fp[ip[GLEAK] + j] + (denr[j, b] + dens[j, b])) * at
+                ) * fp[ip[INV_CM] + j]
+                if stages == 1:
+                    v[j, b] = vj + h * k
+                elif stage == 0:
+                    acc[j, b] = k
+                    vs[j, b] = vj + half * k
+                elif stage == 1:
+                    acc[j, b] += two * k
+                    vs[j, b] = vj + half * k
+                elif stage == 2:
+                    acc[j, b] += two * k
+                    vs[j, b] = vj + h * k
+                else:
+                    v[j, b] = vj + sixth * (acc[j, b] + k)
+
+
+@cuda.jit(device=True)
+def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z, vs, status, b):
     u = ip[UNITS]
     n_in = ip[N_IN]
+    solver = ip[SOLVER]
+    if not (solver == SOLVER_FUSED or solver == SOLVER_EULER or solver == SOLVER_RK4):
+        status[b] = STATUS_BAD_SOLVER
+        return False
     e = elapsed[t, b]
     if not (e > 0.0 and e < math.inf):
         status[b] = STATUS_BAD_ELAPSED
@@ -92,20 +151,23 @@ def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr,
         nums[j, b] = 0.0
         dens[j, b] = 0.0
     synapses(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_SRC], ip[SSYN_DST], nums, dens, b)
-    dt = e / ip[UNFOLDS]
-    eps = fp[ip[EPS]]
-    for _ in range(ip[UNFOLDS]):
-        for j in range(u):
-            numr[j, b] = 0.0
-            denr[j, b] = 0.0
-        synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
-        for j in range(u):
-            cmt = fp[ip[CM] + j] / dt
-            vn[j, b] = (cmt * v[j, b] + fp[ip[GLEAK_VLEAK] + j] + (numr[j, b] + nums[j, b])) / (
-                cmt + fp[ip[GLEAK] + j] + (denr[j, b] + dens[j, b]) + eps
-            )
-        for j in range(u):
-            v[j, b] = vn[j, b]
+    if solver == SOLVER_FUSED:
+        dt = e / ip[UNFOLDS]
+        eps = fp[ip[EPS]]
+        for _ in range(ip[UNFOLDS]):
+            for j in range(u):
+                numr[j, b] = 0.0
+                denr[j, b] = 0.0
+            synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
+            for j in range(u):
+                cmt = fp[ip[CM] + j] / dt
+                vn[j, b] = (cmt * v[j, b] + fp[ip[GLEAK_VLEAK] + j] + (numr[j, b] + nums[j, b])) / (
+                    cmt + fp[ip[GLEAK] + j] + (denr[j, b] + dens[j, b]) + eps
+                )
+            for j in range(u):
+                v[j, b] = vn[j, b]
+    else:
+        explicit(fp, ip, e, v, vn, vs, nums, dens, numr, denr, b)
     for j in range(u):
         if not math.isfinite(v[j, b]):
             status[b] = STATUS_BAD_OUTPUT
@@ -121,12 +183,12 @@ def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr,
 
 
 @cuda.jit
-def run_kernel(x, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z, status):
+def run_kernel(x, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z, vs, status):
     """x [T, B, I], elapsed [T, B] -> y [T, B, M]; one thread per instance, all T steps."""
     b = cuda.grid(1)
     if b >= x.shape[1]:
         return
     status[b] = STATUS_OK
     for t in range(x.shape[0]):
-        if not one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z, status, b):
+        if not one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr, z, vs, status, b):
             return

@@ -1,4 +1,11 @@
-"""numba kernels of the fused semi-implicit Euler LTC step (the ``cpu`` backend).
+"""numba kernels of the LTC step (the ``cpu`` backend), for every solver.
+
+The solver is ``ip[SOLVER]`` (:data:`edgeliquid.runtime.packing.SOLVER_CODES`): ncps' fused
+semi-implicit Euler, explicit Euler or RK4, each as :mod:`edgeliquid.runtime.reference`
+defines it. The kernels branch on it once per step (RK4: once per stage), never inside
+the neuron or synapse loops; the explicit schemes multiply by the packed 1/cm and divide
+only once per step (h = elapsed / ode_unfolds). Sensory sums are computed once per step
+for every solver (inputs are held over the step).
 
 Pure functions over the flat arrays of :mod:`edgeliquid.runtime.packing`: no objects,
 no raising. They report bad input through a status code (see ``STATUS_*``)
@@ -31,6 +38,7 @@ from .packing import (
     GLEAK_VLEAK,
     IN_B,
     IN_W,
+    INV_CM,
     LSTM_BI,
     LSTM_WI,
     LSTM_WR,
@@ -41,6 +49,10 @@ from .packing import (
     OUT_B,
     OUT_W,
     SNNZ,
+    SOLVER,
+    SOLVER_EULER,
+    SOLVER_FUSED,
+    SOLVER_RK4,
     SSYN,
     SSYN_DENSE,
     SSYN_DST,
@@ -58,6 +70,7 @@ from .packing import (
     W_DENS,
     W_NUMR,
     W_NUMS,
+    W_STAGE,
     W_STATE,
     W_V,
     W_VNEXT,
@@ -70,6 +83,7 @@ STATUS_OK = 0
 STATUS_BAD_INPUT = 1  # a non-finite value in x
 STATUS_BAD_ELAPSED = 2  # elapsed not finite or not > 0
 STATUS_BAD_OUTPUT = 3  # the step produced a non-finite state (state not committed)
+STATUS_BAD_SOLVER = 4  # ip[SOLVER] is no known solver code (a corrupt ip; Packed never makes one)
 
 _FM = {"reassoc", "contract", "nsz"}
 # _nrt=False: no reference counting. Every array is owned by the caller, and
@@ -148,6 +162,20 @@ def _check(x, elapsed):
 
 
 @njit(inline="always", **_OPTS)
+def _check_solver(ip):
+    s = ip[SOLVER]
+    if s == SOLVER_FUSED or s == SOLVER_EULER or s == SOLVER_RK4:
+        return STATUS_OK
+    return STATUS_BAD_SOLVER
+
+
+@njit(inline="always", **_OPTS)
+def _rate(v, glvl, gl, numr, nums, denr, dens, icm):
+    """dv/dt of one neuron: ``reference.ltc_derivative`` with 1/cm as a multiply."""
+    return ((glvl + (numr + nums)) - (gl + (denr + dens)) * v) * icm
+
+
+@njit(inline="always", **_OPTS)
 def _lstm(x, fp, ip, w):
     """ncps LSTMCell on raw x: new h -> v scratch, new c -> z[0:u] (z[j] is dead by then).
 
@@ -173,6 +201,78 @@ def _lstm(x, fp, ip, w):
         c = w[st + u + j] * logistic(w[z + 2 * u + j] + one) + math.tanh(w[z + j]) * logistic(w[z + u + j])
         w[z + j] = c
         w[ip[W_V] + j] = math.tanh(c) * logistic(w[z + 3 * u + j])
+
+
+@njit(inline="always", **_OPTS)
+def _explicit(v, acc, vs, elapsed, fp, ip, u, act, rev, nums, dens, numr, denr):
+    """``ode_unfolds`` explicit Euler or RK4 sub-steps of v in place (solver = ip[SOLVER]).
+
+    RK4 runs its four stages as one loop (one inlined synapse layer, not four); the
+    stage branch sits outside the neuron loops. ``acc`` sums k1 + 2 k2 + 2 k3, ``vs``
+    holds the next stage's input. Only one of the two loops below runs.
+    """
+    h = fp.dtype.type(elapsed / ip[UNFOLDS])
+    gl = fp[ip[GLEAK] : ip[GLEAK] + u]
+    glvl = fp[ip[GLEAK_VLEAK] : ip[GLEAK_VLEAK] + u]
+    icm = fp[ip[INV_CM] : ip[INV_CM] + u]
+    rk4 = ip[SOLVER] == SOLVER_RK4
+    half = h * fp.dtype.type(0.5)
+    sixth = h * fp.dtype.type(1.0 / 6.0)
+    two = fp.dtype.type(2.0)
+    # Euler gets its own loop: inside the stage loop it ran measurably slower than fused.
+    for _ in range(0 if rk4 else ip[UNFOLDS]):
+        _layer(
+            v,
+            fp,
+            ip,
+            ip[SYN],
+            ip[NNZ],
+            ip[SYN_PTR],
+            ip[SYN_SRC],
+            ip[SYN_DST],
+            ip[SYN_DENSE],
+            u,
+            act,
+            rev,
+            numr,
+            denr,
+        )
+        for j in range(u):
+            v[j] += h * _rate(v[j], glvl[j], gl[j], numr[j], nums[j], denr[j], dens[j], icm[j])
+    for _ in range(ip[UNFOLDS] if rk4 else 0):
+        for stage in range(4):
+            pre = v if stage == 0 else vs
+            _layer(
+                pre,
+                fp,
+                ip,
+                ip[SYN],
+                ip[NNZ],
+                ip[SYN_PTR],
+                ip[SYN_SRC],
+                ip[SYN_DST],
+                ip[SYN_DENSE],
+                u,
+                act,
+                rev,
+                numr,
+                denr,
+            )
+            if stage == 0:
+                for j in range(u):
+                    k = _rate(v[j], glvl[j], gl[j], numr[j], nums[j], denr[j], dens[j], icm[j])
+                    acc[j] = k
+                    vs[j] = v[j] + half * k
+            elif stage < 3:
+                c = half if stage == 1 else h
+                for j in range(u):
+                    k = _rate(vs[j], glvl[j], gl[j], numr[j], nums[j], denr[j], dens[j], icm[j])
+                    acc[j] += two * k
+                    vs[j] = v[j] + c * k
+            else:
+                for j in range(u):
+                    k = _rate(vs[j], glvl[j], gl[j], numr[j], nums[j], denr[j], dens[j], icm[j])
+                    v[j] += sixth * (acc[j] + k)
 
 
 @njit(inline="always", **_OPTS)
@@ -215,35 +315,40 @@ def _cell(x, elapsed, fp, ip, w):
         nums,
         dens,
     )
-    dt = elapsed / ip[UNFOLDS]
-    for j in range(u):
-        cmt[j] = fp[ip[CM] + j] / dt
-    eps = fp[ip[EPS]]
-    gl = fp[ip[GLEAK] : ip[GLEAK] + u]
-    glvl = fp[ip[GLEAK_VLEAK] : ip[GLEAK_VLEAK] + u]
-    for _ in range(ip[UNFOLDS]):
-        _layer(
-            v,
-            fp,
-            ip,
-            ip[SYN],
-            ip[NNZ],
-            ip[SYN_PTR],
-            ip[SYN_SRC],
-            ip[SYN_DST],
-            ip[SYN_DENSE],
-            u,
-            act,
-            rev,
-            numr,
-            denr,
+    if ip[SOLVER] == SOLVER_FUSED:
+        gl = fp[ip[GLEAK] : ip[GLEAK] + u]
+        glvl = fp[ip[GLEAK_VLEAK] : ip[GLEAK_VLEAK] + u]
+        dt = elapsed / ip[UNFOLDS]
+        for j in range(u):
+            cmt[j] = fp[ip[CM] + j] / dt
+        eps = fp[ip[EPS]]
+        for _ in range(ip[UNFOLDS]):
+            _layer(
+                v,
+                fp,
+                ip,
+                ip[SYN],
+                ip[NNZ],
+                ip[SYN_PTR],
+                ip[SYN_SRC],
+                ip[SYN_DST],
+                ip[SYN_DENSE],
+                u,
+                act,
+                rev,
+                numr,
+                denr,
+            )
+            for j in range(u):
+                numerator = cmt[j] * v[j] + glvl[j] + (numr[j] + nums[j])
+                denominator = cmt[j] + gl[j] + (denr[j] + dens[j])
+                vnext[j] = numerator / (denominator + eps)
+            for j in range(u):
+                v[j] = vnext[j]
+    else:
+        _explicit(
+            v, vnext, w[ip[W_STAGE] : ip[W_STAGE] + u], elapsed, fp, ip, u, act, rev, nums, dens, numr, denr
         )
-        for j in range(u):
-            numerator = cmt[j] * v[j] + glvl[j] + (numr[j] + nums[j])
-            denominator = cmt[j] + gl[j] + (denr[j] + dens[j])
-            vnext[j] = numerator / (denominator + eps)
-        for j in range(u):
-            v[j] = vnext[j]
     for j in range(u):
         if not math.isfinite(v[j]):
             return STATUS_BAD_OUTPUT
@@ -263,6 +368,9 @@ def _cell(x, elapsed, fp, ip, w):
 def step(x, elapsed, fp, ip, work):
     """One validated step of one instance; y ends up in ``work[ip[W_Y]:]``."""
     status = _check(x, elapsed)
+    if status != STATUS_OK:
+        return status
+    status = _check_solver(ip)
     if status != STATUS_OK:
         return status
     return _cell(x, elapsed, fp, ip, work)
@@ -292,7 +400,9 @@ def run(xs, elapsed, fp, ip, work, ys):
 
 #: Instances per SIMD chunk of the batch kernel (lanes run across instances).
 CHUNK = 64
-_SCR_FIELDS = 8  # V, VNEXT, NUMS, DENS, NUMR, DENR, CMT, XM(rows = max(U, I))
+# V, VNEXT, NUMS, DENS, NUMR, DENR, CMT, XM, STAGE (rows = max(U, I) each); the explicit
+# schemes keep h per lane in CMT's first row and RK4's k1 + 2 k2 + 2 k3 in VNEXT.
+_SCR_FIELDS = 9
 
 
 def batch_scratch_size(units: int, n_in: int) -> int:
@@ -320,6 +430,49 @@ def _chunk_synapses(pre, fp, ip, base, nnz, src_off, dst_off, nums, dens, nb):
 
 
 @njit(inline="always", **_OPTS)
+def _chunk_explicit(v, acc, vs, hs, fp, ip, nums, dens, numr, denr, nb):
+    """``_explicit`` across the SIMD lanes of a chunk: v [U, CHUNK] in place, hs [CHUNK] = h per lane."""
+    u = ip[UNITS]
+    rk4 = ip[SOLVER] == SOLVER_RK4
+    stages = 4 if rk4 else 1
+    half = fp.dtype.type(0.5)
+    sixth = fp.dtype.type(1.0 / 6.0)
+    two = fp.dtype.type(2.0)
+    for _ in range(ip[UNFOLDS]):
+        for stage in range(stages):
+            for j in range(u):
+                for lane in range(nb):
+                    numr[j, lane] = nums[j, lane]
+                    denr[j, lane] = dens[j, lane]
+            pre = v if stage == 0 else vs
+            _chunk_synapses(pre, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb)
+            # numr/denr start from the sensory sums, as in the fused loop below.
+            for j in range(u):
+                g = fp[ip[GLEAK] + j]
+                gv = fp[ip[GLEAK_VLEAK] + j]
+                ic = fp[ip[INV_CM] + j]
+                vr, nr, dr, ar, sr = v[j], numr[j], denr[j], acc[j], vs[j]
+                if not rk4:
+                    for lane in range(nb):
+                        vr[lane] += hs[lane] * (((gv + nr[lane]) - (g + dr[lane]) * vr[lane]) * ic)
+                elif stage == 0:
+                    for lane in range(nb):
+                        k = ((gv + nr[lane]) - (g + dr[lane]) * vr[lane]) * ic
+                        ar[lane] = k
+                        sr[lane] = vr[lane] + (half * hs[lane]) * k
+                elif stage < 3:
+                    c = half if stage == 1 else fp.dtype.type(1.0)
+                    for lane in range(nb):
+                        k = ((gv + nr[lane]) - (g + dr[lane]) * sr[lane]) * ic
+                        ar[lane] += two * k
+                        sr[lane] = vr[lane] + (c * hs[lane]) * k
+                else:
+                    for lane in range(nb):
+                        k = ((gv + nr[lane]) - (g + dr[lane]) * sr[lane]) * ic
+                        vr[lane] += (sixth * hs[lane]) * (ar[lane] + k)
+
+
+@njit(inline="always", **_OPTS)
 def _chunk_step(xs, elapsed, fp, ip, work, bad, scr, b0, nb):
     """Step instances b0 .. b0+nb-1 together, SIMD across instances (non-mixed models)."""
     u = ip[UNITS]
@@ -335,35 +488,42 @@ def _chunk_step(xs, elapsed, fp, ip, work, bad, scr, b0, nb):
     xm = scr[7 * rows : 7 * rows + n_in]
     st = ip[W_STATE]
     zero = fp.dtype.type(0.0)
+    fused = ip[SOLVER] == SOLVER_FUSED
     for lane in range(nb):
         for j in range(u):
             v[j, lane] = work[b0 + lane, st + j]
         for i in range(n_in):
             xm[i, lane] = xs[b0 + lane, i] * fp[ip[IN_W] + i] + fp[ip[IN_B] + i]
         dt = elapsed[b0 + lane] / ip[UNFOLDS]
-        for j in range(u):
-            cmt[j, lane] = fp[ip[CM] + j] / dt
+        if fused:
+            for j in range(u):
+                cmt[j, lane] = fp[ip[CM] + j] / dt
+        else:
+            cmt[0, lane] = dt  # h of this lane
     for j in range(u):
         for lane in range(nb):
             nums[j, lane] = zero
             dens[j, lane] = zero
     _chunk_synapses(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_SRC], ip[SSYN_DST], nums, dens, nb)
-    eps = fp[ip[EPS]]
-    for _ in range(ip[UNFOLDS]):
-        for j in range(u):
-            for lane in range(nb):
-                numr[j, lane] = nums[j, lane]
-                denr[j, lane] = dens[j, lane]
-        _chunk_synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb)
-        for j in range(u):
-            g = fp[ip[GLEAK] + j]
-            gv = fp[ip[GLEAK_VLEAK] + j]
-            vr, vnr, nr, dr, cr = v[j], vn[j], numr[j], denr[j], cmt[j]
-            for lane in range(nb):
-                vnr[lane] = (cr[lane] * vr[lane] + gv + nr[lane]) / (cr[lane] + g + dr[lane] + eps)
-        for j in range(u):
-            for lane in range(nb):
-                v[j, lane] = vn[j, lane]
+    if not fused:
+        _chunk_explicit(v, vn, scr[8 * rows : 8 * rows + u], cmt[0], fp, ip, nums, dens, numr, denr, nb)
+    else:
+        eps = fp[ip[EPS]]
+        for _ in range(ip[UNFOLDS]):
+            for j in range(u):
+                for lane in range(nb):
+                    numr[j, lane] = nums[j, lane]
+                    denr[j, lane] = dens[j, lane]
+            _chunk_synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb)
+            for j in range(u):
+                g = fp[ip[GLEAK] + j]
+                gv = fp[ip[GLEAK_VLEAK] + j]
+                vr, vnr, nr, dr, cr = v[j], vn[j], numr[j], denr[j], cmt[j]
+                for lane in range(nb):
+                    vnr[lane] = (cr[lane] * vr[lane] + gv + nr[lane]) / (cr[lane] + g + dr[lane] + eps)
+            for j in range(u):
+                for lane in range(nb):
+                    v[j, lane] = vn[j, lane]
     y = ip[W_Y]
     for lane in range(nb):
         ok = True
@@ -392,6 +552,9 @@ def step_batch(xs, elapsed, fp, ip, work, bad, scratch):
     offending row (or -1); all rows are validated before any state changes.
     """
     b_count = xs.shape[0]
+    status = _check_solver(ip)
+    if status != STATUS_OK:
+        return status, -1
     for b in range(b_count):
         status = _check(xs[b], elapsed[b])
         if status != STATUS_OK:

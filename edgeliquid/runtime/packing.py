@@ -10,6 +10,11 @@ Synapses are stored by destination neuron (CSR), only those that exist, each
 with (w, sigma, mu, erev) in four parallel blocks; positivity is applied here,
 once. A layer whose every synapse exists is flagged dense so the kernel reads
 presynaptic potentials contiguously instead of gathering them.
+
+``ip[SOLVER]`` selects the integration scheme (:data:`SOLVER_CODES`); the kernels
+branch on it once per step. The explicit schemes multiply by ``inv_cm`` (1/cm,
+computed here in float64) instead of dividing per neuron per sub-step, and RK4
+keeps its stage input in the work row's ``W_STAGE`` block.
 """
 
 from __future__ import annotations
@@ -29,7 +34,19 @@ EPS = 26  # fp offset of epsilon
 # work layout (offsets into one instance's work row)
 (W_STATE, W_V, W_VNEXT, W_XM, W_NUMS, W_DENS, W_CMT, W_Y, W_Z, W_NUMR, W_ACT, W_SIZE) = range(27, 39)
 SYN_DST, SSYN_DST = 39, 40  # ip: destination per synapse
-HEADER = 41
+SOLVER = 41  # solver code (SOLVER_CODES)
+INV_CM = 42  # fp offset of 1/cm (explicit schemes)
+W_STAGE = 43  # work: RK4 stage input v + c*h*k (u floats; 0 for the other solvers)
+EXPL_C = 44  # fp offset of [1/ode_unfolds, 1/2, 1/6, 2]: explicit-scheme constants in the fp dtype
+HEADER = 45
+
+#: ``ip[SOLVER]`` per ``edgeliquid.solver`` name.
+SOLVER_FUSED, SOLVER_EULER, SOLVER_RK4 = 0, 1, 2
+SOLVER_CODES = {
+    "fused_semi_implicit_euler": SOLVER_FUSED,
+    "explicit_euler": SOLVER_EULER,
+    "rk4": SOLVER_RK4,
+}
 
 
 class Packed:
@@ -37,8 +54,11 @@ class Packed:
 
     def __init__(self, model: LTCModel, dtype=np.float32):
         cfg = model.config
-        if cfg.solver != "fused_semi_implicit_euler":  # TODO(#15): explicit solvers in the kernels
-            raise BackendError(f"{model.source}: solver {cfg.solver!r} is not in the compiled kernels yet")
+        if cfg.solver not in SOLVER_CODES:
+            raise BackendError(
+                f"{model.source}: edgeliquid.solver {cfg.solver!r} unknown to the compiled kernels; "
+                f"expected one of {sorted(SOLVER_CODES)}"
+            )
         self.dtype = np.dtype(dtype)
         p = effective_parameters(model, np.float64)
         u, n_in, m = cfg.units, cfg.n_inputs, cfg.motor_size
@@ -53,6 +73,7 @@ class Packed:
             int(cfg.mixed_memory),
             cfg.n_state,
         )
+        ip[SOLVER] = SOLVER_CODES[cfg.solver]
         fsize = 0
         isize = HEADER
 
@@ -76,6 +97,10 @@ class Packed:
         ip[CM] = put_f(p["cm"])
         ip[GLEAK] = put_f(p["gleak"])
         ip[GLEAK_VLEAK] = put_f(p["gleak"] * p["vleak"])
+        with np.errstate(divide="ignore"):  # cm = 0: inf, and the step reports a non-finite state
+            ip[INV_CM] = put_f(1.0 / p["cm"])
+        # In fp so that a kernel generic over the dtype (CUDA) keeps float32 math in float32.
+        ip[EXPL_C] = put_f([1.0 / cfg.ode_unfolds, 0.5, 1.0 / 6.0, 2.0])
         ip[IN_W], ip[IN_B] = put_f(p["input_w"]), put_f(p["input_b"])
         ip[OUT_W], ip[OUT_B] = put_f(p["output_w"]), put_f(p["output_b"])
 
@@ -129,6 +154,7 @@ class Packed:
             (W_Z, 4 * u if cfg.mixed_memory else 0),
             (W_NUMR, 2 * u),
             (W_ACT, 2 * max(ip[NNZ], ip[SNNZ])),
+            (W_STAGE, u if cfg.solver == "rk4" else 0),
         ):
             ip[key] = off
             off += size

@@ -8,18 +8,26 @@ untouched.
 
 ``step`` returns the policy's own output buffer, overwritten by the next step,
 so that the control loop allocates nothing; copy it to keep it.
+
+Explicit solvers (``explicit_euler``, ``rk4``) are stable only up to an elapsed time per step
+(Theorem 1, :func:`edgeliquid.model.guarantees.stability`): ``load`` refuses a model whose
+bound is below the caller's ``nominal_elapsed``, and every policy counts the steps taken
+beyond it in ``unstable_steps`` (one float compare per step).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, InputError
+from ..errors import BackendError, InputError, StabilityError
 from ..model.cell import LTCModel
 from ..model.cfc import CfCModel
+from ..model.guarantees import max_elapsed, stability_problem
 from . import cfc_kernels, kernels
 from .cfc_packing import W_Y as CFC_W_Y
 from .cfc_packing import CfCPacked
@@ -51,6 +59,9 @@ class Policy:
         metadata: the model file's ``edgeliquid.*`` keys.
         batch: number of instances stepped together, or None for a single one.
         dtype: float32 or float64.
+        max_elapsed: the largest stable elapsed time per step of the model's solver (Theorem 1;
+            inf for the fused solver and for CfC).
+        unstable_steps: steps taken with an elapsed time (any batch row) above ``max_elapsed``.
     """
 
     backend = "?"
@@ -73,6 +84,17 @@ class Policy:
         self._xbuf = np.zeros(self._xshape, self.dtype)
         # elapsed stays float64 on every path so step, run and batch round alike.
         self._ebuf = np.ones(rows, np.float64)
+        self.max_elapsed: float = max_elapsed(model)
+        self.unstable_steps = 0
+
+    def _count_unstable(self, e: np.ndarray) -> None:
+        """Count the steps in ``e`` beyond ``max_elapsed``: ``e`` is [T] (single steps) or
+        [T, batch] (batch steps; a step counts once whatever its rows)."""
+        if self.max_elapsed < math.inf:
+            over = e > self.max_elapsed
+            if over.ndim == 2:
+                over = over.any(axis=1)
+            self.unstable_steps += int(np.count_nonzero(over))
 
     # -- validation shared by every backend (cheap checks; finiteness is the kernel's)
     def _coerce_x(self, x: Any) -> np.ndarray:
@@ -93,6 +115,12 @@ class Policy:
             raise InputError(f"elapsed must be finite and > 0, got {elapsed!r}; state unchanged")
         self._ebuf[:] = e
         return self._ebuf
+
+    def _beyond(self, elapsed: Any) -> str:
+        """An error message's note when ``elapsed`` exceeds the solver's stable bound."""
+        if not float(elapsed) > self.max_elapsed:
+            return ""
+        return f", beyond the {self.config.solver} stability bound elapsed <= {self.max_elapsed:.4g}"
 
     def _bad_input(self, x: np.ndarray, where: str = "") -> InputError:
         bad = np.argwhere(~np.isfinite(np.asarray(x, np.float64)))
@@ -231,20 +259,26 @@ class CpuPolicy(Policy):
             status = self._kstep(x, elapsed, self._fp, self._ip, self._work)
             if status:
                 raise self._status_error(status, x, elapsed)
+            if elapsed > self.max_elapsed:
+                self.unstable_steps += 1
             return self._y
         e = self._coerce_elapsed(elapsed)
         status, row = self._kstep_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
         if status:
             raise self._status_error(status, x[row], e[row], f" (batch row {row})")
+        self._count_unstable(e[None])
         return self._y
 
-    def _status_error(self, status: int, x, elapsed, where: str = "") -> InputError:
+    def _status_error(self, status: int, x, elapsed, where: str = "") -> InputError | BackendError:
         if status == kernels.STATUS_BAD_ELAPSED:
             return InputError(f"elapsed{where} must be finite and > 0, got {elapsed!r}; state unchanged")
         if status == kernels.STATUS_BAD_INPUT:
             return self._bad_input(x, where)
+        if status == kernels.STATUS_BAD_SOLVER:  # a corrupted packed model; Packed never makes one
+            return BackendError(f"the compiled model's solver code is unknown{where}; state unchanged")
         return InputError(
-            f"the step{where} produced a non-finite state (elapsed={elapsed!r}); state unchanged"
+            f"the step{where} produced a non-finite state (elapsed={elapsed!r}{self._beyond(elapsed)}); "
+            "state unchanged"
         )
 
     def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:
@@ -265,7 +299,10 @@ class CpuPolicy(Policy):
             ys = np.empty((xs.shape[0], self.batch, self.n_outputs), self.dtype)
             status, t = self._k.run_batch(xs, e, self._fp, self._ip, self._work2d, ys, self._bad)
         if status:
-            raise InputError(f"the sequence produced a non-finite state at index {t}")
+            raise InputError(
+                f"the sequence produced a non-finite state at index {t}{self._beyond(np.max(e[t]))}"
+            )
+        self._count_unstable(e)
         return ys
 
     def reset(self) -> None:
@@ -317,9 +354,13 @@ class ReferencePolicy(Policy):
             raise self._bad_input(x)
         y, s = self._cell.step(x.reshape(-1, self.n_inputs), self._state, e)
         if not np.all(np.isfinite(s)):
-            raise InputError(f"the step produced a non-finite state (elapsed={elapsed!r}); state unchanged")
+            raise InputError(
+                f"the step produced a non-finite state (elapsed={elapsed!r}{self._beyond(np.max(e))}); "
+                "state unchanged"
+            )
         self._state[...] = s
         self._out[...] = y
+        self._count_unstable(e[None])
         return self._y
 
     def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:
@@ -331,8 +372,9 @@ class ReferencePolicy(Policy):
             y, state = self._cell.step(xs[t].reshape(rows, -1), state, np.broadcast_to(e[t], (rows,)))
             ys[t] = y
         if not np.all(np.isfinite(state)):
-            raise InputError("the sequence produced a non-finite state")
+            raise InputError(f"the sequence produced a non-finite state{self._beyond(np.max(e))}")
         self._state[...] = state
+        self._count_unstable(e)
         return ys[:, 0] if self.batch is None else ys
 
     def reset(self) -> None:
@@ -363,11 +405,15 @@ def from_model(
     dtype=np.float32,
     batch: int | None = None,
     mapped: bool = False,
+    nominal_elapsed: float | None = None,
+    allow_unstable: bool = False,
 ) -> Policy:
     """Make a policy from an in-memory :class:`LTCModel` or :class:`CfCModel` (see :func:`load`)."""
     factory = _FACTORIES.get(backend)
     if factory is None:
         raise BackendError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if nominal_elapsed is not None:
+        check_stability(model, nominal_elapsed, allow_unstable)
     if isinstance(model, CfCModel):
         if backend not in CFC_BACKENDS:
             raise BackendError(f"{backend} backend: CfC is not supported yet; use backend='cpu'")
@@ -382,6 +428,8 @@ def load(
     dtype=np.float32,
     batch: int | None = None,
     mapped: bool = False,
+    nominal_elapsed: float | None = None,
+    allow_unstable: bool = False,
 ) -> Policy:
     """Load an edgeliquid model file (LTC or CfC) and return a warmed-up policy.
 
@@ -391,14 +439,41 @@ def load(
         dtype: ``np.float32`` or ``np.float64``.
         batch: None for one instance, or the number of instances stepped together.
         mapped: cuda only: zero-copy mapped host memory for x and y (integrated GPUs, Jetson).
+        nominal_elapsed: the elapsed time (model time units) the caller will step with, e.g.
+            ``(1 / rate_hz) / model_dt``; checked against the stability bound of an explicit
+            solver (:func:`edgeliquid.model.guarantees.stability`). None: not checked.
+        allow_unstable: beyond the bound, warn (``RuntimeWarning``) instead of raising.
 
     Raises:
         ModelFormatError: the file is not a valid edgeliquid model (the message names it).
         BackendError: unknown backend, or its hardware is missing.
+        StabilityError: the model's solver is unstable at ``nominal_elapsed``.
     """
     from ..model.file import read
 
-    return from_model(read(path), backend=backend, dtype=dtype, batch=batch, mapped=mapped)
+    return from_model(
+        read(path),
+        backend=backend,
+        dtype=dtype,
+        batch=batch,
+        mapped=mapped,
+        nominal_elapsed=nominal_elapsed,
+        allow_unstable=allow_unstable,
+    )
+
+
+def check_stability(model: LTCModel | CfCModel, nominal_elapsed: float, allow_unstable: bool = False) -> None:
+    """Raise :class:`StabilityError` (``allow_unstable``: warn) when the model's solver is
+    unstable at ``nominal_elapsed`` model time units per step."""
+    e = float(nominal_elapsed)
+    if not (math.isfinite(e) and e > 0):
+        raise InputError(f"nominal_elapsed must be finite and > 0, got {nominal_elapsed!r}")
+    problem = stability_problem(model, e)
+    if problem is None:
+        return
+    if not allow_unstable:
+        raise StabilityError(f"{problem}, or allow_unstable=True (node config: allow_unstable: true)")
+    warnings.warn(f"{problem}; stepping it anyway (allow_unstable=True)", RuntimeWarning, stacklevel=3)
 
 
 register_backend("cpu", lambda model, dtype, batch, mapped: CpuPolicy(model, dtype, batch))
