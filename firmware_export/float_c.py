@@ -8,6 +8,7 @@ import numpy as np
 
 from .cgen import CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
+from .fastexp_c import SIGMOID_FAST as FAST_SIGMOID
 from .layout import FirmwareModel
 
 #: The step's comment in HEADER for LTC models (``step_doc``; ${UP} is the name in capitals).
@@ -220,29 +221,8 @@ SIGMOID_EXACT = Template("""static float ${name}_sigmoid(float x)
 }
 """)
 
-# Fast sigmoid: exp by range reduction and a degree-5 polynomial, 2^n from the exponent bits.
-# Truncation error r^6/720 <= 2.4e-6 relative for |r| <= ln2/2, so the sigmoid's absolute
-# error is <= 1e-6 (tests/test_firmware.py measures it); no libm call, about 15 flops.
-SIGMOID_FAST = Template("""static float ${name}_exp(float x)
-{
-    union { float f; uint32_t u; } s;
-    float n, r, p;
-    int32_t e;
-    if (x > 88.0f) { x = 88.0f; }
-    if (x < -87.0f) { x = -87.0f; }
-    n = (float)(int32_t)(x * 1.44269504f + (x >= 0.0f ? 0.5f : -0.5f));
-    r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-    p = 1.0f + r * (1.0f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * 0.00833333377f))));
-    e = (int32_t)n + 127;
-    s.u = (uint32_t)e << 23;
-    return p * s.f;
-}
-
-static float ${name}_sigmoid(float x)
-{
-    return 1.0f / (1.0f + ${name}_exp(-x));
-}
-""")
+# Fast sigmoid (--fast-sigmoid): numba's exp32 in C, <= 2 ulp, no libm (fastexp_c.py).
+SIGMOID_FAST = FAST_SIGMOID
 
 
 def generate_float(

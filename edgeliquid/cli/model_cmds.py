@@ -86,6 +86,19 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
         help="fixed point: largest elapsed time (model units; default 100); explicit_euler needs "
         "<= ode_unfolds x tau_min",
     )
+    s.add_argument(
+        "--app",
+        choices=["mps2-an386"],
+        default=None,
+        help="also build a complete bare-metal controller for this board (qemu mps2-an386: Cortex-M4): "
+        "OUT/NAME.elf, NAME.bin, Makefile; the policy's exp is the fast <= 2 ulp polynomial",
+    )
+    s.add_argument(
+        "--config",
+        default=None,
+        help="--app: node config whose channel maps and fail-safe rules are compiled in "
+        "(default: configs/cartpole_demo.yaml)",
+    )
 
 
 @command
@@ -154,6 +167,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_firmware(args: argparse.Namespace) -> int:
     from firmware_export import export_firmware
 
+    if args.app:
+        return _firmware_app(args)
     m = export_firmware(
         args.model,
         args.output,
@@ -173,4 +188,32 @@ def cmd_firmware(args: argparse.Namespace) -> int:
     if m["input_normalization"]:
         n = args.name
         print(f"inputs are normalised as in training: call {n}_normalize(raw, x) before {n}_step")
+    return 0
+
+
+def _firmware_app(args: argparse.Namespace) -> int:
+    """``firmware --app BOARD``: the policy, the codec and the controller, built and measured."""
+    from pathlib import Path
+
+    from firmware_export.app import build_app
+
+    from ..errors import EdgeliquidError
+
+    if args.fixed_point:
+        raise EdgeliquidError("--app builds the float32 policy; --fixed-point is not supported with --app")
+    m = build_app(args.model, args.output, args.name, args.app, args.config)
+    a = m["app"]
+    out = Path(args.output)
+    print(
+        f"wrote {out / args.name}.elf, {args.name}.bin, Makefile and sources for {a['board']} "
+        f"(image: {a['flash_bytes']} B flash, {a['ram_bytes']} B RAM incl. {a['stack_bytes']} B stack)"
+    )
+    ins = a.get("instructions", {})
+    if "step_mean" in ins:
+        print(
+            f"instructions per control cycle on the emulated core: {ins['cycle_mean']} (policy step "
+            f"{ins['step_mean']}); qemu -icount counts instructions, it is not cycle accurate"
+        )
+    else:
+        print(ins.get("note", ""))
     return 0

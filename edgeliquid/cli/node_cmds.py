@@ -96,6 +96,13 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
         help="model file to drive the robot instead of the config's (e.g. the shipped CfC policy "
         "edgeliquid/data/cartpole_cfc.onnx)",
     )
+    s.add_argument(
+        "--controller",
+        default="node",
+        choices=["node", "firmware"],
+        help="who controls the robot: the Python node, or the generated bare-metal app on an "
+        "emulated Cortex-M4 (qemu mps2-an386, its UART on a pty; needs arm-none-eabi-gcc and qemu)",
+    )
     s.add_argument("--json", action="store_true", help="print one final JSON object")
     s.add_argument(
         "--record",
@@ -189,6 +196,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         record=args.record or None,
         pushes=pushes,
         random_push_count=args.random_pushes,
+        controller=args.controller,
     )
     s.pop("_device", None)
     print(json.dumps(s) if args.json else format_summary(s))

@@ -164,8 +164,12 @@ def run_demo(
     cpu_dma_latency_us: int | None = None,
     pushes: list[Push] | None = None,
     random_push_count: int = 0,
+    controller: str = "node",
 ) -> dict[str, Any]:
     """Run the closed loop for ``seconds`` and return the summary dict (see ``--json``).
+
+    ``controller="firmware"``: the generated bare-metal app under qemu instead of the Python
+    node (firmware_export/app/demo_rig.py; event mode, binary protocol, no recording).
 
     ``pushes`` shove the cart at given times; ``random_push_count`` adds that many at random
     times (seeded by ``seed``). Each push's peak angle and settling time are in ``pushes``.
@@ -176,6 +180,14 @@ def run_demo(
     pushes = list(pushes or [])
     if random_push_count:
         pushes += random_pushes(random_push_count, seconds, np.random.default_rng([seed, 1]))
+    if controller == "firmware":
+        if mode != "event" or protocol != "cobs":
+            raise ValueError("--controller firmware runs the event loop over the binary protocol (cobs)")
+        from firmware_export.app.demo_rig import run_firmware_demo
+
+        return run_firmware_demo(
+            seconds, rate_hz, fault, noise, jitter, seed, config, model, live, out, pushes
+        )
     cfg = load_config(config or default_config_path())
     if model is not None:
         cfg.model = Path(model)
@@ -335,7 +347,14 @@ def format_summary(s: dict[str, Any]) -> str:
             if s.get("recording")
             else []
         )
+        + ([_firmware_lines(s)] if s.get("firmware") else [])
     )
+
+
+def _firmware_lines(s: dict[str, Any]) -> str:
+    from firmware_export.app.demo_rig import format_firmware
+
+    return format_firmware(s)
 
 
 def quiet_logging() -> None:
