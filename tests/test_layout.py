@@ -16,7 +16,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "edgeliquid"
 # Layers, bottom to top: a module may import its own layer and the ones below.
-LAYERS = ["errors", "model", "runtime", "node", "observe", "hil", "cli"]
+LAYERS = ["errors", "model", "runtime", "node", "observe", "hil", "fleet", "cli"]
 # The public facade (edgeliquid/__init__.py, __main__, the old-path aliases) sits above all.
 FACADE = {"edgeliquid", "edgeliquid.__main__", "edgeliquid._moved"}
 KERNELS = {

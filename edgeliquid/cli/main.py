@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from ..errors import EdgeliquidError
 from . import args as ca
-from . import model_cmds, node_cmds, observe_cmds
+from . import fleet_cmds, model_cmds, node_cmds, observe_cmds
 from .registry import COMMANDS
 
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for group in (model_cmds, observe_cmds, node_cmds):
+    for group in (model_cmds, observe_cmds, node_cmds, fleet_cmds):
         group.add_parsers(sub, fmt)
     return p
 

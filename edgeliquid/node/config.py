@@ -376,13 +376,14 @@ def _output(r: _Reader, ch: dict, path: str) -> OutputChannel:
 def _telemetry(r: _Reader, data: dict) -> dict[str, Any] | None:
     if data.get("telemetry") is None:
         return None
-    t = r.section(data, "telemetry", {"path", "rotate_mb", "rotate_s", "keep", "flush_s"})
+    t = r.section(data, "telemetry", {"path", "rotate_mb", "rotate_s", "keep", "flush_s", "encoding"})
     return {
         "path": r.text(t, "path", "telemetry.path", "the .mcap file to write"),
         "rotate_mb": r.num(t, "rotate_mb", "telemetry.rotate_mb", 64.0, 0, 1_048_576, strict_lo=True),
         "rotate_s": r.num(t, "rotate_s", "telemetry.rotate_s", 3600.0, 0, 1e9, strict_lo=True),
         "keep": r.num(t, "keep", "telemetry.keep", 5, 1, 10_000, kind=int),
         "flush_s": r.num(t, "flush_s", "telemetry.flush_s", 1.0, 0, strict_lo=True),
+        "encoding": r.choice(t, "encoding", "telemetry.encoding", "protobuf", ("protobuf", "json")),
     }
 
 

@@ -133,6 +133,7 @@ def make_recorder(cfg: NodeConfig, policy):
         rotate_s=t["rotate_s"],
         keep=t["keep"],
         flush_s=t.get("flush_s", 1.0),
+        encoding=t.get("encoding", "protobuf"),
     )
 
 

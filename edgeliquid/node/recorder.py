@@ -12,10 +12,13 @@ Crash safety: the writer thread closes the open chunk, flushes and fsyncs at lea
 data; :func:`read_recording` reads such an unclosed file up to its last complete record.
 
 Channels:
-    /edgeliquid/step   one message per policy step (see STEP_SCHEMA)
+    /edgeliquid/step   one message per policy step: ``encoding="protobuf"`` (the default) a
+                       fixed-layout protobuf of ~90 bytes (:mod:`.stepcodec`, schema in the file,
+                       Foxglove decodes it), or ``"json"`` (STEP_SCHEMA, ~435 bytes)
     /edgeliquid/event  arming, fail-safe, reconnect, reload, reset, errors
 File metadata "edgeliquid": model path and sha256, the node config (JSON).
-Floats are written with Python's repr, which round-trips exactly, so replay is bit-exact.
+JSON floats are written with Python's repr and protobuf stores the policy's own dtype, so both
+round-trip exactly and replay is bit-exact. The reader takes either encoding.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ import os
 import struct
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import RecordingError
+from .stepcodec import SCHEMA_NAMES, STAGES, StepLayout, decode_one, descriptor_set
 
 STEP_TOPIC, EVENT_TOPIC = "/edgeliquid/step", "/edgeliquid/event"
+ENCODINGS = ("protobuf", "json")
 STEP_SCHEMA = {
     "title": "edgeliquid.Step",
     "type": "object",
@@ -77,7 +83,11 @@ class FlightRecorder:
         keep: int = 5,
         capacity: int = 1 << 16,
         flush_s: float = 1.0,
+        encoding: str = "protobuf",
     ):
+        if encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+        self.encoding = encoding
         self.path = Path(path)
         self.n_in, self.n_out, self.n_cmd = n_in, n_out, n_cmd
         self.metadata = dict(metadata or {})
@@ -171,7 +181,7 @@ class FlightRecorder:
         self.close()
 
     def _open(self) -> None:
-        from mcap.writer import CompressionType, Writer
+        from mcap.writer import CompressionType, IndexType, Writer
 
         # Writer.flush (closes the open chunk) came with mcap 1.6; older versions write
         # unchunked, where every message goes straight to the file and a file flush suffices.
@@ -189,16 +199,34 @@ class FlightRecorder:
         # Chunks no larger than a tenth of the rotation size, so what is on disk stays close to
         # what was written (the writer buffers a whole chunk in memory).
         chunk = max(4096, min(1 << 20, self.rotate_bytes // 10))
+        # protobuf: no per-message index records (16 bytes a step); readers find messages by
+        # chunk (the chunk index stays), as Foxglove does.
+        binary = self.encoding == "protobuf"
+        index = IndexType.ALL & ~IndexType.MESSAGE if binary else IndexType.ALL
         self._writer = Writer(
-            self._file, chunk_size=chunk, compression=CompressionType.NONE, use_chunking=self._chunked
+            self._file,
+            chunk_size=chunk,
+            compression=CompressionType.NONE,
+            use_chunking=self._chunked,
+            index_types=index,
         )
         self._bytes = 0
         self._writer.start(profile="", library="edgeliquid")
-        sid = self._writer.register_schema("edgeliquid.Step", "jsonschema", json.dumps(STEP_SCHEMA).encode())
+        if binary:
+            wide = self.metadata.get("dtype") == "float64"
+            self._layout = StepLayout(self.n_in, self.n_out, self.n_cmd, wide)
+            sid = self._writer.register_schema(SCHEMA_NAMES[wide], "protobuf", descriptor_set(wide))
+        else:
+            sid = self._writer.register_schema(
+                "edgeliquid.Step", "jsonschema", json.dumps(STEP_SCHEMA).encode()
+            )
         eid = self._writer.register_schema(
             "edgeliquid.Event", "jsonschema", json.dumps(EVENT_SCHEMA).encode()
         )
-        self._step_ch = self._writer.register_channel(STEP_TOPIC, "json", sid)
+        sizes = {"n_in": str(self.n_in), "n_out": str(self.n_out), "n_cmd": str(self.n_cmd)}
+        self._step_ch = self._writer.register_channel(
+            STEP_TOPIC, "protobuf" if binary else "json", sid, sizes
+        )
         self._event_ch = self._writer.register_channel(EVENT_TOPIC, "json", eid)
         self._writer.add_metadata("edgeliquid", {k: str(v) for k, v in self.metadata.items()})
         self._opened_at = time.monotonic()
@@ -292,6 +320,22 @@ class FlightRecorder:
         f, i = self._f[k], self._i[k]
         n_in, n_out = self.n_in, self.n_out
         t = [int(v) for v in i[4:]]
+        if self.encoding == "protobuf":
+            data = self._layout.encode(
+                int(i[0]),
+                int(i[1]),
+                float(f[-1]),
+                int(i[2]),
+                int(i[3]),
+                f[:n_in],
+                f[n_in : n_in + n_out],
+                f[n_in + n_out : -1],
+                t,
+            )
+            self._writer.add_message(self._step_ch, t[0], data, t[4], seq)
+            self._bytes += len(data)
+            self.written += 1
+            return
         msg = {
             "seq": int(i[0]),
             "t_us": int(i[1]),
@@ -373,7 +417,7 @@ def read_recording(path: str | os.PathLike) -> dict[str, Any]:
     Raises :class:`RecordingError` (one line, naming the file) for anything else.
     """
     from mcap.exceptions import EndOfFile, McapError
-    from mcap.records import Channel, Message, Metadata
+    from mcap.records import Channel, Message, Metadata, Schema
     from mcap.stream_reader import CRCValidationError, StreamReader
 
     path = Path(path)
@@ -398,6 +442,8 @@ def read_recording(path: str | os.PathLike) -> dict[str, Any]:
         raise RecordingError(f"{path}: {_not_a_recording(path, data[:4096])}")
     end, closed = _complete_prefix(data)
     topics: dict[int, str] = {}
+    schemas: dict[int, str] = {}
+    binary: dict[int, StepLayout] = {}  # protobuf step channels
     steps, events, meta = [], [], {}
     truncated = not closed
     try:
@@ -406,21 +452,28 @@ def read_recording(path: str | os.PathLike) -> dict[str, Any]:
             if isinstance(rec, Message):
                 topic = topics.get(rec.channel_id)
                 if topic == STEP_TOPIC:
-                    d = json.loads(rec.data)
+                    lay = binary.get(rec.channel_id)
+                    d = json.loads(rec.data) if lay is None else {"_raw": (lay, rec.data)}
                     d["_log_ns"] = rec.log_time
                     steps.append(d)
                 elif topic == EVENT_TOPIC:
                     d = json.loads(rec.data)
                     d["_log_ns"] = rec.log_time
                     events.append(d)
+            elif isinstance(rec, Schema):
+                schemas[rec.id] = rec.name
             elif isinstance(rec, Channel):
                 topics[rec.id] = rec.topic
+                if rec.topic == STEP_TOPIC and rec.message_encoding == "protobuf":
+                    binary[rec.id] = _layout_of(rec.metadata, schemas.get(rec.schema_id), path)
             elif isinstance(rec, Metadata) and rec.name == "edgeliquid":
                 meta = dict(rec.metadata)
     except (EndOfFile, CRCValidationError, McapError, struct.error, ValueError) as exc:
         if not truncated and not isinstance(exc, (CRCValidationError, ValueError)):
             raise RecordingError(f"{path}: damaged MCAP file: {exc}") from None
         truncated = True
+    if binary:
+        _decode_binary_steps(steps)
     steps.sort(key=lambda d: d["_log_ns"])  # stable: log order, as a seeking reader gives
     events.sort(key=lambda d: d["_log_ns"])
     return {
@@ -443,3 +496,265 @@ def truncation_note(path: str | os.PathLike, rec: dict[str, Any]) -> str | None:
         f"{path} was not closed by the recorder (crash or power cut?): truncated, recovered "
         f"{len(rec['steps'])} steps and {len(rec['events'])} events from {where}"
     )
+
+
+def _layout_of(channel_meta: dict[str, str], schema: str | None, path: Path) -> StepLayout:
+    try:
+        n = [int(channel_meta[k]) for k in ("n_in", "n_out", "n_cmd")]
+    except (KeyError, ValueError):
+        raise RecordingError(
+            f"{path}: protobuf step channel without its sizes (n_in, n_out, n_cmd)"
+        ) from None
+    if schema not in SCHEMA_NAMES.values():
+        raise RecordingError(
+            f"{path}: unknown step schema {schema!r}; expected one of {sorted(SCHEMA_NAMES.values())}"
+        )
+    return StepLayout(*n, wide=schema == SCHEMA_NAMES[True])
+
+
+def _decode_binary_steps(steps: list[dict[str, Any]]) -> None:
+    """Replace each ``{"_raw": (layout, bytes)}`` step by the JSON channel's dict, in place.
+
+    Messages in the fixed layout are decoded together (numpy); any other protobuf message
+    (another writer) by the generic wire decoder.
+    """
+    raw = [(k, d["_raw"]) for k, d in enumerate(steps) if "_raw" in d]
+    if not raw:
+        return
+    lay = raw[0][1][0]
+    fixed = [k for k, (lay_k, data) in raw if lay_k is lay and len(data) == lay.size]
+    f = None
+    if fixed:
+        buf = np.frombuffer(b"".join(steps[k]["_raw"][1] for k in fixed), np.uint8).reshape(len(fixed), -1)
+        f = lay.decode_block(buf)
+    if f is not None:
+        cols = {k: f[k].astype(np.float64 if k in "xyu" or k == "elapsed" else np.int64).tolist() for k in f}
+        for j, k in enumerate(fixed):
+            steps[k] = _as_dict({c: v[j] for c, v in cols.items()}, steps[k]["_log_ns"])
+    for k, d in enumerate(steps):
+        if "_raw" in d:
+            lay_k, data = d["_raw"]
+            v = decode_one(data, lay_k.wide)
+            stage = list(v.get("stage_ns", []))
+            v["stage_ns"] = stage + [0] * (len(STAGES) - len(stage))
+            steps[k] = _as_dict(v, d["_log_ns"])
+
+
+def _as_dict(v: dict[str, Any], log_ns: int) -> dict[str, Any]:
+    t0 = int(v.get("t_ready_ns", 0))
+    d = {
+        "seq": int(v.get("seq", 0)),
+        "t_us": int(v.get("t_us", 0)),
+        "mode": int(v.get("mode", 0)),
+        "reset": int(v.get("reset", 0)),
+        "elapsed": float(v.get("elapsed", 0.0)),
+        "x": [float(a) for a in v.get("x", [])],
+        "y": [float(a) for a in v.get("y", [])],
+        "u": [float(a) for a in v.get("u", [])],
+        "t_ready_ns": t0,
+    }
+    for name, off in zip(STAGES, v["stage_ns"]):
+        d[name] = t0 + int(off)
+    d["_log_ns"] = log_ns
+    return d
+
+
+def read_step_arrays(path: str | os.PathLike) -> dict[str, Any]:
+    """The step channel as arrays (x, y, u [T, n] float64; elapsed, mode, reset, seq, t_us,
+    log_ns [T]), plus ``metadata``, ``truncated``, ``bytes``, ``bytes_read``, ``encoding``.
+
+    Protobuf recordings are read without a per-message parser (fixed layout, strided numpy
+    views of the file); JSON ones (and anything else) through :func:`read_recording`. Same
+    steps, same order, same truncation rules and errors as :func:`read_recording`.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""
+    if data.startswith(MCAP_MAGIC):
+        try:
+            fast = _scan_fixed(data)
+        except (ValueError, IndexError, struct.error, RecordingError):
+            fast = None
+        if fast is not None:
+            return fast
+    rec = read_recording(path)  # raises the one-line errors
+    steps = rec["steps"]
+    n = [len(steps[0][k]) if steps else 0 for k in "xyu"]
+    out: dict[str, Any] = {
+        k: np.array([s[k] for s in steps], np.float64).reshape(len(steps), m) for k, m in zip("xyu", n)
+    }
+    out["elapsed"] = np.array([s["elapsed"] for s in steps], np.float64)
+    for k in ("seq", "t_us", "mode", "reset"):
+        out[k] = np.array([s.get(k, 0) for s in steps], np.int64)
+    out["log_ns"] = np.array([s["_log_ns"] for s in steps], np.int64)
+    enc = "protobuf" if data[:4096].find(b"protobuf") >= 0 else "json"
+    out.update(
+        metadata=rec["metadata"],
+        truncated=rec["truncated"],
+        bytes=rec["bytes"],
+        bytes_read=rec["bytes_read"],
+        encoding=enc,
+    )
+    return out
+
+
+def _string(buf, p: int) -> tuple[str, int]:
+    n = int.from_bytes(buf[p : p + 4], "little")
+    return bytes(buf[p + 4 : p + 4 + n]).decode(), p + 4 + n
+
+
+def _string_map(buf, p: int) -> tuple[dict[str, str], int]:
+    end = p + 4 + int.from_bytes(buf[p : p + 4], "little")
+    p += 4
+    out = {}
+    while p < end:
+        k, p = _string(buf, p)
+        out[k], p = _string(buf, p)
+    return out, end
+
+
+class _Damaged(Exception):
+    pass
+
+
+class _Scan:
+    """State of one fast scan: schemas, the step channel, the step blocks found so far."""
+
+    def __init__(self):
+        self.schemas: dict[int, str] = {}
+        self.meta: dict[str, str] = {}
+        self.step_id: int | None = None
+        self.layout: StepLayout | None = None
+        self.blocks: list[tuple[np.ndarray, np.ndarray]] = []  # (payloads [k, L], log_ns [k])
+
+    def region(self, buf: bytes, pos: int, end: int) -> None:
+        """Walk the records in buf[pos:end]; runs of step messages in one vectorised pass each."""
+        arr = np.frombuffer(buf, np.uint8)
+        while pos + 9 <= end:
+            op = buf[pos]
+            length = int.from_bytes(buf[pos + 1 : pos + 9], "little")
+            rec_end = pos + 9 + length
+            if rec_end > end:
+                raise ValueError("record runs past its region")
+            body = pos + 9
+            if op == 0x05:  # message
+                cid = int.from_bytes(buf[body : body + 2], "little")
+                if cid == self.step_id:
+                    if length != 22 + self.layout.size:
+                        raise ValueError("a step message not in the fixed layout")
+                    pos = self._run(arr, pos, end)
+                    continue
+            elif op == 0x06:  # chunk
+                self._chunk(buf, body)
+            elif op == 0x03:  # schema
+                sid = int.from_bytes(buf[body : body + 2], "little")
+                self.schemas[sid], _ = _string(buf, body + 2)
+            elif op == 0x04:  # channel
+                self._channel(buf, body)
+            elif op == 0x0C:  # metadata
+                name, p = _string(buf, body)
+                if name == "edgeliquid":
+                    self.meta, _ = _string_map(buf, p)
+            pos = rec_end
+
+    def _chunk(self, buf: bytes, body: int) -> None:
+        p = body + 8 + 8 + 8
+        crc = int.from_bytes(buf[p : p + 4], "little")
+        comp, p = _string(buf, p + 4)
+        n = int.from_bytes(buf[p : p + 8], "little")
+        records = buf[p + 8 : p + 8 + n]
+        if comp == "zstd":
+            import zstandard
+
+            size = int.from_bytes(buf[body + 16 : body + 24], "little")
+            records = zstandard.ZstdDecompressor().decompress(records, max_output_size=size)
+        elif comp == "lz4":
+            import lz4.frame
+
+            records = lz4.frame.decompress(records)
+        elif comp:
+            raise ValueError(f"chunk compression {comp!r}")
+        if crc and zlib.crc32(records) != crc:
+            raise _Damaged
+        self.region(bytes(records), 0, len(records))
+
+    def _channel(self, buf: bytes, body: int) -> None:
+        cid = int.from_bytes(buf[body : body + 2], "little")
+        sid = int.from_bytes(buf[body + 2 : body + 4], "little")
+        topic, p = _string(buf, body + 4)
+        enc, p = _string(buf, p)
+        cmeta, _ = _string_map(buf, p)
+        if topic != STEP_TOPIC:
+            return
+        if enc != "protobuf":
+            raise ValueError("JSON step channel: the generic reader")
+        lay = _layout_of(cmeta, self.schemas.get(sid), Path("?"))
+        if self.layout is not None and (lay.size, lay.wide, cid) != (
+            self.layout.size,
+            self.layout.wide,
+            self.step_id,
+        ):
+            raise ValueError("two step channels")
+        self.step_id, self.layout = cid, lay
+
+    def _run(self, arr: np.ndarray, pos: int, end: int) -> int:
+        """Take the longest run of step messages from ``pos``; return where it ends.
+
+        A run is uniformly strided (``r`` bytes a message), so headers and payloads are
+        strided views of the file: no per-message Python, no index arrays.
+        """
+        from numpy.lib.stride_tricks import as_strided
+
+        r, size = 9 + 22 + self.layout.size, self.layout.size
+        head = np.frombuffer(
+            b"\x05" + (r - 9).to_bytes(8, "little") + self.step_id.to_bytes(2, "little"), np.uint8
+        )
+        while True:
+            k = min((end - pos) // r, 1 << 16)
+            hdr = as_strided(arr[pos:], shape=(k, 11), strides=(r, 1), writeable=False)
+            ok = np.all(hdr == head, axis=1)
+            take = k if ok.all() else int(np.argmin(ok))
+            if take:
+                pay = as_strided(arr[pos + 31 :], shape=(take, size), strides=(r, 1), writeable=False)
+                log = as_strided(arr[pos + 15 :], shape=(take, 8), strides=(r, 1), writeable=False)
+                self.blocks.append((pay.copy(), log.copy().view("<i8").reshape(-1)))
+            pos += take * r
+            if take < k or k == 0:
+                return pos
+
+
+def _scan_fixed(data: bytes) -> dict[str, Any] | None:
+    """read_step_arrays' fast path; None where the generic reader must do it."""
+    end, closed = _complete_prefix(data)
+    sc = _Scan()
+    truncated = not closed
+    try:
+        sc.region(data, len(MCAP_MAGIC), end)
+    except _Damaged:
+        if closed:
+            return None  # the generic reader says what is wrong
+        truncated = True
+    if sc.layout is None:
+        return None
+    lay = sc.layout
+    raw = np.concatenate([b[0] for b in sc.blocks]) if sc.blocks else np.zeros((0, lay.size), np.uint8)
+    log = np.concatenate([b[1] for b in sc.blocks]) if sc.blocks else np.zeros(0, np.int64)
+    f = lay.decode_block(raw)
+    if f is None:
+        return None
+    # log order, as read_recording (stable); the writer's order already is, almost always
+    order = slice(None) if np.all(log[1:] >= log[:-1]) else np.argsort(log, kind="stable")
+    out = {k: np.asarray(f[k])[order].astype(np.float64) for k in ("x", "y", "u", "elapsed")}
+    for k in ("seq", "t_us", "mode", "reset"):
+        out[k] = np.asarray(f[k])[order].astype(np.int64)
+    out["log_ns"] = log[order]
+    out.update(
+        metadata=sc.meta,
+        truncated=truncated,
+        bytes=len(data),
+        bytes_read=end if truncated else len(data),
+        encoding="protobuf",
+    )
+    return out

@@ -1,0 +1,6 @@
+"""Fleet scale: shadow evaluation over many flight recordings and closed-loop robustness sweeps.
+
+Above ``hil/`` (it reuses the simulator's plant and the demo's success criterion), below ``cli/``.
+``engine`` runs a job's tasks in this process or on Ray with the same results; ``replay``
+and ``sweep`` are the two jobs; ``plant`` the vectorised cart-pole; ``grid`` the sweep's YAML.
+"""

@@ -1,0 +1,164 @@
+"""Runs a job's tasks in this process or on Ray; results come back in task order either way.
+
+A job is a module-level function ``fn(task) -> result`` and a list of tasks of bounded size.
+:meth:`Engine.map` returns one entry per task, in the tasks' order (a :class:`TaskFailure`
+where a task failed twice: it is retried once), so merging never depends on which worker
+finished first: the same job gives the same results in-process and on any number of workers.
+Ray (``pip install -e '.[fleet]'``) is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BackendError
+
+RAY_MISSING = "--ray needs Ray, which is not installed: pip install -e '.[fleet]' (or pip install ray)"
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task that failed on its first try and on its retry; ``error`` is the last one, one line."""
+
+    index: int
+    error: str
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+def local_pythonpath() -> str:
+    """PYTHONPATH with the folder holding this edgeliquid package first."""
+    from pathlib import Path
+
+    here = str(Path(__file__).resolve().parents[2])
+    return os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+
+
+def _call(fn: Callable[[Any], Any], task: Any) -> Any:
+    """What a Ray worker runs: one task, one numba thread (Ray gives each task one CPU)."""
+    import numba
+
+    numba.set_num_threads(1)
+    return fn(task)
+
+
+class Engine:
+    """In-process (``ray=None``), a local Ray (``ray="local"``, ``workers`` CPUs) or a cluster
+    (``ray="ray://host:10001"`` / ``"host:6379"`` / ``"auto"``).
+
+    A Ray this engine started is shut down by :meth:`close`; one already running (a test's
+    fixture, a notebook) is used as it is and left running.
+    """
+
+    def __init__(self, ray: str | None = None, workers: int | None = None):
+        self.ray_address = ray
+        self.workers = workers
+        self._ray = None
+        self._started = False
+        if ray is not None:
+            try:
+                import ray as ray_mod
+            except ImportError:
+                raise BackendError(RAY_MISSING) from None
+            self._ray = ray_mod
+            if not ray_mod.is_initialized():
+                kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+                if ray == "local":
+                    # Workers inherit the environment: they import this very edgeliquid (a
+                    # checkout, not another install). Cheaper than a runtime_env.
+                    os.environ["PYTHONPATH"] = local_pythonpath()
+                    ray_mod.init(num_cpus=workers or os.cpu_count() or 1, **kw)
+                else:
+                    try:
+                        ray_mod.init(address=ray, **kw)
+                    except (ConnectionError, RuntimeError, ValueError) as exc:
+                        raise BackendError(
+                            f"--ray {ray}: cannot join the cluster: {_one_line(exc)}"
+                        ) from None
+                self._started = True
+
+    @property
+    def description(self) -> str:
+        if self._ray is None:
+            return "in-process"
+        cpus = int(self._ray.cluster_resources().get("CPU", 0))
+        return f"ray ({'local' if self.ray_address == 'local' else self.ray_address}, {cpus} CPUs)"
+
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        tasks: Sequence[Any],
+        on_done: Callable[[int, Any], None] | None = None,
+    ) -> list[Any]:
+        """``[fn(t) for t in tasks]``, each failed task retried once, then a :class:`TaskFailure`.
+
+        ``on_done(index, result_or_failure)`` is called as each task finishes (progress).
+        """
+        on_done = on_done or (lambda i, r: None)
+        if self._ray is None:
+            return self._map_local(fn, tasks, on_done)
+        return self._map_ray(fn, tasks, on_done)
+
+    @staticmethod
+    def _map_local(fn, tasks, on_done) -> list[Any]:
+        out: list[Any] = []
+        for i, task in enumerate(tasks):
+            for attempt in range(2):
+                try:
+                    r = fn(task)
+                    break
+                except Exception as exc:  # a task's failure is reported, never fatal to the job
+                    r = TaskFailure(i, _one_line(exc))
+                    if attempt == 0:
+                        continue
+            out.append(r)
+            on_done(i, r)
+        return out
+
+    def _map_ray(self, fn, tasks, on_done) -> list[Any]:
+        ray = self._ray
+        remote = ray.remote(num_cpus=1, max_retries=0)(_call)
+        fn_ref = ray.put(fn)
+        # Bounded in flight: results are consumed as they come, never all held at once.
+        limit = max(4, 4 * int(ray.cluster_resources().get("CPU", 1)))
+        out: list[Any] = [None] * len(tasks)
+        attempts = [0] * len(tasks)
+        pending: dict[Any, int] = {}
+        queue = list(range(len(tasks)))[::-1]
+
+        def submit(i: int) -> None:
+            attempts[i] += 1
+            pending[remote.remote(fn_ref, tasks[i])] = i
+
+        while queue or pending:
+            while queue and len(pending) < limit:
+                submit(queue.pop())
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            try:
+                r = ray.get(ready[0])
+            except Exception as exc:  # the task raised, or its worker died
+                if attempts[i] < 2:
+                    submit(i)
+                    continue
+                r = TaskFailure(i, _one_line(getattr(exc, "cause", None) or exc))
+            out[i] = r
+            on_done(i, r)
+        return out
+
+    def close(self) -> None:
+        if self._started:
+            self._ray.shutdown()
+            self._started = False
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,362 @@
+"""``edgeliquid fleet replay``: a candidate model through many flight recordings, compared.
+
+Each recording's inputs, elapsed times and state resets go through the candidate (and the
+``baseline``, if given, on the same inputs); its outputs are compared with the recorded ones
+(or the baseline's). Per recording and fleet-wide, per output channel: max / mean / p99 of
+|difference|, the fraction of steps over ``threshold`` and the first step over it, and the
+mode changes that would differ (the node fails safe on a non-finite output). Recordings are
+read by the tasks themselves (:mod:`.recordings`); one that cannot be read is reported and
+skipped. Results depend only on the recordings and the models, never on the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgeliquidError, InputError, RecordingError
+from ..node.recorder import read_step_arrays, truncation_note
+from .engine import Engine, TaskFailure
+from .progress import Progress
+from .recordings import expand, group_by_size
+
+MODE_SAFE = 2
+# Fleet-wide p99 from merged histograms: 50 log bins per decade from 1e-12 to 1e4 (the
+# reported value is the upper edge of its bin: at most 4.7 % high). Per recording: exact.
+HIST_EDGES = np.logspace(-12, 4, 16 * 50 + 1)
+
+
+@dataclass(frozen=True)
+class ReplayJob:
+    """What every task needs besides its recordings (models travel as bytes: a few kB)."""
+
+    model: bytes
+    model_name: str
+    baseline: bytes | None = None
+    baseline_name: str | None = None
+    threshold: float = 0.05
+
+
+_POLICIES: dict[tuple[str, str], Any] = {}  # per worker process: loaded once, reused by tasks
+
+
+def _policy(blob: bytes, name: str, dtype: str):
+    from ..model.file import read_bytes
+    from ..runtime.policy import from_model
+
+    key = (hashlib.sha256(blob).hexdigest(), dtype)
+    if key not in _POLICIES:
+        if len(_POLICIES) >= 8:
+            _POLICIES.clear()
+        _POLICIES[key] = from_model(read_bytes(blob, name), "cpu", np.dtype(dtype))
+    return _POLICIES[key]
+
+
+def policy_outputs(pol, x: np.ndarray, elapsed: np.ndarray, reset: np.ndarray) -> np.ndarray:
+    """[T, M] outputs of ``pol`` over a recording from a zero state, resetting where recorded.
+
+    Segments between resets run in one compiled loop; a step that fails (a non-finite state:
+    the node would fail safe) gives NaN outputs and leaves the state as it was.
+    """
+    t = len(x)
+    out = np.empty((t, pol.n_outputs), np.float64)
+    cuts = [0, *[int(k) for k in np.flatnonzero(reset) if k > 0], t]
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        pol.reset()
+        try:
+            out[a:b] = pol.run(x[a:b], elapsed[a:b])
+        except InputError:
+            pol.reset()
+            for k in range(a, b):
+                try:
+                    out[k] = pol.step(x[k], float(elapsed[k]))
+                except InputError:
+                    out[k] = np.nan
+    return out
+
+
+def _mode_diffs(recorded: np.ndarray, got: np.ndarray, ref: np.ndarray) -> tuple[int, int | None]:
+    """Mode changes that differ: modes are the recorded ones, SAFE where an output is non-finite."""
+    mc = np.where(np.all(np.isfinite(got), axis=1), recorded, MODE_SAFE)
+    mr = np.where(np.all(np.isfinite(ref), axis=1), recorded, MODE_SAFE)
+    cc, cr = mc[1:] != mc[:-1], mr[1:] != mr[:-1]
+    bad = np.flatnonzero((cc != cr) | (cc & cr & (mc[1:] != mr[1:])))
+    return int(bad.size), (int(bad[0]) + 1 if bad.size else None)
+
+
+def compare(got: np.ndarray, ref: np.ndarray, mode: np.ndarray, log_ns: np.ndarray, threshold: float) -> dict:
+    """Per-channel statistics of |got - ref| (see module docstring), plus merge sums."""
+    fin = np.isfinite(got) & np.isfinite(ref)
+    both_nan = ~np.isfinite(got) & ~np.isfinite(ref)
+    d = np.where(fin, np.abs(got - ref), 0.0)
+    over = np.where(fin, d > threshold, ~both_nan)  # one side non-finite: over
+    n = len(got)
+    channels = []
+    hists = []
+    for c in range(got.shape[1]):
+        dc = d[fin[:, c], c]
+        first = np.flatnonzero(over[:, c])
+        channels.append(
+            {
+                "max_abs_diff": float(dc.max()) if dc.size else 0.0,
+                "mean_abs_diff": float(dc.mean()) if dc.size else 0.0,
+                "p99_abs_diff": float(np.percentile(dc, 99)) if dc.size else 0.0,
+                "frac_over": float(over[:, c].sum() / n) if n else 0.0,
+                "first_step_over": int(first[0]) if first.size else None,
+                "nonfinite_mismatch": int((~fin[:, c] & ~both_nan[:, c]).sum()),
+                "_sum": float(dc.sum()),
+                "_n": int(dc.size),
+                "_over": int(over[:, c].sum()),
+            }
+        )
+        hists.append(
+            np.bincount(np.searchsorted(HIST_EDGES, dc, side="right"), minlength=len(HIST_EDGES) + 1)
+        )
+    any_over = np.flatnonzero(over.any(axis=1))
+    any_diff = np.flatnonzero((d > 0).any(axis=1) | over.any(axis=1))
+    first = int(any_over[0]) if any_over.size else (int(any_diff[0]) if any_diff.size else None)
+    n_mode, first_mode = _mode_diffs(mode, got, ref)
+    return {
+        "steps": n,
+        "channels": channels,
+        "first_step_over": int(any_over[0]) if any_over.size else None,
+        "first_divergence_step": first,
+        "first_divergence_s": (float((log_ns[first] - log_ns[0]) / 1e9) if first is not None else None),
+        "mode_changes_differ": n_mode,
+        "first_mode_difference_step": first_mode,
+        "_hist": np.array(hists, np.int64),
+    }
+
+
+def replay_one(job: ReplayJob, path: str) -> dict[str, Any]:
+    """One recording through the candidate (and baseline); raises for an unreadable one."""
+    rec = read_step_arrays(path)
+    x, el, reset = rec["x"], rec["elapsed"], rec["reset"].astype(bool)
+    if len(x) == 0:
+        raise RecordingError(f"{path}: no steps recorded")
+    dtype = rec["metadata"].get("dtype", "float32")
+    pol = _policy(job.model, job.model_name, dtype)
+    if (pol.n_inputs, pol.n_outputs) != (x.shape[1], rec["y"].shape[1]):
+        raise RecordingError(
+            f"{path}: holds {x.shape[1]} inputs / {rec['y'].shape[1]} outputs per step but "
+            f"{job.model_name} has {pol.n_inputs} / {pol.n_outputs}"
+        )
+    got = policy_outputs(pol, x, el, reset)
+    if job.baseline is not None:
+        ref = policy_outputs(_policy(job.baseline, job.baseline_name or "baseline", dtype), x, el, reset)
+    else:
+        ref = rec["y"]
+    r = compare(got, ref, rec["mode"], rec["log_ns"], job.threshold)
+    r = {"recording": path, "encoding": rec["encoding"], "truncated": bool(rec["truncated"]), **r}
+    r["note"] = truncation_note(path, {**rec, "steps": x, "events": []}) if rec["truncated"] else None
+    return r
+
+
+def replay_task(task: tuple[ReplayJob, list[str]]) -> list[dict[str, Any]]:
+    """A task: a few recordings; an unreadable one becomes ``{"recording", "error"}``."""
+    job, paths = task
+    out = []
+    for p in paths:
+        try:
+            out.append(replay_one(job, p))
+        except (EdgeliquidError, OSError, ValueError) as exc:
+            out.append({"recording": p, "error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
+    return out
+
+
+def _p99(hist: np.ndarray) -> float:
+    n = hist.sum()
+    if not n:
+        return 0.0
+    k = int(np.searchsorted(np.cumsum(hist), 0.99 * n))
+    return 0.0 if k == 0 else float(HIST_EDGES[min(k, len(HIST_EDGES) - 1)])
+
+
+def summarize(results: list[dict[str, Any]], threshold: float, worst: int) -> dict[str, Any]:
+    """Fleet-wide per-channel figures and the ``worst`` recordings (merged in a fixed order)."""
+    ok = [r for r in results if "error" not in r]
+    n_ch = max((len(r["channels"]) for r in ok), default=0)
+    fleet = []
+    for c in range(n_ch):
+        rows = [r["channels"][c] for r in ok if len(r["channels"]) > c]
+        n = sum(x["_n"] for x in rows)
+        steps = sum(r["steps"] for r in ok if len(r["channels"]) > c)
+        hist = sum(
+            (r["_hist"][c] for r in ok if len(r["channels"]) > c), np.zeros(len(HIST_EDGES) + 1, np.int64)
+        )
+        fleet.append(
+            {
+                "max_abs_diff": max((x["max_abs_diff"] for x in rows), default=0.0),
+                "mean_abs_diff": sum(x["_sum"] for x in rows) / n if n else 0.0,
+                "p99_abs_diff": _p99(hist),
+                "frac_over": sum(x["_over"] for x in rows) / steps if steps else 0.0,
+                "recordings_over": sum(1 for x in rows if x["first_step_over"] is not None),
+            }
+        )
+
+    def badness(r):
+        return (-max(ch["max_abs_diff"] for ch in r["channels"]), -r["mode_changes_differ"], r["recording"])
+
+    ranked = sorted(ok, key=badness)[:worst]
+    return {
+        "recordings": len(ok),
+        "unreadable": len(results) - len(ok),
+        "steps": sum(r["steps"] for r in ok),
+        "threshold": threshold,
+        "channels": fleet,
+        "mode_changes_differ": sum(r["mode_changes_differ"] for r in ok),
+        "recordings_with_mode_differences": sum(1 for r in ok if r["mode_changes_differ"]),
+        "worst": [
+            {
+                "recording": r["recording"],
+                "max_abs_diff": max(ch["max_abs_diff"] for ch in r["channels"]),
+                "first_divergence_step": r["first_divergence_step"],
+                "first_divergence_s": r["first_divergence_s"],
+                "mode_changes_differ": r["mode_changes_differ"],
+            }
+            for r in ranked
+        ],
+    }
+
+
+def _public(r: dict[str, Any]) -> dict[str, Any]:
+    """A per-recording result without the merge fields (``_``-prefixed)."""
+    if "error" in r:
+        return r
+    out = {k: v for k, v in r.items() if not k.startswith("_")}
+    out["channels"] = [{k: v for k, v in ch.items() if not k.startswith("_")} for ch in r["channels"]]
+    return out
+
+
+def fleet_replay(
+    specs: list[str],
+    model: str,
+    baseline: str | None = None,
+    threshold: float = 0.05,
+    worst: int = 10,
+    engine: Engine | None = None,
+    progress: bool = True,
+    max_task_bytes: int = 64 << 20,
+) -> dict[str, Any]:
+    """Replay every recording ``specs`` names through ``model``; the report (see module docstring)."""
+
+    def blob(p: str, what: str) -> bytes:
+        try:
+            return Path(p).read_bytes()
+        except OSError as exc:
+            raise RecordingError(f"{what} {p}: cannot read: {exc.strerror or exc}") from None
+
+    job = ReplayJob(
+        blob(model, "--model"),
+        str(model),
+        blob(baseline, "--baseline") if baseline else None,
+        str(baseline) if baseline else None,
+        float(threshold),
+    )
+    from ..model.file import read_bytes
+
+    read_bytes(job.model, str(model))  # a bad model file: one error now, not one per recording
+    if job.baseline is not None:
+        read_bytes(job.baseline, str(baseline))
+    paths, missing = expand(specs)
+    groups = group_by_size(paths, max_task_bytes)
+    engine = engine or Engine()
+    sizes = [sum(_size(p) for p in g) for g in groups]
+    bar = Progress("fleet replay", len(groups), "steps", total_weight=sum(sizes) or None, enabled=progress)
+
+    def done(i: int, r: Any) -> None:
+        steps = 0 if isinstance(r, TaskFailure) else sum(x.get("steps", 0) for x in r)
+        bar.update(steps, sizes[i], failed=isinstance(r, TaskFailure))
+
+    out = engine.map(replay_task, [(job, g) for g in groups], done)
+    results: list[dict[str, Any]] = list(missing)
+    for g, r in zip(groups, out):
+        if isinstance(r, TaskFailure):
+            results += [{"recording": p, "error": f"task failed twice: {r.error}"} for p in g]
+        else:
+            results += r
+    summary = summarize(results, threshold, worst)
+    return {
+        "model": str(model),
+        "baseline": str(baseline) if baseline else None,
+        "compared_with": "baseline" if baseline else "recorded outputs",
+        "engine": engine.description,
+        "tasks": len(groups),
+        "fleet": summary,
+        "per_recording": [_public(r) for r in results],
+        "unreadable": [r for r in results if "error" in r],
+    }
+
+
+def _size(p: str) -> int:
+    try:
+        return Path(p).stat().st_size
+    except OSError:
+        return 0
+
+
+def format_report(r: dict[str, Any]) -> str:
+    f = r["fleet"]
+    lines = [
+        f"fleet replay of {f['recordings']} recordings ({f['steps']:,} steps) through {r['model']}, "
+        f"compared with the {r['compared_with']} ({r['engine']}, {r['tasks']} tasks)",
+        f"  threshold {f['threshold']:g}; mode changes that would differ: {f['mode_changes_differ']} "
+        f"in {f['recordings_with_mode_differences']} recordings",
+    ]
+    for c, ch in enumerate(f["channels"]):
+        lines.append(
+            f"  channel {c}: max |diff| {ch['max_abs_diff']:.3g}, mean {ch['mean_abs_diff']:.3g}, "
+            f"p99 {ch['p99_abs_diff']:.3g}, over threshold {100 * ch['frac_over']:.2f} % of steps "
+            f"({ch['recordings_over']} recordings)"
+        )
+    if f["worst"]:
+        lines.append(f"  worst {len(f['worst'])}:")
+        for w in f["worst"]:
+            at = (
+                "never"
+                if w["first_divergence_s"] is None
+                else (f"step {w['first_divergence_step']} ({w['first_divergence_s']:.3f} s)")
+            )
+            lines.append(
+                f"    {w['recording']}: max |diff| {w['max_abs_diff']:.3g}, first divergence {at}, "
+                f"mode differences {w['mode_changes_differ']}"
+            )
+    for u in r["unreadable"]:
+        lines.append(f"  skipped {u['recording']}: {u['error']}")
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: str) -> None:
+    """Fleet-wide |diff| distribution per channel, and the worst recordings' max |diff|."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = r["fleet"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rows = [x for x in r["per_recording"] if "error" not in x]
+    for c in range(len(f["channels"])):
+        mx = np.array([x["channels"][c]["max_abs_diff"] for x in rows])
+        mx = np.sort(mx[mx > 0])
+        if mx.size:
+            a.step(mx, 1 - np.arange(mx.size) / len(rows), where="post", label=f"channel {c}")
+    a.axvline(f["threshold"], color="k", ls="--", lw=1, label="threshold")
+    a.set(
+        xscale="log",
+        xlabel="max |diff| in a recording",
+        ylabel="fraction of recordings ≥ x",
+        title="how far the candidate departs, recording by recording",
+    )
+    a.legend()
+    w = f["worst"]
+    b.barh([Path(x["recording"]).name for x in w][::-1], [x["max_abs_diff"] for x in w][::-1])
+    b.axvline(f["threshold"], color="k", ls="--", lw=1)
+    b.set(xlabel="max |diff|", title=f"worst {len(w)} recordings")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
