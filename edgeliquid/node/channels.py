@@ -46,6 +46,11 @@ class ChannelMaps:
         # (index, low, high) of inputs that declare a plausible range; empty: nothing to check.
         self._ranges = tuple((i, c.range[0], c.range[1]) for i, c in enumerate(inputs) if c.range is not None)
 
+    @property
+    def ranges(self) -> tuple[tuple[int, float, float], ...]:
+        """(index, low, high) of every input that declares a plausible ``range``."""
+        return self._ranges
+
     def in_range(self, values) -> bool:
         """True when every raw value lies inside its input's declared ``range``.
 

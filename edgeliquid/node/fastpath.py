@@ -1,5 +1,5 @@
-"""Glue to the fused cpu kernels (``control_step`` of the policy's kernel module, LTC or CfC):
-the kernel and its arrays, and warming it up."""
+"""Glue to the fused cpu kernels (``control_step`` of the policy's kernel module, LTC or CfC, and
+the node's per-frame kernel in :mod:`.framecodec`): the kernel and its arrays, and warming them up."""
 
 from __future__ import annotations
 
@@ -27,6 +27,25 @@ def warm_fused(policy, chan: np.ndarray) -> None:
             np.zeros(policy.n_inputs),
             1.0,
             0.0,
+            chan.copy(),
+            np.zeros(policy.n_inputs, policy.dtype),
+            fp,
+            ip,
+            work.copy(),
+        )
+        # and the one-call-per-frame kernel (framecodec), so a reload swaps in without a JIT
+        from . import framecodec as F
+
+        fs = F.FrameState(policy.n_inputs, 1.0, 1.0)
+        F.frame_kernel(policy)(
+            F.OP_TICK,
+            0,
+            0,
+            0,
+            0,
+            fs.buf,
+            fs.st,
+            fs.fv,
             chan.copy(),
             np.zeros(policy.n_inputs, policy.dtype),
             fp,

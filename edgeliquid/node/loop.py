@@ -31,7 +31,9 @@ import serial
 
 from ..errors import EdgeliquidError, StabilityError
 from ..runtime import kernels
+from ..runtime.policy import compiled_entry
 from . import deadlines, realtime
+from . import framecodec as F
 from . import protocol as P
 from .channels import ChannelMaps
 from .config import NodeConfig
@@ -180,6 +182,12 @@ class Node:
             raise StabilityError(unstable)
         self.maps = ChannelMaps(cfg.inputs, cfg.outputs, self.policy.dtype)
         check_normalization(cfg, self.policy.metadata)
+        # The compiled per-frame call's state; the receiver counters, tx seq and clocks below
+        # live in it, so that the compiled path and the Python path share one copy.
+        self.frames = F.FrameState(len(cfg.inputs), cfg.rate_hz, cfg.model_dt, self.maps.ranges)
+        self._st = self.frames.st
+        self._fd: int | None = None
+        self.rare_frames = 0  # frames the compiled call handed to Python (HELLO, not a RUN cycle)
         self._bind_policy()
         warm_fused(self.policy, self.maps.chan)
         self.reloader = Reloader(cfg, self.maps.chan)
@@ -187,17 +195,18 @@ class Node:
         # RUN's per-cycle decisions (shared instances): an identity test skips the general path.
         self._run_step = decision(P.MODE_RUN, R_NONE, SEND_POLICY)
         self._run_idle = decision(P.MODE_RUN, R_NONE, SEND_NONE)
-        self.rx = P.RxCounters()
+        self.rx = F.SharedRx(self._st)
         self.stats = NodeStats()
         self.port: serial.SerialBase | None = None
         self._text = cfg.protocol == "text"
         self._event_mode = cfg.mode == "event"
+        self._op = F.OP_EVENT if self._event_mode else F.OP_FIXED
         self._splitter = LineSplitter() if self._text else P.Packetizer()
         self._tx_seq = 0
         self._rx_lines = 0
         self._stop = False
         self._reload = False
-        self._last_raw = np.zeros(len(cfg.inputs))  # the last good inputs (HOLD reuses them)
+        self._last_raw = self.frames.last_raw  # the last good inputs (HOLD reuses them)
         self._last_t_us: int | None = None
         self._last_cmd_ns = time.monotonic_ns()
         self._last_write_ns = 0  # the previous policy command's write time (deadline misses)
@@ -209,6 +218,7 @@ class Node:
         self._timeout_ns = int(cfg.sensor_timeout_ms * 1e6)
         self._spin_s = cfg.spin_us / 1e6
         self._held = realtime.Held()
+        self._sleeper = realtime.AbsSleep()
         self.ready = threading.Event()  # set once the port is open and the handshake sent
         self.events: list[tuple[float, str]] = []
         self._t_decoded = 0
@@ -218,6 +228,17 @@ class Node:
         if cfg.telemetry:
             self.recorder = make_recorder(cfg, self.policy)
         self._note_stability()
+
+    # Shared with the compiled call (framecodec.FrameState.st).
+    _tx_seq = F._slot(F.ST_TX_SEQ)
+    _last_t_us = F._slot(F.ST_LAST_T_US, -1)
+    _last_cmd_ns = F._slot(F.ST_LAST_CMD_NS)
+
+    @property
+    def fused(self) -> bool:
+        """True when frames go through the one compiled call per frame (framecodec): binary
+        protocol, cpu policy, a port with a file descriptor."""
+        return self._kcall is not None and self._fd is not None
 
     @property
     def mode(self) -> int:
@@ -417,10 +438,13 @@ class Node:
             return
         self._last_cmd_ns = now
         t_inferred = time.monotonic_ns()
-        u = self.maps.u
-        data = self._encode(P.ACTUATE, u.tolist(), ref_seq)
+        data = self._encode(P.ACTUATE, self.maps.u.tolist(), ref_seq)
         t_encoded = time.monotonic_ns()
         self._write(data)
+        self._commanded(ref_seq, t_ready, t_inferred, t_encoded)
+
+    def _commanded(self, ref_seq: int, t_ready: int, t_inferred: int, t_encoded: int) -> None:
+        """A policy command was written: counters, latency, deadline misses, the recorder."""
         t_written = time.monotonic_ns()
         st = self.stats
         st.steps += 1
@@ -442,7 +466,7 @@ class Node:
                 self._reset_pending,
                 self.maps.xbuf,
                 self._yview,
-                u,
+                self.maps.u,
                 (t_ready, max(self._t_decoded, t_ready), t_inferred, t_encoded, t_written),
             )
         self._reset_pending = False
@@ -489,6 +513,17 @@ class Node:
         self._yview = self.policy._y
         self._fast = fast_arrays(self.policy)
         self._fused = fused_kernel(self.policy) if self._fast is not None else None
+        self.frames.fv[F.FV_MAX_ELAPSED] = self._max_elapsed
+        self._kcall = None
+        if self._fast is not None and not self._text_protocol():
+            fs, m = self.frames, self.maps
+            self._kargs = (fs.buf, fs.st, fs.fv, m.chan, m.xbuf, *self._fast)
+            # Warm on a copy of the state with nothing pending: the call returns at once.
+            warm = (F.OP_TICK, 0, 0, 0, P.MODE_SAFE, fs.buf, fs.st.copy(), *self._kargs[2:])
+            self._kcall = compiled_entry(F.frame_kernel(self.policy), warm)
+
+    def _text_protocol(self) -> bool:
+        return self.cfg.protocol == "text"
 
     # ------------------------------------------------------------------ loop
     def _read_some(self, wait_s: float) -> bytes:
@@ -513,6 +548,10 @@ class Node:
         return first + port.read(n) if n else first
 
     def _poll(self, wait_s: float) -> None:
+        """Read what the port has (waiting up to ``wait_s``) and handle every frame in it."""
+        if self._kcall is not None and self._fd is not None:
+            self._poll_fused(wait_s)
+            return
         data = self._read_some(wait_s)
         if not data:
             return
@@ -539,6 +578,72 @@ class Node:
             self.rx.errors["length"] += overflow
             self._splitter.overflows = 0
 
+    def _poll_fused(self, wait_s: float) -> None:
+        """The binary hot path: select, read into the preallocated buffer, one compiled call
+        per frame (framecodec), write the ACTUATE it encoded. Python handles only the rare
+        returns (HELLO, a cycle the supervisor must judge, errors, policy failure)."""
+        fd = self._fd
+        if not select.select(self._rlist, (), (), wait_s if wait_s > 0 else 0.0)[0]:
+            return
+        try:
+            n = os.readv(fd, self._rvec)
+        except BlockingIOError:
+            return
+        if not n:  # readable but empty: the device went away
+            raise serial.SerialException("device reports readiness to read but returned no data")
+        t_ready = time.monotonic_ns()
+        call, args, op = self._kcall, self._kargs, self._op
+        r = call(op, 0, n, t_ready, self.sup.mode, *args)
+        while True:
+            code = r & 0xFF
+            if code == F.R_STEP_END:
+                self._sent_fused(r >> 8, t_ready, t_ready)
+                return
+            if code == F.R_DONE:
+                return
+            self._rare(code, r, t_ready, t_ready)
+            r = call(op, int(self._st[F.ST_POS]), n, t_ready, self.sup.mode, *args)
+
+    def _rare(self, code: int, r: int, t_ready: int, now: int) -> None:
+        """A return of the compiled call other than "done" / "sent, nothing left"."""
+        st = self._st
+        if code == F.R_STEP_MORE:
+            self._sent_fused(r >> 8, t_ready, now)
+        elif code == F.R_ERROR:
+            self.rx.count_error(P.ERROR_KINDS[int(st[F.ST_KIND])])
+        elif code == F.R_OVERFLOW:
+            self.rx.errors["length"] += 1
+        elif code == F.R_PACKET:
+            self.rare_frames += 1
+            self._t_decoded = time.monotonic_ns()
+            self._handle(self.frames.packet(), t_ready)
+        elif code == F.R_POLICY:
+            self.sup.on_valid_sample(now)  # RUN: the plain step decision, bookkeeping only
+            if self._event_mode:
+                self._cycle_ns = t_ready
+            self._finish(int(st[F.ST_KIND]), int(st[F.ST_SEQ]), t_ready, now)
+
+    def _sent_fused(self, size: int, t_ready: int, now: int) -> None:
+        """The compiled call stepped a RUN cycle and encoded its ACTUATE: write it, count it."""
+        self.sup.on_valid_sample(now)  # RUN: the plain step decision, bookkeeping only
+        if self._event_mode:
+            self._cycle_ns = t_ready
+        t_done = time.monotonic_ns()
+        view = self.frames.tx(size)
+        try:
+            k = os.write(self._fd, view)
+        except BlockingIOError:
+            k = 0
+        if k != size:  # a partial write: the rest through pyserial (it waits)
+            self.port.write(bytes(view[k:]))
+        if self.recorder is None:
+            self._commanded(0, t_ready, t_done, t_done)
+            return
+        st = self._st
+        self._t_decoded = t_ready
+        self._rec_elapsed, self._rec_t_us = float(self.frames.fv[F.FV_ELAPSED]), int(st[F.ST_T_US])
+        self._commanded(int(st[F.ST_SEQ]), t_ready, t_done, t_done)
+
     def _check_timeout(self, now: int) -> None:
         """The supervisor's timer (every loop iteration): sensor timeout -> HOLD/SAFE, and the
         STATUS (+ fail-safe in SAFE) repeat while not RUN. Fires with no frame at all."""
@@ -554,6 +659,10 @@ class Node:
             try:
                 self.port = open_port(self.cfg)
                 self._splitter = LineSplitter() if self._text else P.Packetizer()
+                self.frames.reset_receiver()
+                self._fd = None if self._text else getattr(self.port, "fd", None)
+                if self._fd is not None:
+                    self._rlist, self._rvec = [self._fd], [self.frames.rx_view]
                 self.rx.reset_seq()
                 self._last_t_us = None
                 # Announce ourselves and put the actuators in a defined state.
@@ -582,6 +691,7 @@ class Node:
             time.sleep(min(0.05, max(0.0, (end - time.monotonic_ns()) / 1e9)))
 
     def _close(self) -> None:
+        self._fd = None
         if self.port is not None:
             try:
                 self.port.close()
@@ -665,9 +775,15 @@ class Node:
                 try:
                     now = time.monotonic_ns()
                     if not self._event_mode:
-                        # Sleep only until spin_us before the tick, then poll without sleeping:
-                        # on a VM an idle vCPU can take milliseconds to wake (halt + reschedule).
-                        self._poll(realtime.tick_wait_s(next_tick, now, self._spin_s))
+                        # Take what the port has, then sleep (absolute, GIL released) until
+                        # spin_us before the tick and poll without sleeping from there: on a VM
+                        # an idle vCPU can take milliseconds to wake (halt + reschedule). Frames
+                        # that arrive during the sleep are read before the tick uses them.
+                        wait = realtime.tick_wait_s(next_tick, now, self._spin_s)
+                        self._poll(0.0)
+                        if wait > 0:
+                            self._sleeper.until(now + int(wait * 1e9))
+                            self._poll(0.0)
                         now = time.monotonic_ns()
                         if now >= next_tick:
                             self._tick(now)
@@ -698,6 +814,19 @@ class Node:
     def _tick(self, now: int) -> None:
         """Fixed mode: one cycle on the newest frame since the last tick."""
         self._cycle_ns = now
+        if self.fused:
+            r = self._kcall(F.OP_TICK, 0, 0, now, self.sup.mode, *self._kargs)
+            code = r & 0xFF
+            if code != F.R_DONE:
+                t_ready = int(self._st[F.ST_PEND_NS])
+                if code == F.R_STEP_END:
+                    self._sent_fused(r >> 8, t_ready, now)
+                elif code == F.R_TICK_SLOW:
+                    self.rare_frames += 1
+                    elapsed = (self._period_ns / 1e9) / self.cfg.model_dt
+                    self._on_sample(self.frames.pending(), t_ready, elapsed=elapsed)
+                else:
+                    self._rare(code, r, t_ready, now)
         pkt, self._pending = self._pending, None
         if pkt is not None:
             self._on_sample(pkt, self._pending_ns, elapsed=(self._period_ns / 1e9) / self.cfg.model_dt)

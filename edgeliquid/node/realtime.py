@@ -2,7 +2,8 @@
 
 `apply` sets what a node config's ``realtime:`` section asks for (CPU pinning, SCHED_FIFO,
 mlockall, a CPU wake-up latency request); each setting the OS refuses is a warning, never a
-failure. `probe_wakeups` is a small cyclictest: a loop that waits for absolute ticks exactly
+failure. `AbsSleep` is the fixed mode's wait (clock_nanosleep on an absolute deadline, GIL
+released). `probe_wakeups` is a small cyclictest: a loop that waits for absolute ticks exactly
 as the node's fixed mode does, with nothing else to do, so its late ticks are the floor this
 machine and these settings put under the node (``edgeliquid profile --wakeup``).
 """
@@ -101,6 +102,39 @@ def apply(
     return held
 
 
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class AbsSleep:
+    """Sleep until an absolute ``time.monotonic_ns()`` instant: ``clock_nanosleep(CLOCK_MONOTONIC,
+    TIMER_ABSTIME)`` through ctypes, which releases the GIL for the call. An absolute deadline
+    does not stretch by the time spent computing a relative one. A signal ends the sleep early
+    (the caller loops). Without the libc call (not Linux): ``time.sleep`` of the difference."""
+
+    CLOCK_MONOTONIC, TIMER_ABSTIME = 1, 1
+
+    def __init__(self):
+        self._ts = _Timespec()
+        self._ref = ctypes.byref(self._ts)
+        try:
+            f = ctypes.CDLL(None).clock_nanosleep
+            f.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.POINTER(_Timespec), ctypes.c_void_p)
+            f.restype = ctypes.c_int
+            self._f = f
+        except (OSError, AttributeError):
+            self._f = None
+
+    def until(self, t_ns: int) -> None:
+        if self._f is None:
+            time.sleep(max(0.0, (t_ns - time.monotonic_ns()) / 1e9))
+            return
+        ts = self._ts
+        ts.tv_sec = t_ns // 1_000_000_000
+        ts.tv_nsec = t_ns % 1_000_000_000
+        self._f(self.CLOCK_MONOTONIC, self.TIMER_ABSTIME, self._ref, None)
+
+
 def tick_wait_s(next_tick_ns: int, now_ns: int, spin_s: float) -> float:
     """How long the fixed loop may sleep in select(): until ``spin_s`` before the tick (capped
     at 50 ms so signals and timeouts are seen), 0 inside the spin window."""
@@ -130,14 +164,20 @@ def _probe_loop(rate_hz: float, seconds: float, spin_us: float, settings: dict) 
     held = apply(**settings)
     try:
         period = int(1e9 / rate_hz)
-        r, w = os.pipe()  # never written: select() sleeps its full timeout, as on a quiet port
+        r, w = os.pipe()  # never written: a quiet port
+        sleeper = AbsSleep()
         n = missed = 0
         next_tick = time.monotonic_ns() + period
         end = next_tick + int(seconds * 1e9)
         lateness = np.zeros(ticks_due(next_tick, end, period), dtype=np.int64)
         while True:
-            # Node.run's fixed-mode wait and tick accounting, on a port that stays quiet.
-            select.select([r], [], [], tick_wait_s(next_tick, time.monotonic_ns(), spin_us / 1e6))
+            # Node.run's fixed-mode wait and tick accounting, on a port that stays quiet:
+            # look at the port, sleep (absolute) until spin_us before the tick, then spin.
+            now = time.monotonic_ns()
+            wait = tick_wait_s(next_tick, now, spin_us / 1e6)
+            select.select([r], [], [], 0.0)
+            if wait > 0:
+                sleeper.until(now + int(wait * 1e9))
             now = time.monotonic_ns()
             if now < next_tick:
                 continue
