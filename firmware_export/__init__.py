@@ -198,11 +198,15 @@ def estimate_memory(fm: FirmwareModel, fixed_point: bool) -> dict:
     word = 4
     idx = 1 if fm.index_type() == "uint8_t" else 2
     syn = fm.rec.count + fm.sens.count
-    flash = syn * (4 * word + 2 * idx) + cfg.units * 3 * word + 2 * (cfg.n_inputs + cfg.motor_size) * word
+    if fixed_point:  # per synapse src, dst, w, sigma, mu, E
+        flash = syn * (4 * word + 2 * idx)
+    else:  # per synapse {a, b, w, E} + its source index; per neuron two synapse counts (CSR)
+        flash = syn * (4 * word + idx) + 2 * cfg.units * idx
+    flash += cfg.units * 3 * word + 2 * (cfg.n_inputs + cfg.motor_size) * word
     if cfg.mixed_memory:
         flash += 4 * cfg.units * (cfg.n_inputs + cfg.units + 1) * word
     # float buffers of U in the step (and the derivative function), per solver
-    per_u = {"fused_semi_implicit_euler": 7, "explicit_euler": 6, "rk4": 10}[cfg.solver]
+    per_u = {"fused_semi_implicit_euler": 7 if fixed_point else 5, "explicit_euler": 6, "rk4": 10}[cfg.solver]
     stack = (per_u * cfg.units + cfg.n_inputs) * word + (5 * cfg.units * word if cfg.mixed_memory else 0)
     return {
         "flash_params_bytes_estimate": flash,

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from string import Template
 
+import numpy as np
+
 from edgeliquid.runtime import fastexp as F
 
 from .cgen import c_float
@@ -60,3 +62,85 @@ static float $${name}_sigmoid(float x)
 
 #: ``Template`` with ``${name}``, like float_c's sigmoid templates (the constants are filled in).
 SIGMOID_FAST = Template(Template(_TEMPLATE).substitute(_CONSTS))
+
+
+# ------------------------------------------------------------------ exp2 for the LTC synapse loop
+
+#: 2^t = 2^n 2^(j/64) 2^r: n, j from round(64 t) (the 1.5·2^17 shifter), |r| <= 1/128 exact,
+#: 2^(j/64) from a 64-entry table (<= 0.5 ulp each), 2^r = 1 + r (C1 + C2 r), minimax on the
+#: interval (relative error 6.6e-9), all with fmaf so every platform gives the same bits (and
+#: the M4 one vfma each). 2^n goes into an exponent field clamped to [0, 255]: results below
+#: 2^-126 flush to 0, above 2^128 become inf, so 1 / (1 + 2^t) saturates exactly to 1 or 0.
+#: Valid for |t| < 2^16 (the shifter's range): callers bound t (EXP2_T_LIMIT). ``_exp2_n`` skips the
+#: range check (|t| <= EXP2_N_LIMIT): 2^n is added to the table entry's exponent bits.
+EXP2_BITS = 6
+EXP2_SHIFTER = 1.5 * 2.0 ** (23 - EXP2_BITS)
+EXP2_T_LIMIT = 32768.0
+EXP2_N_LIMIT = 125.0
+EXP2_C1 = 0.69314975
+EXP2_C2 = 0.24022666
+LOG2E = 1.4426950408889634
+
+
+def exp2_bits() -> list[int]:
+    """The float32 bits of 2^(j/64), j = 0..63."""
+    return [int(np.float32(2.0 ** (j / 2**EXP2_BITS)).view(np.uint32)) for j in range(2**EXP2_BITS)]
+
+
+_EXP2_TEMPLATE = """#ifdef __GNUC__
+#define $${UP}_INLINE static inline __attribute__((always_inline))
+#else
+#define $${UP}_INLINE static inline
+#endif
+
+/* float32 bits of 2^(j/64) */
+$table
+/* 2^t for |t| <= 125 (no range check: callers bound t), <= 2 ulp (1.1 measured). 2^n is added to
+ * the table entry's exponent; firmware_export/fastexp_c.py, docs/firmware.md */
+$${UP}_INLINE float $${name}_exp2_n(float t)
+{
+    union { float f; uint32_t u; } h, m;
+    float r;
+    h.f = t + ${SHIFTER};                  /* round(64 t) = n 64 + j in the low mantissa bits */
+    r = t - (h.f - ${SHIFTER});            /* exact, |r| <= 1/128 */
+    m.u = $${name}_exp2_tab[h.u & ${MASK}u] + ((h.u >> ${BITS}) << 23);  /* the shifter's bits drop out */
+    return fmaf(m.f, r * fmaf(${C2}, r, ${C1}), m.f);
+}
+
+/* 2^t for |t| < 2^16 (callers bound t): as above for t in [-126, 127.4]; 0 below, inf above */
+$${UP}_INLINE float $${name}_exp2(float t)
+{
+    union { float f; uint32_t u; } h, m, s;
+    float r;
+    int32_t e;
+    h.f = t + ${SHIFTER};
+    r = t - (h.f - ${SHIFTER});
+    e = (int32_t)(h.u - ${BIAS_BITS}u) >> ${BITS};   /* n + 127 */
+    s.u = (uint32_t)(e < 0 ? 0 : (e > 255 ? 255 : e)) << 23;  /* 2^n, 0 or inf outside the range */
+    m.u = $${name}_exp2_tab[h.u & ${MASK}u];
+    return fmaf(m.f, r * fmaf(${C2}, r, ${C1}), m.f) * s.f;
+}
+
+/* |x| clamped to lim (NaN passes through) */
+$${UP}_INLINE float $${name}_clampf(float x, float lim)
+{
+    return x < -lim ? -lim : (x > lim ? lim : x);
+}
+"""
+
+
+def exp2_c(name: str) -> str:
+    """The C of ``NAME_exp2`` (table, inline macro ``NAME_INLINE``, ``NAME_clampf``); needs math.h,
+    stdint.h."""
+    from .cgen import c_array
+
+    consts = {
+        "SHIFTER": c_float(EXP2_SHIFTER),
+        "BIAS_BITS": f"0x{int(np.float32(EXP2_SHIFTER).view(np.uint32)) - (127 << EXP2_BITS):08X}",
+        "BITS": str(EXP2_BITS),
+        "MASK": str(2**EXP2_BITS - 1),
+        "C1": c_float(EXP2_C1),
+        "C2": c_float(EXP2_C2),
+        "table": c_array("uint32_t", "${name}_exp2_tab", exp2_bits()),
+    }
+    return Template(Template(_EXP2_TEMPLATE).substitute(consts)).substitute(name=name, UP=name.upper())

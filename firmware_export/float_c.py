@@ -8,8 +8,9 @@ import numpy as np
 
 from .cgen import CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
+from .fastexp_c import EXP2_N_LIMIT, EXP2_T_LIMIT, LOG2E, exp2_c
 from .fastexp_c import SIGMOID_FAST as FAST_SIGMOID
-from .layout import FirmwareModel
+from .layout import FirmwareModel, Synapses
 
 #: The step's comment in HEADER for LTC models (``step_doc``; ${UP} is the name in capitals).
 LTC_STEP_DOC = (
@@ -56,7 +57,7 @@ SOURCE = Template("""$banner
 #define SNNZ $snnz
 
 $arrays
-$sigmoid$deriv
+$exp2$sigmoid$act$deriv
 $normalize
 void ${name}_reset(float *state)
 {
@@ -68,20 +69,25 @@ void ${name}_reset(float *state)
 
 void ${name}_step(const float *x, float *state, float elapsed, float *y)
 {
-$buffers$lstm_decl$scalars    int i, j, k, t;
+$buffers$lstm_decl$scalars    const float *p;
+    const $idx *src;
+    int i, j, k, t, c;
 
 $lstm_body    for (i = 0; i < NI; ++i) {
-        xm[i] = x[i] * $in_w + $in_b;
+        xm[i] = $xm;
     }
+    /* sensory synapses do not depend on v: once per step (sorted by destination) */
+    p = s_par;
+    src = s_src;
     for (j = 0; j < U; ++j) {
-        ns[j] = 0.0f;
-        ds[j] = 0.0f;
-    }
-    /* sensory synapses do not depend on v: once per step */
-    for (k = 0; k < SNNZ; ++k) {
-        float a = s_w[k] * ${name}_sigmoid(s_sigma[k] * (xm[s_src[k]] - s_mu[k]));
-        ns[s_dst[k]] += a * s_erev[k];
-        ds[s_dst[k]] += a;
+        float n = 0.0f, d = 0.0f;
+        for (c = s_cnt[j]; c > 0; --c, p += 4) {
+            float a = ${name}_$sact(p, xm[*src++]);
+            n = $mac_n;
+            d += a;
+        }
+        ns[j] = n;
+        ds[j] = d;
     }
 $ode    for (j = 0; j < U; ++j) {
         state[j] = v[j];
@@ -92,34 +98,83 @@ $lstm_commit    for (k = 0; k < NM; ++k) {
 }
 """)
 
+#: One synapse (``p`` = its {a, b, w, erev}, folded at export: a = -sigma, b = sigma mu, times log2(e)
+#: for the fast exp2) at presynaptic value u: w sigmoid(sigma (u - mu)) = w / (1 + exp(a u + b)).
+ACT_EXACT = Template("""
+/* w sigmoid(sigma (u - mu)) of one synapse: p = {a, b, w, erev} with a = -sigma, b = sigma mu
+ * folded at export (newlib's exp2f is a powf call: expf here) */
+static inline float ${name}_act(const float *p, float u)
+{
+    return p[2] / (1.0f + expf(p[0] * u + p[1]));
+}
+
+/* libm's expf takes any argument: nothing to clamp */
+static inline float ${name}_act_c(const float *p, float u)
+{
+    return ${name}_act(p, u);
+}
+""")
+
+ACT_FAST = Template("""
+/* w sigmoid(sigma (u - mu)) of one synapse: p = {a, b, w, erev} with a = -sigma log2(e),
+ * b = sigma mu log2(e) folded at export; u such that |a u + b| < 2^16 */
+${UP}_INLINE float ${name}_act(const float *p, float u)
+{
+    return p[2] / (1.0f + ${name}_exp2(fmaf(p[0], u, p[1])));
+}
+
+/* the same for |a u + b| <= 125: no range check in the exp2 */
+${UP}_INLINE float ${name}_act_n(const float *p, float u)
+{
+    return p[2] / (1.0f + ${name}_exp2_n(fmaf(p[0], u, p[1])));
+}
+
+/* the same for any u: the argument clamped first */
+${UP}_INLINE float ${name}_act_c(const float *p, float u)
+{
+    return p[2] / (1.0f + ${name}_exp2(${name}_clampf(fmaf(p[0], u, p[1]), $t_limit)));
+}
+""")
+
+#: The recurrent sweep of the fused solver: vn from v; ``clamp`` 1 clamps every sigmoid argument.
+SWEEP = Template("""
+/* one fused sub-step: vn[j] = ((cm/dt) v[j] + gleak vleak + sum w s erev) / ((cm/dt) + gleak + sum w s
+ * + eps); ns, ds hold gleak vleak + the sensory sums and cm/dt + gleak + eps + the sensory sums */
+${UP}_INLINE void ${name}_sweep(const float *v, float *vn, const float *cmt, const float *ns,
+                                 const float *ds, int clamp)
+{
+    const float *p = r_par;
+    const $idx *src = r_src;
+    int j, c;
+    for (j = 0; j < U; ++j) {
+        float n = $mac_nv, d = ds[j];
+        for (c = r_cnt[j]; c > 0; --c, p += 4) {
+            float a = clamp ? ${name}_act_c(p, v[*src++]) : ${name}_${bact}(p, v[*src++]);
+            n = $mac_n;
+            d += a;
+        }
+        vn[j] = n / d;
+    }
+}
+""")
+
 #: Per solver: the step's buffers, scalars, the sub-step loop ($ode) and the derivative function
-#: ($deriv; '' for the fused solver). The fused pieces are ncps' update, text unchanged.
+#: ($deriv; '' for the fused solver).
 FUSED = {
-    "buffers": "    float v[U], vn[U], xm[NI], ns[U], ds[U], nr[U], dr[U], cmt[U];\n",
+    "buffers": "    float va[U], vb[U], xm[NI], ns[U], ds[U], cmt[U];\n    float *v = va, *vn = vb, *sw;\n",
     "scalars": "    float dt;\n",
     "deriv": "",
-    "ode": """    /* cm / dt is loop invariant */
+    "ode": """    /* cm / dt and the sensory terms are fixed over the step */
     dt = elapsed / (float)UNFOLDS;
     for (j = 0; j < U; ++j) {
         cmt[j] = cm[j] / dt;
+        ns[j] = gleak_vleak[j] + ns[j];
+        ds[j] = cmt[j] + gleak[j] + ds[j] + EPSILON;
     }
-    for (t = 0; t < UNFOLDS; ++t) {
-        for (j = 0; j < U; ++j) {
-            nr[j] = 0.0f;
-            dr[j] = 0.0f;
-        }
-        for (k = 0; k < NNZ; ++k) {
-            float a = r_w[k] * ${name}_sigmoid(r_sigma[k] * (v[r_src[k]] - r_mu[k]));
-            nr[r_dst[k]] += a * r_erev[k];
-            dr[r_dst[k]] += a;
-        }
-        for (j = 0; j < U; ++j) {
-            vn[j] = (cmt[j] * v[j] + gleak_vleak[j] + (nr[j] + ns[j]))
-                    / (cmt[j] + gleak[j] + (dr[j] + ds[j]) + EPSILON);
-        }
-        for (j = 0; j < U; ++j) {
-            v[j] = vn[j];
-        }
+$bounded    for (t = 0; t < UNFOLDS; ++t) {
+$sweep        sw = v;
+        v = vn;
+        vn = sw;
     }
 """,
 }
@@ -130,19 +185,17 @@ DERIV = Template("""
 /* dv/dt of the LTC ODE at v (sensory sums ns, ds held over the step); f[U] written */
 static void ${name}_deriv(const float *v, const float *ns, const float *ds, float *f)
 {
-    float nr[U], dr[U];
-    int j, k;
+    const float *p = r_par;
+    const $idx *src = r_src;
+    int j, c;
     for (j = 0; j < U; ++j) {
-        nr[j] = 0.0f;
-        dr[j] = 0.0f;
-    }
-    for (k = 0; k < NNZ; ++k) {
-        float a = r_w[k] * ${name}_sigmoid(r_sigma[k] * (v[r_src[k]] - r_mu[k]));
-        nr[r_dst[k]] += a * r_erev[k];
-        dr[r_dst[k]] += a;
-    }
-    for (j = 0; j < U; ++j) {
-        f[j] = (gleak_vleak[j] + (nr[j] + ns[j]) - (gleak[j] + (dr[j] + ds[j])) * v[j]) * inv_cm[j];
+        float n = 0.0f, d = 0.0f;
+        for (c = r_cnt[j]; c > 0; --c, p += 4) {
+            float a = ${name}_$ract(p, v[*src++]);
+            n = $mac_n;
+            d += a;
+        }
+        f[j] = (gleak_vleak[j] + (n + ns[j]) - (gleak[j] + (d + ds[j])) * v[j]) * inv_cm[j];
     }
 }
 """)
@@ -192,12 +245,15 @@ RK4 = {
 SOLVER_C = {"fused_semi_implicit_euler": FUSED, "explicit_euler": EXPLICIT_EULER, "rk4": RK4}
 
 
-def solver_pieces(solver: str, name: str) -> dict[str, str]:
-    """The template pieces of ``solver`` with NAME filled in; raises CodegenError for an unknown one."""
+def solver_pieces(solver: str, name: str, **subs: str) -> dict[str, str]:
+    """The template pieces of ``solver`` with NAME and ``subs`` filled in; raises CodegenError for an
+    unknown one."""
     if solver not in SOLVER_C:
         raise CodegenError(f"no C for solver {solver!r}; expected one of {sorted(SOLVER_C)}")
-    pieces = {k: Template(v).substitute(name=name) for k, v in SOLVER_C[solver].items() if k != "deriv"}
-    pieces["deriv"] = "" if solver == "fused_semi_implicit_euler" else DERIV.substitute(name=name)
+    pieces = {
+        k: Template(v).substitute(name=name, **subs) for k, v in SOLVER_C[solver].items() if k != "deriv"
+    }
+    pieces["deriv"] = "" if solver == "fused_semi_implicit_euler" else DERIV.substitute(name=name, **subs)
     return pieces
 
 
@@ -215,14 +271,75 @@ def check_cm(fm: FirmwareModel) -> None:
         )
 
 
+#: The exact sigmoid (shared with cfc_c.py: keep its text).
 SIGMOID_EXACT = Template("""static float ${name}_sigmoid(float x)
 {
     return 1.0f / (1.0f + expf(-x));
 }
 """)
 
-# Fast sigmoid (--fast-sigmoid): numba's exp32 in C, <= 2 ulp, no libm (fastexp_c.py).
+# Fast sigmoid (--fast-sigmoid): numba's exp32 in C, <= 2 ulp, no libm (fastexp_c.py); cfc_c.py's.
 SIGMOID_FAST = FAST_SIGMOID
+
+# The LTC's own sigmoids (the LSTM gates of mixed memory, and tests): static inline, so a model
+# without mixed memory, whose synapses use _act, compiles without an unused function.
+LTC_SIGMOID_EXACT = Template("""static inline float ${name}_sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+""")
+LTC_SIGMOID_FAST = Template("""
+/* the logistic through the fast exp2 (<= 1e-6 absolute) */
+${UP}_INLINE float ${name}_sigmoid(float x)
+{
+    return 1.0f / (1.0f + ${name}_exp2(${name}_clampf(x * $mlog2e, $t_limit)));
+}
+""")
+
+#: Saturation margin: a sigmoid whose argument is >= SATURATED in log2 units is exactly 0 or 1 in
+#: float32 for this purpose (2^-150 is below the smallest subnormal).
+SATURATED = 150.0
+
+
+def _input_limit(syn: Synapses) -> float | None:
+    """A bound X on the mapped inputs such that |a x + b| < 2^15 for |x| <= X and every sensory
+    sigmoid is saturated (to float32) at +-X, so clamping the inputs to +-X changes nothing; None
+    when no such X exists (then each sensory argument is clamped)."""
+    if syn.count == 0:
+        return None
+    a, b = np.abs(syn.sigma) * LOG2E, np.abs(syn.sigma * syn.mu) * LOG2E
+    x = 0.99 * (EXP2_T_LIMIT - b.max()) / a.max()
+    ok = x > 0 and np.all(a * x - b >= SATURATED)
+    return float(np.float32(x)) if ok else None
+
+
+def _state_limit(fm: FirmwareModel) -> tuple[float, str] | None:
+    """(V, act): a bound V on |v| at the step's entry under which every recurrent sigmoid argument
+    stays in the range of ``act`` (``act_n``: |t| <= 125, else ``act``: |t| < 2^15); V is at least
+    the largest |vleak| and |erev| (a fused sub-step is their convex combination with v, so |v| <= V
+    at entry holds through the step, rounding aside: 0.1 % margin). None: every argument clamped."""
+    syn = fm.rec
+    if syn.count == 0:
+        return None
+    a, b = np.abs(syn.sigma) * LOG2E, np.abs(syn.sigma * syn.mu) * LOG2E
+    erev = np.abs(np.concatenate([fm.rec.erev, fm.sens.erev]))
+    hull = 1.001 * max(float(np.abs(fm.p["vleak"]).max()), float(erev.max()))
+    if np.all(a * hull + b <= EXP2_N_LIMIT):
+        return float(np.float32(hull)), "act_n"
+    v = 0.99 * (EXP2_T_LIMIT - b.max()) / a.max()
+    return (float(np.float32(v)), "act") if v >= hull else None
+
+
+def _packed(prefix: str, syn: Synapses, units: int, idx: str, unit: float) -> list[str]:
+    """CSR arrays of one layer: PREFIX_cnt[U] synapses per destination, PREFIX_src, and PREFIX_par
+    with {a, b, w, erev} per synapse (a = -sigma unit, b = sigma mu unit; unit log2(e) for the fast
+    exp2, 1 for expf)."""
+    par = np.stack([-syn.sigma * unit, syn.sigma * syn.mu * unit, syn.w, syn.erev], axis=1)
+    return [
+        c_array(idx, f"{prefix}_cnt", np.bincount(syn.dst, minlength=units)),
+        c_array(idx, f"{prefix}_src", syn.src),
+        c_array("float", f"{prefix}_par", par, per_line=4),
+    ]
 
 
 def generate_float(
@@ -235,8 +352,44 @@ def generate_float(
     up = name.upper()
     idx = fm.index_type()
     check_cm(fm)
-    pieces = solver_pieces(cfg.solver, name)
-    if cfg.solver == "fused_semi_implicit_euler":
+    fused = cfg.solver == "fused_semi_implicit_euler"
+    if fast_sigmoid:  # fmaf: one vfma on the M4 (-std=c99 contracts nothing), the same bits anywhere
+        mac_n, mac_nv = "fmaf(a, p[3], n)", "fmaf(cmt[j], v[j], ns[j])"
+    else:
+        mac_n, mac_nv = "n + a * p[3]", "ns[j] + cmt[j] * v[j]"
+    t_limit = c_float(EXP2_T_LIMIT)
+    x_lim = _input_limit(fm.sens) if fast_sigmoid else None
+    v_lim, bact = (_state_limit(fm) if fast_sigmoid and fused else None) or (None, "act")
+    sact = "act_c" if fast_sigmoid and x_lim is None else "act"
+    ract = "act_c" if fast_sigmoid else "act"
+    bounded = sweep = ""
+    if fused:
+        call = "        {name}_sweep(v, vn, cmt, ns, ds, {c});\n"
+        if not fast_sigmoid:
+            sweep = call.format(name=name, c=0)
+        elif v_lim is None:
+            sweep = call.format(name=name, c=1)
+        else:
+            bounded = (
+                "    /* |v| <= V_LIMIT at entry (and elapsed > 0) bounds v through the step (convex\n"
+                "     * combinations of v, vleak, erev): no sigmoid argument needs clamping */\n"
+                "    bounded = elapsed > 0.0f;\n"
+                "    for (j = 0; j < U; ++j) {\n"
+                f"        bounded &= fabsf(v[j]) <= {c_float(v_lim)};\n"
+                "    }\n"
+            )
+            sweep = (
+                "        if (bounded) {\n    "
+                + call.format(name=name, c=0)
+                + "        } else {\n    "
+                + call.format(name=name, c=1)
+                + "        }\n"
+            )
+    subs = {"idx": idx, "mac_n": mac_n, "ract": ract, "bounded": bounded, "sweep": sweep}
+    pieces = solver_pieces(cfg.solver, name, **subs)
+    if bounded:
+        pieces["scalars"] += "    int bounded;\n"
+    if fused:
         ode_consts = [f"#define EPSILON {c_float(cfg.epsilon)}\n", c_array("float", "cm", p["cm"])]
     else:  # 1/cm once here: the explicit schemes multiply (no division per neuron per sub-step)
         ode_consts = [c_array("float", "inv_cm", 1.0 / p["cm"])]
@@ -254,15 +407,11 @@ def generate_float(
         else:
             arrays += [c_array("float", f"{side}_w", w), c_array("float", f"{side}_b", b)]
             affine[f"{side}_w"], affine[f"{side}_b"] = f"{side}_w[{var}]", f"{side}_b[{var}]"
+    xm = f"x[i] * {affine['in_w']} + {affine['in_b']}"
+    if x_lim is not None:  # beyond +-X_LIMIT every sensory sigmoid is saturated: clamping is exact
+        xm = f"{name}_clampf({xm}, {c_float(x_lim)})"
     for prefix, syn in (("s", fm.sens), ("r", fm.rec)):
-        arrays += [
-            c_array(idx, f"{prefix}_src", syn.src),
-            c_array(idx, f"{prefix}_dst", syn.dst),
-            c_array("float", f"{prefix}_w", syn.w),
-            c_array("float", f"{prefix}_sigma", syn.sigma),
-            c_array("float", f"{prefix}_mu", syn.mu),
-            c_array("float", f"{prefix}_erev", syn.erev),
-        ]
+        arrays += _packed(prefix, syn, cfg.units, idx, LOG2E if fast_sigmoid else 1.0)
     lstm_decl = lstm_body = lstm_commit = ""
     if cfg.mixed_memory:
         arrays += [
@@ -291,7 +440,20 @@ def generate_float(
         lstm_commit = "    for (j = 0; j < U; ++j) {\n        state[U + j] = cn[j];\n    }\n"
     else:
         lstm_body = "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
-    sig = (SIGMOID_FAST if fast_sigmoid else SIGMOID_EXACT).substitute(name=name)
+    fills = {"name": name, "UP": up, "idx": idx, "mac_n": mac_n, "mac_nv": mac_nv, "t_limit": t_limit}
+    fills["bact"] = bact
+    if fast_sigmoid:
+        exp2 = exp2_c(name)
+        sig = LTC_SIGMOID_FAST.substitute(fills, mlog2e=c_float(-LOG2E))
+        act = ACT_FAST.substitute(fills)
+    else:
+        exp2, sig, act = "", LTC_SIGMOID_EXACT.substitute(name=name), ACT_EXACT.substitute(name=name)
+    if fused:
+        act += (
+            SWEEP.substitute(fills)
+            if fast_sigmoid
+            else SWEEP.substitute(fills).replace(f"{up}_INLINE void", "static inline void")
+        )
     what = f"{name}: LTC policy, float32{' (fast sigmoid)' if fast_sigmoid else ''}{solver_note(cfg.solver)}"
     header = HEADER.substitute(
         banner=banner(sha, what),
@@ -315,11 +477,17 @@ def generate_float(
         nnz=fm.rec.count,
         snnz=fm.sens.count,
         arrays="\n".join(arrays),
+        exp2=exp2,
         sigmoid=sig,
+        act=act,
         normalize=norm_def,
         lstm_decl=lstm_decl,
         lstm_body=lstm_body,
         lstm_commit=lstm_commit,
+        xm=xm,
+        idx=idx,
+        sact=sact,
+        mac_n=mac_n,
         **pieces,
         **affine,
     )

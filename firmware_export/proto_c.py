@@ -64,16 +64,17 @@ int elq_rx_push(elq_rx *rx, uint8_t byte, elq_packet *p);
 PROTO_C = """#include "edgeliquid_proto.h"
 #include <string.h>
 
+/* CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), one table lookup per byte (512 B of flash) */
+static const uint16_t elq_crc_table[256] = {
+$crc_table
+};
+
 uint16_t elq_crc16(const uint8_t *data, size_t n)
 {
     uint16_t crc = 0xFFFFu;
     size_t i;
-    int b;
     for (i = 0; i < n; ++i) {
-        crc = (uint16_t)(crc ^ (uint16_t)((uint16_t)data[i] << 8));
-        for (b = 0; b < 8; ++b) {
-            crc = (crc & 0x8000u) ? (uint16_t)((crc << 1) ^ 0x1021u) : (uint16_t)(crc << 1);
-        }
+        crc = (uint16_t)((uint16_t)(crc << 8) ^ elq_crc_table[(uint8_t)(crc >> 8) ^ data[i]]);
     }
     return crc;
 }
@@ -240,10 +241,26 @@ int elq_rx_push(elq_rx *rx, uint8_t byte, elq_packet *p)
 """
 
 
+def crc_table() -> list[int]:
+    """CRC-16/CCITT-FALSE of each byte value shifted to the top (the codec's lookup table)."""
+    table = []
+    for byte in range(256):
+        crc = byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021 if crc & 0x8000 else crc << 1) & 0xFFFF
+        table.append(crc)
+    return table
+
+
+def _table_c() -> str:
+    t = [f"0x{v:04X}u" for v in crc_table()]
+    return ",\n".join("    " + ", ".join(t[i : i + 8]) for i in range(0, 256, 8))
+
+
 def codec_files(sha: str) -> dict[str, str]:
     """edgeliquid_proto.h/.c by file name (model-independent; the banner names the model anyway)."""
     b = banner(sha, "edgeliquid protocol v1 device codec")
-    return {f"{CODEC_STEM}.h": b + PROTO_H, f"{CODEC_STEM}.c": b + PROTO_C}
+    return {f"{CODEC_STEM}.h": b + PROTO_H, f"{CODEC_STEM}.c": b + PROTO_C.replace("$crc_table", _table_c())}
 
 
 def write_codec(out: Path, sha: str) -> None:
