@@ -270,8 +270,9 @@ def test_mixed_memory_is_refused(tmp_path):
     _refused(_save(tmp_path, [CfC(4, mixed_memory=True, backbone_layers=0)]), tmp_path, "mixed_memory")
 
 
-def test_ncp_wiring_is_refused(tmp_path):
-    _refused(_save(tmp_path, [LTC(NCP(4, 3, 2, 2, 2, 2, 2))]), tmp_path, "records no seed")
+def test_ncp_wiring_without_its_seed_is_refused(tmp_path):
+    """ncps.keras saves no NCP seed: refused, saying how to give it (test_keras_spec.py exports it)."""
+    _refused(_save(tmp_path, [LTC(NCP(4, 3, 2, 2, 2, 2, 2))]), tmp_path, "without its seed.*--spec")
 
 
 def test_unknown_layers_are_refused_by_name(tmp_path):

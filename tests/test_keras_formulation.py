@@ -32,6 +32,10 @@ CONFIGS = {
         3, 9, "default", backbone_units=0, backbone_layers=0, layer_sizes=(5, 3, 1), formulation="keras"
     ),  # fmt: skip
     "pure-bb1": CfCConfig(3, 4, "pure", "tanh", 6, 1, formulation="keras"),
+    # a keras CfCCell(sparsity_mask=...): the unwired mask on ff1/ff2
+    "default-bb0-sparse": CfCConfig(
+        3, 4, backbone_units=0, backbone_layers=0, sparse=True, formulation="keras"
+    ),
 }
 
 

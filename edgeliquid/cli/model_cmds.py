@@ -29,9 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
     s.add_argument("--key", help="entry of a dict checkpoint holding the state_dict")
     s.add_argument(
         "--spec",
-        help="state_dict only: YAML of the ncps constructor arguments it lacks "
-        "(LTC: ode_unfolds, epsilon, implicit_param_constraints; CfC: mode, activation; "
-        "see docs/export.md)",
+        help="YAML of the ncps constructor arguments a state_dict or Keras model.weights.h5 lacks "
+        "(LTC: ode_unfolds, epsilon, implicit_param_constraints; CfC: mode, activation); with a "
+        ".keras file, only an NCP wiring's seed (wiring: {seed: N}); see docs/export.md",
     )
     s.add_argument(
         "--assume-defaults",

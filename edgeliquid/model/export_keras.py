@@ -22,6 +22,10 @@ What differs from ncps.torch, and how it is represented (docs/export.md, "Keras"
 * Mixed memory is refused: ncps.keras's ``MixedMemoryRNN`` feeds the LSTM's output into the
   cell's *input* and keeps the cell's own state (ncps.torch replaces the state), a different
   model that the file format does not describe.
+* An ``NCP`` wiring: ncps.keras saves it without its seed (neuron lists and ``seed: null``);
+  the user states the seed (``--spec``), the rebuilt wiring is checked against the file's
+  neuron lists and, for LTC, against ``erev``'s exact zeros.
+* A ``CfCCell`` ``sparsity_mask`` is in config.json: its product with ff1/ff2 is stored.
 """
 
 from __future__ import annotations
@@ -88,22 +92,45 @@ def read_keras(
             weights = f.read(LIMITS["file_bytes"] + 1)
         chain = [layer]
         config_source = spec_source or "<spec>"
+        ncp_seed = None
     else:
-        if spec:
-            raise CheckpointError(f"{path}: --spec is only for a weights file; a .keras file has its config")
+        ncp_seed = _ncp_seed_from_spec(spec, spec_source or "<spec>", path) if spec else None
         config, weights = _read_zip(path)
         chain = _chain(config, path)
         config_source = path
     h5py = _h5py()
     try:
         with h5py.File(io.BytesIO(weights), "r") as h5:
-            model = _convert(chain, h5, path, config_source)
+            model = _convert(chain, h5, path, config_source, ncp_seed)
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: malformed Keras weights ({type(exc).__name__}: {exc})") from None
+    if ncp_seed is not None and model.info.get("wiring") != "NCP":
+        raise CheckpointError(
+            f"{spec_source or '<spec>'}: --spec with a .keras file only gives an NCP wiring's seed; the "
+            f"file's liquid layer has {model.info.get('wiring') or 'no'} wiring, rebuilt from the file alone"
+        )
     model.info["source_sha256"] = hashlib.sha256(open(path, "rb").read()).hexdigest()
     return model
+
+
+def _ncp_seed_from_spec(spec: Mapping[str, Any], where: str, path: str) -> dict[str, Any]:
+    """The ``wiring:`` of a spec given with a ``.keras`` file: an NCP's seed (and, optionally, its
+    constructor arguments, checked against the file)."""
+    wiring = spec.get("wiring")
+    if set(spec) != {"wiring"} or not isinstance(wiring, dict):
+        raise CheckpointError(
+            f"{where}: with a .keras file ({path}) the spec may only hold 'wiring: {{seed: N}}' (an NCP "
+            "wiring's seed, which ncps.keras does not save); the rest is read from the file"
+        )
+    extra = sorted(set(wiring) - set(_NCP_ARGS) - {"seed", "class"})
+    if extra or wiring.get("class", "NCP") != "NCP" or "seed" not in wiring:
+        raise CheckpointError(
+            f"{where}: wiring needs seed (the NCP's seed) and may repeat class: NCP and "
+            f"{', '.join(_NCP_ARGS)}; got {', '.join(sorted(map(str, wiring)))}"
+        )
+    return {k: v for k, v in wiring.items() if k != "class"}
 
 
 def _read_zip(path: str) -> tuple[Any, bytes]:
@@ -248,44 +275,120 @@ def _shape(a: np.ndarray, want: tuple[int, ...], where: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- wirings
 
 
-def _wiring(serialized: Any, n_inputs: int, where: str):
-    """Rebuild an ncps wiring from its serialized config and build it for ``n_inputs``."""
+#: ncps.wirings constructor arguments of NCP (besides ``seed``), as its get_config names them.
+_NCP_ARGS = (
+    "inter_neurons",
+    "command_neurons",
+    "motor_neurons",
+    "sensory_fanout",
+    "inter_fanout",
+    "recurrent_command_synapses",
+    "motor_fanin",
+)
+#: get_config keys of each wiring class: a cell's ``wiring`` entry is the bare dict, without its class.
+_WIRING_KEYS = {
+    "NCP": frozenset(_NCP_ARGS + ("seed",)),
+    "AutoNCP": frozenset(("units", "output_size", "sparsity_level", "seed")),
+    "FullyConnected": frozenset(("units", "output_dim", "erev_init_seed", "self_connections")),
+    "Random": frozenset(("units", "output_dim", "sparsity_level", "random_seed")),
+}
+
+
+def _wirings():
     try:
         from ncps import wirings
     except ImportError:  # pragma: no cover
         raise CheckpointError(
             "exporting wired Keras models needs ncps: pip install 'edgeliquid[keras]'"
         ) from None
+    return wirings
+
+
+def _wiring(serialized: Any, n_inputs: int, where: str, ncp_seed: Mapping[str, Any] | None = None):
+    """Rebuild an ncps wiring from its serialized config and build it for ``n_inputs``.
+
+    ``ncp_seed`` is the user's ``wiring:`` spec for a ``.keras`` file whose wiring is an NCP
+    (ncps.keras does not save an NCP's seed). Returns ``(class name, built wiring)``.
+    """
+    wirings = _wirings()
     if isinstance(serialized, dict) and "class_name" in serialized:
         cls, conf = serialized["class_name"], serialized.get("config")
     elif isinstance(serialized, dict) and "class" in serialized:  # a spec
         cls, conf = serialized["class"], {k: v for k, v in serialized.items() if k != "class"}
     elif isinstance(serialized, dict) and "adjacency_matrix" in serialized:
         cls, conf = "Wiring", serialized
+    elif isinstance(serialized, dict) and frozenset(serialized) in _WIRING_KEYS.values():
+        # keras.layers.RNN(LTCCell(wiring)) stores the wiring's get_config alone
+        cls = next(c for c, keys in _WIRING_KEYS.items() if keys == frozenset(serialized))
+        conf = serialized
     else:
         raise CheckpointError(f"{where}: the wiring's class is not recorded")
     if cls not in _WIRINGS or not isinstance(conf, dict):
         raise CheckpointError(f"{where}: wiring {cls!r} is not one of {', '.join(_WIRINGS)}")
     if cls == "NCP":
-        raise CheckpointError(
-            f"{where}: an ncps.keras NCP wiring records no seed (its get_config writes seed: null and "
-            "neuron lists), so its masks cannot be rebuilt (ncps.keras cannot reload it either); "
-            "train with AutoNCP (its config records the seed) or a base Wiring with its matrices"
-        )
+        return cls, _ncp(conf, n_inputs, where, ncp_seed)
     units = conf.get("units")
-    if cls == "AutoNCP" or cls == "FullyConnected" or cls == "Random" or cls == "Wiring":
-        if not isinstance(units, int) or not 1 <= units <= LIMITS["units"]:
-            raise CheckpointError(f"{where}: wiring units {str(units)[:20]} outside 1..{LIMITS['units']}")
+    if not isinstance(units, int) or not 1 <= units <= LIMITS["units"]:
+        raise CheckpointError(f"{where}: wiring units {str(units)[:20]} outside 1..{LIMITS['units']}")
     try:
         w = getattr(wirings, cls).from_config(dict(conf))
         if cls == "Wiring":
             w.input_dim = None
         w.build(n_inputs)
-    except CheckpointError:
-        raise
     except Exception as exc:  # ncps raises ValueError/TypeError on bad arguments
         raise CheckpointError(f"{where}: cannot rebuild wiring {cls} ({type(exc).__name__}: {exc})") from None
     return cls, w
+
+
+def _ncp(conf: dict, n_inputs: int, where: str, ncp_seed: Mapping[str, Any] | None):
+    """An NCP wiring: from a spec's constructor arguments + seed, or from a ``.keras`` config
+    (neuron lists, ``seed: null``) + the user's seed, the lists checked against the rebuilt wiring."""
+    from_file = any(isinstance(conf.get(k), list) for k in _NCP_ARGS[:3])
+    if from_file:
+        if ncp_seed is None:
+            raise CheckpointError(
+                f"{where}: ncps.keras saves an NCP wiring without its seed (get_config writes seed: null), "
+                "so its masks cannot be rebuilt from the file; pass --spec with 'wiring: {seed: N}' "
+                "(the seed the NCP was built with; ncps's default is 22222), docs/export.md, Keras"
+            )
+        args = {}
+        for k in _NCP_ARGS:
+            v = conf.get(k)
+            ok = isinstance(v, list) and all(isinstance(i, int) for i in v) if k in _NCP_ARGS[:3] else True
+            if not ok:
+                raise CheckpointError(f"{where}: NCP {k} in the config is not a list of neuron ids")
+            args[k] = len(v) if k in _NCP_ARGS[:3] else v
+        for k, v in ncp_seed.items():
+            if k in args and args[k] != v:
+                raise CheckpointError(
+                    f"{where}: the spec's wiring {k}: {v} disagrees with the file's NCP ({args[k]})"
+                )
+        seed = ncp_seed.get("seed")
+    else:
+        missing = [k for k in _NCP_ARGS + ("seed",) if k not in conf]
+        if missing:
+            raise CheckpointError(
+                f"{where}: an NCP wiring needs {', '.join(missing)} (the NCP constructor arguments and the "
+                "seed it was built with; ncps's default seed is 22222)"
+            )
+        args, seed = {k: conf[k] for k in _NCP_ARGS}, conf["seed"]
+    for k, v in (*args.items(), ("seed", seed)):
+        top = (1 << 32) - 1 if k == "seed" else LIMITS["units"]
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
+            raise CheckpointError(f"{where}: NCP {k} must be an integer in 0..{top}, got {str(v)[:20]}")
+    try:
+        w = _wirings().NCP(**args, seed=seed)
+        w.build(n_inputs)
+    except Exception as exc:  # ncps raises ValueError on inconsistent fan-outs
+        raise CheckpointError(f"{where}: cannot rebuild wiring NCP ({type(exc).__name__}: {exc})") from None
+    if from_file:
+        for li, k in enumerate(("inter_neurons", "command_neurons", "motor_neurons")):
+            if list(w.get_neurons_of_layer(li)) != conf[k]:
+                raise CheckpointError(
+                    f"{where}: the file's NCP {k} {str(conf[k])[:40]} differ from the rebuilt wiring's "
+                    f"{str(list(w.get_neurons_of_layer(li)))[:40]}"
+                )
+    return w
 
 
 # ------------------------------------------------------------------------- the layer
@@ -299,8 +402,9 @@ def _cell_config(layer: dict, where: str) -> tuple[str, dict, dict]:
     cconf = _get(cell, "config", dict, where)
     if ccls == "MixedMemoryRNN":
         raise CheckpointError(
-            f"{where}: mixed_memory=True is not exported: ncps.keras's MixedMemoryRNN feeds the LSTM's "
-            "output into the cell's input and keeps the cell's state, unlike ncps.torch (docs/export.md)"
+            f"{where}: mixed_memory=True is not exported: ncps.keras's MixedMemoryRNN gives the cell the "
+            "LSTM's output as its input and keeps the cell's own state; the file describes only ncps.torch's "
+            "mixed memory (x into the cell, the LSTM output as its state), docs/export.md, Keras"
         )
     if ccls not in ("LTCCell", "CfCCell", "WiredCfCCell"):
         raise CheckpointError(
@@ -309,7 +413,9 @@ def _cell_config(layer: dict, where: str) -> tuple[str, dict, dict]:
     return ccls, cconf, conf
 
 
-def _convert(chain: list[dict], h5, path: str, config_source: str) -> LTCModel | CfCModel:
+def _convert(
+    chain: list[dict], h5, path: str, config_source: str, ncp_seed: Mapping[str, Any] | None = None
+) -> LTCModel | CfCModel:
     idx = [i for i, la in enumerate(chain) if la.get("class_name") in _LIQUID]
     if len(idx) != 1:
         names = [la.get("config", {}).get("name") for i, la in enumerate(chain) if i in idx]
@@ -332,9 +438,9 @@ def _convert(chain: list[dict], h5, path: str, config_source: str) -> LTCModel |
         raise CheckpointError(f"{where}: the weights file has no cell group for the layer")
     cg = g["cell"]
     if ccls == "LTCCell":
-        model = _ltc(cconf, conf, cg, where)
+        model = _ltc(cconf, conf, cg, where, ncp_seed)
     else:
-        model = _cfc(ccls, cconf, cg, where)
+        model = _cfc(ccls, cconf, cg, where, ncp_seed)
     folded = []
     pre = [la for la in chain[:i] if la.get("class_name") not in _NOOP]
     post = [la for la in chain[i + 1 :] if la.get("class_name") not in _NOOP]
@@ -372,7 +478,7 @@ def _int(d: dict, key: str, where: str, least: int = 0, limit: int = 1 << 20) ->
     return v
 
 
-def _ltc(cconf: dict, conf: dict, cg, where: str) -> LTCModel:
+def _ltc(cconf: dict, conf: dict, cg, where: str, ncp_seed: Mapping[str, Any] | None = None) -> LTCModel:
     in_map, out_map = cconf.get("input_mapping", "affine"), cconf.get("output_mapping", "affine")
     for k, m in (("input_mapping", in_map), ("output_mapping", out_map)):
         if m not in ("affine", "linear", None, "none"):
@@ -385,9 +491,8 @@ def _ltc(cconf: dict, conf: dict, cg, where: str) -> LTCModel:
         raise CheckpointError(
             f"{where}: sensory_sigma has shape {list(v[7].shape)}; expected [n_inputs, units]"
         )
-    cls, wiring = _wiring(
-        conf.get("units") if isinstance(conf.get("units"), dict) else cconf.get("wiring"), n_in, where
-    )
+    serialized = conf.get("units") if isinstance(conf.get("units"), dict) else cconf.get("wiring")
+    cls, wiring = _wiring(serialized, n_in, where, ncp_seed)
     u, m = int(wiring.units), int(wiring.output_dim)
     names = [
         "gleak",
@@ -414,6 +519,8 @@ def _ltc(cconf: dict, conf: dict, cg, where: str) -> LTCModel:
     params = {n: _shape(a, s, f"{where} {n}") for n, a, s in zip(names, v, shapes, strict=True)}
     params["sparsity_mask"] = np.abs(np.asarray(wiring.adjacency_matrix, np.float64))
     params["sensory_sparsity_mask"] = np.abs(np.asarray(wiring.sensory_adjacency_matrix, np.float64))
+    if cls == "NCP":
+        _check_erev_zeros(params, where)
     cfg = CellConfig(
         n_inputs=n_in,
         units=u,
@@ -426,6 +533,21 @@ def _ltc(cconf: dict, conf: dict, cg, where: str) -> LTCModel:
     )
     roles = [str(wiring.get_type_of_neuron(n)) for n in range(u)]
     return LTCModel(cfg, params, roles=roles, info={"wiring": cls})
+
+
+def _check_erev_zeros(params: dict[str, np.ndarray], where: str) -> None:
+    """The one wrong-seed evidence an LTC file holds: ncps.keras starts erev at the wiring's
+    polarities (0 off the synapses) and the masked entries get no gradient, so a trained model
+    keeps erev exactly 0 off its synapses; a rebuilt synapse on such a 0 means another wiring."""
+    hits = sum(
+        int(np.count_nonzero((params[m] != 0) & (params[e] == 0)))
+        for e, m in (("erev", "sparsity_mask"), ("sensory_erev", "sensory_sparsity_mask"))
+    )
+    if hits:
+        raise CheckpointError(
+            f"{where}: {hits} synapses of the NCP rebuilt from the given seed have erev exactly 0, where "
+            "ncps.keras leaves the entries off its synapses: the seed is not the one the model was built with"
+        )
 
 
 def _activation(value: Any, where: str) -> str:
@@ -446,8 +568,12 @@ def _activation(value: Any, where: str) -> str:
     return _ACTIVATIONS[name]
 
 
-def _heads(cg, prefix: str, mode: str, n: int, head_in: int, where: str, sign=None) -> dict[str, np.ndarray]:
-    """One keras CfCCell's heads under edgeliquid names (kernels transposed to [out, in])."""
+def _heads(cg, prefix: str, mode: str, n: int, head_in: int, where: str, mask=None) -> dict[str, np.ndarray]:
+    """One keras CfCCell's heads under edgeliquid names (kernels transposed to [out, in]).
+
+    ``mask`` is the cell's Keras ``sparsity_mask`` ``[head_in, n]``: ncps.keras multiplies the
+    ff1/ff2 kernels by it as it is (a wiring's ±1 polarities, or any values a user gave); the
+    product is stored, and the file's 0/1 mask marks its non-zero entries."""
     v = _vars(cg, f"{where} {cg.name}", 4)
     kern = [_shape(v[0], (head_in, n), f"{where} ff1 kernel"), None]
     p = {f"{prefix}ff1.bias": _shape(v[1], (n,), f"{where} ff1 bias")}
@@ -465,14 +591,14 @@ def _heads(cg, prefix: str, mode: str, n: int, head_in: int, where: str, sign=No
             p[f"{prefix}{t}.bias"] = _shape(tb, (n,), f"{where} {t} bias")
     for head, k in zip(("ff1", "ff2"), kern, strict=True):
         if k is not None:
-            # ncps.keras multiplies by the signed wiring matrix: fold the sign into the weight.
-            p[f"{prefix}{head}.weight"] = (k * (np.sign(sign) if sign is not None else 1.0)).T.copy()
-    if sign is not None:
-        p[f"{prefix}sparsity_mask"] = np.abs(np.sign(sign)).T.copy()
+            # float32 kernel * float32 mask is exact in float64: the stored float32 is Keras' product.
+            p[f"{prefix}{head}.weight"] = (k * (mask if mask is not None else 1.0)).T.copy()
+    if mask is not None:
+        p[f"{prefix}sparsity_mask"] = (mask != 0).astype(np.float64).T.copy()
     return p
 
 
-def _cfc(ccls: str, cconf: dict, cg, where: str) -> CfCModel:
+def _cfc(ccls: str, cconf: dict, cg, where: str, ncp_seed: Mapping[str, Any] | None = None) -> CfCModel:
     mode = cconf.get("mode", "default")
     if mode not in ("default", "no_gate", "pure"):
         raise CheckpointError(f"{where}: mode {str(mode)[:20]!r} is not default, no_gate or pure")
@@ -491,7 +617,7 @@ def _cfc(ccls: str, cconf: dict, cg, where: str) -> CfCModel:
         n_in = first[0].shape[0] - n0 if first and first[0].ndim == 2 else 0
         if not 1 <= n_in <= LIMITS["n_inputs"]:
             raise CheckpointError(f"{where}: cannot read the input size from the first sub-cell's ff1 kernel")
-        cls, wiring = _wiring(cconf.get("wiring"), n_in, where)
+        cls, wiring = _wiring(cconf.get("wiring"), n_in, where, ncp_seed)
         if wiring.num_layers != len(order):
             raise CheckpointError(
                 f"{where}: the wiring has {wiring.num_layers} layers, the weights {len(order)}"
@@ -526,10 +652,14 @@ def _cfc(ccls: str, cconf: dict, cg, where: str) -> CfCModel:
             params["fc.weight"] = np.eye(sizes[-1])[:motors]
             params["fc.bias"] = np.zeros(motors)
         return CfCModel(cfg, params, info={"wiring": cls})
-    if cconf.get("sparsity_mask") is not None:
-        raise CheckpointError(f"{where}: a CfCCell sparsity_mask is not exported from Keras files")
     units = _int(cconf, "units", where, 1, LIMITS["units"])
     layers = _int(cconf, "backbone_layers", where, 0, LIMITS["backbone_layers"])
+    sparse = cconf.get("sparsity_mask") is not None
+    if sparse and layers:
+        raise CheckpointError(
+            f"{where}: a CfCCell sparsity_mask with backbone_layers={layers}; ncps.keras allows a mask only "
+            "without a backbone"
+        )
     bu = _int(cconf, "backbone_units", where, 0, LIMITS["backbone_units"]) if layers else 0
     params = {}
     n_in = None
@@ -562,7 +692,10 @@ def _cfc(ccls: str, cconf: dict, cg, where: str) -> CfCModel:
         if not 1 <= n_in <= LIMITS["n_inputs"]:
             raise CheckpointError(f"{where}: ff1 kernel shape gives no inputs for units={units}")
         head_in = n_in + units
-    params.update(_heads(cg, "", mode, units, head_in, where))
+    mask = None
+    if sparse:
+        mask = _config_array(cconf["sparsity_mask"], (head_in, units), f"{where} sparsity_mask")
+    params.update(_heads(cg, "", mode, units, head_in, where, mask))
     cfg = CfCConfig(
         n_inputs=n_in,
         units=units,
@@ -570,9 +703,24 @@ def _cfc(ccls: str, cconf: dict, cg, where: str) -> CfCModel:
         activation=act,
         backbone_units=bu,
         backbone_layers=layers,
+        sparse=sparse,
         formulation="keras",
     )
     return CfCModel(cfg, params)
+
+
+def _config_array(value: Any, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """An array Keras wrote into config.json (``{"class_name": "__numpy__"|"__tensor__", "config":
+    {"value": [...]}}``, or a bare nested list), of ``shape``, finite."""
+    if isinstance(value, dict) and value.get("class_name") in ("__numpy__", "__tensor__"):
+        value = value.get("config", {}).get("value") if isinstance(value.get("config"), dict) else None
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{where}: not an array of numbers") from None
+    if a.shape != shape or not np.all(np.isfinite(a)):
+        raise CheckpointError(f"{where}: shape {list(a.shape)}, expected {list(shape)} finite values")
+    return a
 
 
 # ------------------------------------------------------------------------ folding
