@@ -103,9 +103,18 @@ def test_version(capsys):
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
-    p = cli.build_parser()
-    (sub,) = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(sub.choices)
+    """Every command's parser by its words ("fleet replay" for a nested subcommand)."""
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> dict[str, argparse.ArgumentParser]:
+        out = {}
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, child in a.choices.items():
+                    out[prefix + name] = child
+                    out.update(walk(child, prefix + name + " "))
+        return out
+
+    return walk(cli.build_parser(), "")
 
 
 COMMANDS = sorted(_subparsers())
@@ -120,7 +129,7 @@ def test_every_command_is_covered():
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_renders_with_each_default_once(command, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main([command, "--help"])
+        cli.main([*command.split(), "--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     flat = re.sub(r"\s+", " ", text)  # help lines wrap

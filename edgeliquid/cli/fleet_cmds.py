@@ -31,7 +31,12 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type[argparse.HelpFormatte
     p = sub.add_parser(
         "fleet", formatter_class=fmt, help="shadow replay over many recordings; closed-loop robustness sweeps"
     )
-    fs = p.add_subparsers(dest="fleet_command", required=True, metavar="SUBCOMMAND")
+    fs = p.add_subparsers(
+        dest="fleet_command",
+        required=True,
+        metavar="SUBCOMMAND",
+        help="replay: shadow evaluation over flight recordings; sweep: closed-loop robustness sweeps",
+    )
 
     s = fs.add_parser(
         "replay", formatter_class=fmt, help="a candidate model through many flight recordings, compared"
