@@ -95,6 +95,7 @@ def main() -> None:
     a = ap.parse_args()
     cpu = platform.processor() or platform.machine()
     res: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{cpu}, {os.cpu_count()} CPUs"}
+    res["load_average_at_start"] = os.getloadavg()  # a shared machine: say how busy it was
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         res["bytes_per_step"] = bytes_per_step(tmp)
@@ -137,6 +138,7 @@ def main() -> None:
                 "sweep": r2["sweep_driving_ncp_19"]["plant_steps_per_s"]
                 / r1["sweep_driving_ncp_19"]["plant_steps_per_s"],
             }
+    res["load_average_at_end"] = os.getloadavg()
     print(json.dumps(res, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")

@@ -79,6 +79,15 @@ def normal(key, counter):
     return math.sqrt(-2.0 * math.log(1.0 - u1)) * math.cos(2.0 * math.pi * u2)
 
 
+@njit(cache=True)
+def normal_pair(key, counter):
+    """Two independent standard normals from :func:`uniform` at ``counter`` and ``counter + 1``
+    (both Box-Muller outputs: half the hashes and logarithms of two :func:`normal` calls)."""
+    r = math.sqrt(-2.0 * math.log(1.0 - uniform(key, counter)))
+    a = 2.0 * math.pi * uniform(key, counter + 1)
+    return r * math.cos(a), r * math.sin(a)
+
+
 def row_keys(seed: int, condition: np.ndarray, rollout: np.ndarray) -> np.ndarray:
     """One 64-bit key per row from (seed, condition, rollout): the row's random stream."""
     with np.errstate(over="ignore"):

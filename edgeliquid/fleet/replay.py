@@ -20,11 +20,11 @@ import numpy as np
 
 from ..errors import EdgeliquidError, InputError, RecordingError
 from ..node.recorder import read_step_arrays, truncation_note
+from .diffstats import MODE_SAFE, diff_pass, percentile  # noqa: F401 (MODE_SAFE: API)
 from .engine import Engine, TaskFailure
 from .progress import Progress
 from .recordings import expand, group_by_size
 
-MODE_SAFE = 2
 # Fleet-wide p99 from merged histograms: 50 log bins per decade from 1e-12 to 1e4 (the
 # reported value is the upper edge of its bin: at most 4.7 % high). Per recording: exact.
 HIST_EDGES = np.logspace(-12, 4, 16 * 50 + 1)
@@ -41,18 +41,20 @@ class ReplayJob:
     threshold: float = 0.05
 
 
-_POLICIES: dict[tuple[str, str], Any] = {}  # per worker process: loaded once, reused by tasks
+# per worker process: loaded once, reused by tasks (state reset, not reloaded)
+_POLICIES: dict[tuple[str, str, int | None], Any] = {}
+MAX_BATCH = 256  # segments a batch-kernel call steps together
 
 
-def _policy(blob: bytes, name: str, dtype: str):
+def _policy(blob: bytes, name: str, dtype: str, batch: int | None = None):
     from ..model.file import read_bytes
     from ..runtime.policy import from_model
 
-    key = (hashlib.sha256(blob).hexdigest(), dtype)
+    key = (hashlib.sha256(blob).hexdigest(), dtype, batch)
     if key not in _POLICIES:
-        if len(_POLICIES) >= 8:
+        if len(_POLICIES) >= 32:
             _POLICIES.clear()
-        _POLICIES[key] = from_model(read_bytes(blob, name), "cpu", np.dtype(dtype))
+        _POLICIES[key] = from_model(read_bytes(blob, name), "cpu", np.dtype(dtype), batch=batch)
     return _POLICIES[key]
 
 
@@ -79,93 +81,173 @@ def policy_outputs(pol, x: np.ndarray, elapsed: np.ndarray, reset: np.ndarray) -
     return out
 
 
-def _mode_diffs(recorded: np.ndarray, got: np.ndarray, ref: np.ndarray) -> tuple[int, int | None]:
-    """Mode changes that differ: modes are the recorded ones, SAFE where an output is non-finite."""
-    mc = np.where(np.all(np.isfinite(got), axis=1), recorded, MODE_SAFE)
-    mr = np.where(np.all(np.isfinite(ref), axis=1), recorded, MODE_SAFE)
-    cc, cr = mc[1:] != mc[:-1], mr[1:] != mr[:-1]
-    bad = np.flatnonzero((cc != cr) | (cc & cr & (mc[1:] != mr[1:])))
-    return int(bad.size), (int(bad[0]) + 1 if bad.size else None)
-
-
 def compare(got: np.ndarray, ref: np.ndarray, mode: np.ndarray, log_ns: np.ndarray, threshold: float) -> dict:
-    """Per-channel statistics of |got - ref| (see module docstring), plus merge sums."""
-    fin = np.isfinite(got) & np.isfinite(ref)
-    both_nan = ~np.isfinite(got) & ~np.isfinite(ref)
-    d = np.where(fin, np.abs(got - ref), 0.0)
-    over = np.where(fin, d > threshold, ~both_nan)  # one side non-finite: over
-    n = len(got)
+    """Per-channel statistics of |got - ref| (see module docstring), plus merge sums.
+
+    One compiled pass (:func:`.diffstats.diff_pass`); the exact p99 from a partial sort.
+    """
+    got = np.ascontiguousarray(got, np.float64)
+    ref = np.ascontiguousarray(ref, np.float64)
+    n, m = got.shape
+    diffs = np.empty((m, n))
+    fl = np.empty((m, 2))
+    it = np.empty((m, 4), np.int64)
+    hist = np.empty((m, len(HIST_EDGES) + 1), np.int64)
+    first_over, first, n_mode, first_mode = diff_pass(
+        got, ref, np.ascontiguousarray(mode, np.int64), float(threshold), HIST_EDGES, diffs, fl, it, hist
+    )
     channels = []
-    hists = []
-    for c in range(got.shape[1]):
-        dc = d[fin[:, c], c]
-        first = np.flatnonzero(over[:, c])
+    for c in range(m):
+        k, over = int(it[c, 0]), int(it[c, 1])
         channels.append(
             {
-                "max_abs_diff": float(dc.max()) if dc.size else 0.0,
-                "mean_abs_diff": float(dc.mean()) if dc.size else 0.0,
-                "p99_abs_diff": float(np.percentile(dc, 99)) if dc.size else 0.0,
-                "frac_over": float(over[:, c].sum() / n) if n else 0.0,
-                "first_step_over": int(first[0]) if first.size else None,
-                "nonfinite_mismatch": int((~fin[:, c] & ~both_nan[:, c]).sum()),
-                "_sum": float(dc.sum()),
-                "_n": int(dc.size),
-                "_over": int(over[:, c].sum()),
+                "max_abs_diff": float(fl[c, 0]) if k else 0.0,
+                "mean_abs_diff": float(fl[c, 1] / k) if k else 0.0,
+                "p99_abs_diff": percentile(diffs[c, :k], 99) if k else 0.0,
+                "frac_over": over / n if n else 0.0,
+                "first_step_over": int(it[c, 2]) if it[c, 2] >= 0 else None,
+                "nonfinite_mismatch": int(it[c, 3]),
+                "_sum": float(fl[c, 1]),
+                "_n": k,
+                "_over": over,
             }
         )
-        hists.append(
-            np.bincount(np.searchsorted(HIST_EDGES, dc, side="right"), minlength=len(HIST_EDGES) + 1)
-        )
-    any_over = np.flatnonzero(over.any(axis=1))
-    any_diff = np.flatnonzero((d > 0).any(axis=1) | over.any(axis=1))
-    first = int(any_over[0]) if any_over.size else (int(any_diff[0]) if any_diff.size else None)
-    n_mode, first_mode = _mode_diffs(mode, got, ref)
+    first = int(first) if first >= 0 else None
     return {
         "steps": n,
         "channels": channels,
-        "first_step_over": int(any_over[0]) if any_over.size else None,
+        "first_step_over": int(first_over) if first_over >= 0 else None,
         "first_divergence_step": first,
         "first_divergence_s": (float((log_ns[first] - log_ns[0]) / 1e9) if first is not None else None),
-        "mode_changes_differ": n_mode,
-        "first_mode_difference_step": first_mode,
-        "_hist": np.array(hists, np.int64),
+        "mode_changes_differ": int(n_mode),
+        "first_mode_difference_step": int(first_mode) if first_mode >= 0 else None,
+        "_hist": hist,
     }
 
 
-def replay_one(job: ReplayJob, path: str) -> dict[str, Any]:
-    """One recording through the candidate (and baseline); raises for an unreadable one."""
+def _read(job: ReplayJob, path: str) -> dict[str, Any]:
+    """A recording's arrays, checked against the candidate's shape; raises for an unreadable one."""
     rec = read_step_arrays(path)
-    x, el, reset = rec["x"], rec["elapsed"], rec["reset"].astype(bool)
+    x = rec["x"]
     if len(x) == 0:
         raise RecordingError(f"{path}: no steps recorded")
-    dtype = rec["metadata"].get("dtype", "float32")
-    pol = _policy(job.model, job.model_name, dtype)
+    rec["dtype"] = rec["metadata"].get("dtype", "float32")
+    pol = _policy(job.model, job.model_name, rec["dtype"])
     if (pol.n_inputs, pol.n_outputs) != (x.shape[1], rec["y"].shape[1]):
         raise RecordingError(
             f"{path}: holds {x.shape[1]} inputs / {rec['y'].shape[1]} outputs per step but "
             f"{job.model_name} has {pol.n_inputs} / {pol.n_outputs}"
         )
-    got = policy_outputs(pol, x, el, reset)
-    if job.baseline is not None:
-        ref = policy_outputs(_policy(job.baseline, job.baseline_name or "baseline", dtype), x, el, reset)
-    else:
-        ref = rec["y"]
-    r = compare(got, ref, rec["mode"], rec["log_ns"], job.threshold)
-    r = {"recording": path, "encoding": rec["encoding"], "truncated": bool(rec["truncated"]), **r}
-    r["note"] = truncation_note(path, {**rec, "steps": x, "events": []}) if rec["truncated"] else None
+    return rec
+
+
+def _segments(reset: np.ndarray, t: int) -> list[tuple[int, int]]:
+    cuts = [0, *[int(k) for k in np.flatnonzero(reset) if k > 0], t]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def batch_outputs(blob: bytes, name: str, dtype: str, recs: list[dict[str, Any]]) -> list[np.ndarray]:
+    """:func:`policy_outputs` of every recording in ``recs``, bit for bit, with the segments
+    between resets (each starts from a zero state) as the rows of the policy's batch kernel.
+
+    Segments of similar length share a batch (padding with zeros and elapsed 1.0 after a
+    short one's end costs at most a quarter of the batch); a batch with a failing step falls
+    back to :func:`policy_outputs`, segment by segment, as do policies whose batch kernel is
+    not the single-instance one row by row (CfC).
+    """
+    from ..runtime.policy import CpuPolicy
+
+    single = _policy(blob, name, dtype)
+    # the LTC batch kernel steps each row with the single-instance kernel (bit for bit);
+    # others (CfC's SIMD chunks) round differently: those run recording by recording
+    limit = MAX_BATCH if type(single) is CpuPolicy else 1
+    outs = [np.empty((len(r["x"]), single.n_outputs)) for r in recs]
+    segs = [(i, a, b) for i, r in enumerate(recs) for a, b in _segments(r["reset"], len(r["x"]))]
+    segs.sort(key=lambda s: -(s[2] - s[1]))  # stable: ties in recording order
+    batches: list[list[tuple[int, int, int]]] = []
+    for s in segs:
+        cur = batches[-1] if batches else None
+        if cur and len(cur) < limit and 4 * (s[2] - s[1]) >= 3 * (cur[0][2] - cur[0][1]):
+            cur.append(s)
+        else:
+            batches.append([s])
+    for batch in batches:
+        if len(batch) > 1:
+            t = batch[0][2] - batch[0][1]
+            xs = np.zeros((t, len(batch), single.n_inputs))
+            el = np.ones((t, len(batch)))
+            for j, (i, a, b) in enumerate(batch):
+                xs[: b - a, j] = recs[i]["x"][a:b]
+                el[: b - a, j] = recs[i]["elapsed"][a:b]
+            pol = _policy(blob, name, dtype, len(batch))
+            pol.reset()
+            try:
+                ys = pol.run(xs, el)
+            except InputError:
+                ys = None
+            if ys is not None:
+                for j, (i, a, b) in enumerate(batch):
+                    outs[i][a:b] = ys[: b - a, j]
+                continue
+        for i, a, b in batch:
+            r = recs[i]
+            outs[i][a:b] = policy_outputs(single, r["x"][a:b], r["elapsed"][a:b], np.zeros(b - a, bool))
+    return outs
+
+
+def replay_one(job: ReplayJob, path: str) -> dict[str, Any]:
+    """One recording through the candidate (and baseline); raises for an unreadable one."""
+    r = replay_task((job, [path]))[0]
+    if "error" in r:
+        raise RecordingError(r["error"])
     return r
 
 
+def _result(job: ReplayJob, path: str, rec: dict[str, Any], got: np.ndarray, ref: np.ndarray) -> dict:
+    r = compare(got, ref, rec["mode"], rec["log_ns"], job.threshold)
+    r = {"recording": path, "encoding": rec["encoding"], "truncated": bool(rec["truncated"]), **r}
+    note = truncation_note(path, {**rec, "steps": rec["x"], "events": []}) if rec["truncated"] else None
+    r["note"] = note
+    return r
+
+
+def _error(path: str, exc: BaseException) -> dict[str, str]:
+    return {"recording": path, "error": str(exc).splitlines()[0] if str(exc) else repr(exc)}
+
+
 def replay_task(task: tuple[ReplayJob, list[str]]) -> list[dict[str, Any]]:
-    """A task: a few recordings; an unreadable one becomes ``{"recording", "error"}``."""
+    """A task: a few recordings; an unreadable one becomes ``{"recording", "error"}``.
+
+    Every recording is read first, then the task's recordings of one dtype go through the
+    candidate (and the baseline) together (:func:`batch_outputs`), then each is compared.
+    """
     job, paths = task
-    out = []
-    for p in paths:
+    recs: dict[int, dict[str, Any]] = {}
+    out: list[dict[str, Any] | None] = [None] * len(paths)
+    for k, p in enumerate(paths):
         try:
-            out.append(replay_one(job, p))
+            recs[k] = _read(job, p)
         except (EdgeliquidError, OSError, ValueError) as exc:
-            out.append({"recording": p, "error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
-    return out
+            out[k] = _error(p, exc)
+    for dtype in sorted({r["dtype"] for r in recs.values()}):
+        ks = [k for k in recs if recs[k]["dtype"] == dtype]
+        group = [recs[k] for k in ks]
+        try:
+            got = batch_outputs(job.model, job.model_name, dtype, group)
+            if job.baseline is not None:
+                ref = batch_outputs(job.baseline, job.baseline_name or "baseline", dtype, group)
+            else:
+                ref = [r["y"] for r in group]
+        except (EdgeliquidError, ValueError) as exc:  # e.g. a baseline of another shape
+            for k in ks:
+                out[k] = _error(paths[k], exc)
+            continue
+        for k, g, f in zip(ks, got, ref):
+            try:
+                out[k] = _result(job, paths[k], recs[k], g, f)
+            except (EdgeliquidError, ValueError) as exc:
+                out[k] = _error(paths[k], exc)
+    return out  # type: ignore[return-value]
 
 
 def _p99(hist: np.ndarray) -> float:

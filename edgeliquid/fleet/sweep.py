@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ..errors import ConfigError
 from ..hil.demo import BALANCED_RAD, BALANCED_X_M, default_config_path
@@ -66,9 +66,16 @@ def _init(states, keys, init_scale, init_angle):
             states[b, j] = r * (2.0 * pl.uniform(keys[b], j) - 1.0)
 
 
-@njit(cache=True)
-def _sense(
+def counters_per_step(n_in: int) -> int:
+    """Random numbers a row draws per control period: the jitter, then normals in pairs."""
+    return 1 + 2 * ((n_in + 1) // 2)
+
+
+@njit(cache=True, parallel=True)
+def _act_sense(
     k,
+    ys,
+    last,
     states,
     cmd_ring,
     delay,
@@ -91,43 +98,52 @@ def _sense(
     bal_rad,
     bal_x,
 ):
-    """Step k's first half, per row: jitter, plant under the delayed command, failure, sensing."""
+    """Per row, in parallel: step k-1's second half (output map, rate limit, into the delay
+    line: output 0 of ``ys``), then step k's first half (jitter, plant under the delayed
+    command, failure, sensing). One pass over the rows a period; each row's random numbers
+    are its key's counters ``4 + counters_per_step(n_in) * k + ...`` (0..3: the initial state).
+    """
     depth = cmd_ring.shape[1]
-    for b in range(states.shape[0]):
+    o = 4 * n_in
+    m = ys.shape[1]
+    per = 1 + 2 * ((n_in + 1) // 2)
+    for b in prange(states.shape[0]):
+        if k > 0:
+            u = ys[b, 0] * chan[o] + chan[o + m]
+            u = min(max(u, chan[o + 2 * m]), chan[o + 3 * m])
+            step_max = chan[o + 4 * m] * max(dt[b], 0.0)
+            u = min(max(u, last[b] - step_max), last[b] + step_max)
+            last[b] = u
+            cmd_ring[b, (k - 1) % depth] = u
         key = keys[b]
-        d = period * (1.0 + jitter[b] * (2.0 * pl.uniform(key, 16 + 8 * k) - 1.0))
+        c = 4 + per * k
+        d = period * (1.0 + jitter[b] * (2.0 * pl.uniform(key, c) - 1.0))
         dt[b] = d
+        s = states[b]
         if alive[b]:
             u = cmd_ring[b, (k - 1 - delay[b]) % depth] if k - 1 - delay[b] >= 0 else 0.0
-            pl.step_row(states[b], u, d, params[b], 4)
+            pl.step_row(s, u, d, params[b], 4)
             t_s[b] += d
-            th, x = states[b, 2], states[b, 0]
+            th, x = s[2], s[0]
             if not (abs(th) < bal_rad and abs(x) < bal_x):
                 alive[b] = False
                 fail_s[b] = t_s[b]
             else:
                 sum_abs[b] += abs(th)
                 n_alive[b] += 1
-        for j in range(n_in):
-            raw = states[b, j] + noise[b] * pl.normal(key, 4 + 8 * k + j) if noise[b] > 0 else states[b, j]
-            raw = min(max(raw, chan[j]), chan[n_in + j])
-            xs[b, j] = (raw - chan[2 * n_in + j]) * chan[3 * n_in + j]
+        sig = noise[b]
+        for j in range(0, n_in, 2):
+            if sig > 0:
+                z0, z1 = pl.normal_pair(key, c + 1 + j)
+                r0, r1 = s[j] + sig * z0, s[j + 1] + sig * z1 if j + 1 < n_in else 0.0
+            else:
+                r0, r1 = s[j], s[j + 1] if j + 1 < n_in else 0.0
+            r0 = min(max(r0, chan[j]), chan[n_in + j])
+            xs[b, j] = (r0 - chan[2 * n_in + j]) * chan[3 * n_in + j]
+            if j + 1 < n_in:
+                r1 = min(max(r1, chan[j + 1]), chan[n_in + j + 1])
+                xs[b, j + 1] = (r1 - chan[2 * n_in + j + 1]) * chan[3 * n_in + j + 1]
         elapsed[b] = d / model_dt
-
-
-@njit(cache=True)
-def _act(k, ys, chan, n_in, last, cmd_ring, dt):
-    """Step k's second half, per row: output map, rate limit, into the delay line (output 0)."""
-    o = 4 * n_in
-    m = ys.shape[1]
-    depth = cmd_ring.shape[1]
-    for b in range(ys.shape[0]):
-        u = ys[b, 0] * chan[o] + chan[o + m]
-        u = min(max(u, chan[o + 2 * m]), chan[o + 3 * m])
-        step_max = chan[o + 4 * m] * max(dt[b], 0.0)
-        u = min(max(u, last[b] - step_max), last[b] + step_max)
-        last[b] = u
-        cmd_ring[b, k % depth] = u
 
 
 _POLICIES: dict[tuple[str, int], Any] = {}
@@ -160,9 +176,12 @@ def rollout_rows(t: SweepTask) -> dict[str, np.ndarray]:
     xs = np.zeros((r, t.n_in), np.float32)
     elapsed, dt, last = np.zeros(r), np.zeros(r), np.zeros(r)
     period = 1.0 / t.rate_hz
+    ys = np.zeros((r, t.n_out), np.float32)
     for k in range(t.steps):
-        _sense(
+        _act_sense(
             k,
+            ys,
+            last,
             states,
             ring,
             t.delay,
@@ -186,7 +205,6 @@ def rollout_rows(t: SweepTask) -> dict[str, np.ndarray]:
             BALANCED_X_M,
         )
         ys = pol.step(xs, elapsed)
-        _act(k, ys, t.chan, t.n_in, last, ring, dt)
     return {"success": alive.copy(), "fail_s": fail_s, "sum_abs": sum_abs, "n_alive": n_alive}
 
 

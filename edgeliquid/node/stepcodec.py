@@ -65,6 +65,45 @@ def descriptor_set(wide: bool = False) -> bytes:
     return fds.SerializeToString()
 
 
+_BUILT: dict[tuple[int, int, int, bool], tuple] = {}
+
+
+def _build(n_in: int, n_out: int, n_cmd: int, wide: bool) -> tuple:
+    """(record dtype, template, constant field names, constant byte offsets, their values)."""
+    fl = "<f8" if wide else "<f4"
+    counts = {"x": n_in, "y": n_out, "u": n_cmd, "stage_ns": len(STAGES)}
+    names, formats, offsets, consts = [], [], [], {}
+    pos = 0
+
+    def add(name, fmt, size, value=None):
+        nonlocal pos
+        names.append(name)
+        formats.append(fmt)
+        offsets.append(pos)
+        if value is not None:
+            consts[name] = (pos, value)
+        pos += size
+
+    for num, name, _, wt, scalar in _FIELDS:
+        tag = _varint((num << 3) | wt)
+        add(f"_k{num}", f"V{len(tag)}", len(tag), tag)
+        if wt == 2:
+            item = np.dtype(scalar or fl)
+            length = _varint(counts[name] * item.itemsize)
+            add(f"_k{num}n", f"V{len(length)}", len(length), length)
+            add(name, (item, (counts[name],)), counts[name] * item.itemsize)
+        else:
+            add(name, scalar, np.dtype(scalar).itemsize)
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": pos})
+    template = np.zeros((), dtype)
+    at, vals = [], []
+    for k, (off, v) in consts.items():
+        template[k] = np.void(v)
+        at += range(off, off + len(v))
+        vals += list(v)
+    return dtype, template, list(consts), np.array(at, np.intp), np.array(vals, np.uint8)
+
+
 class StepLayout:
     """The fixed layout for ``n_in``/``n_out``/``n_cmd`` values: a numpy record of ``size`` bytes.
 
@@ -73,36 +112,11 @@ class StepLayout:
 
     def __init__(self, n_in: int, n_out: int, n_cmd: int, wide: bool = False):
         self.n_in, self.n_out, self.n_cmd, self.wide = n_in, n_out, n_cmd, wide
-        fl = "<f8" if wide else "<f4"
-        counts = {"x": n_in, "y": n_out, "u": n_cmd, "stage_ns": len(STAGES)}
-        names, formats, offsets, consts = [], [], [], {}
-        pos = 0
-
-        def add(name, fmt, size, value=None):
-            nonlocal pos
-            names.append(name)
-            formats.append(fmt)
-            offsets.append(pos)
-            if value is not None:
-                consts[name] = value
-            pos += size
-
-        for num, name, _, wt, scalar in _FIELDS:
-            tag = _varint((num << 3) | wt)
-            add(f"_k{num}", f"V{len(tag)}", len(tag), tag)
-            if wt == 2:
-                item = np.dtype(scalar or fl)
-                length = _varint(counts[name] * item.itemsize)
-                add(f"_k{num}n", f"V{len(length)}", len(length), length)
-                add(name, (item, (counts[name],)), counts[name] * item.itemsize)
-            else:
-                add(name, scalar, np.dtype(scalar).itemsize)
-        self.dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": pos})
-        self.size = pos
-        self.template = np.zeros((), self.dtype)
-        for k, v in consts.items():
-            self.template[k] = np.void(v)
-        self._consts = [k for k in consts]
+        key = (n_in, n_out, n_cmd, wide)
+        if key not in _BUILT:  # a reader builds a layout per file: build each one once
+            _BUILT[key] = _build(n_in, n_out, n_cmd, wide)
+        self.dtype, self.template, self._consts, self._const_at, self._const_bytes = _BUILT[key]
+        self.size = self.dtype.itemsize
         self._rec = self.template.copy()
 
     def encode(self, seq: int, t_us: int, elapsed: float, mode: int, reset: int, x, y, u, times) -> bytes:
@@ -118,10 +132,13 @@ class StepLayout:
 
     def decode_block(self, raw: np.ndarray) -> dict[str, np.ndarray] | None:
         """[T, size] uint8 messages -> field arrays, or None if any constant byte is off."""
-        rec = np.ascontiguousarray(raw).view(self.dtype).reshape(-1)
-        for k in self._consts:
-            if not np.all(rec[k] == self.template[k]):
-                return None
+        raw = np.ascontiguousarray(raw)
+        # every constant byte (tags, packed lengths) in one comparison
+        if len(raw) and not np.array_equal(
+            raw[:, self._const_at], np.broadcast_to(self._const_bytes, (len(raw), len(self._const_at)))
+        ):
+            return None
+        rec = raw.view(self.dtype).reshape(-1)
         if np.any(rec["mode"] > 127) or np.any(rec["reset"] > 127):  # a varint's high bit: not ours
             return None
         out = {k: rec[k] for k in ("seq", "t_us", "elapsed", "mode", "reset", "x", "y", "u", "t_ready_ns")}
