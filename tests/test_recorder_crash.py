@@ -101,18 +101,21 @@ def test_kill9_of_a_recording_loop_loses_at_most_flush_s(tmp_path, capsys):
     assert d["truncated"] and d["steps"] == len(seqs) and "recovered" in d["note"]
 
 
-def _node_config(tmp_path: Path, port: str, mcap: Path) -> Path:
+def _node_config(tmp_path: Path, port: str, mcap: Path, writer: str = "process") -> Path:
     data = yaml.safe_load((ROOT / "configs" / "cartpole_demo.yaml").read_text())
     data["model"] = str(MODEL)
     data["serial"]["port"] = port
     data["serial"]["exclusive"] = False
-    data["telemetry"] = {"path": str(mcap), "flush_s": FLUSH_S}
+    data["telemetry"] = {"path": str(mcap), "flush_s": FLUSH_S, "writer": writer}
     p = tmp_path / "node.yaml"
     p.write_text(yaml.safe_dump(data))
     return p
 
 
-def test_kill9_of_the_node_leaves_a_recording_replay_and_profile_read(tmp_path, capsys):
+@pytest.mark.parametrize("writer", ["process", "thread"])
+def test_kill9_of_the_node_leaves_a_recording_replay_and_profile_read(tmp_path, capsys, writer):
+    """thread writer: the file dies with the node, truncated but readable up to its last flush;
+    process writer: the writer outlives the node, drains the ring and closes the file whole."""
     mcap, log = tmp_path / "run.mcap", tmp_path / "node.log"
     sim = subprocess.Popen(
         [sys.executable, "-m", "edgeliquid", "sim", "--port", "pty", "--seconds", "120"],
@@ -125,7 +128,14 @@ def test_kill9_of_the_node_leaves_a_recording_replay_and_profile_read(tmp_path, 
         port = line.rsplit(" ", 1)[-1].strip()
         assert port.startswith("/dev/"), line
         node = subprocess.Popen(
-            [sys.executable, "-m", "edgeliquid", "run", "--config", str(_node_config(tmp_path, port, mcap))],
+            [
+                sys.executable,
+                "-m",
+                "edgeliquid",
+                "run",
+                "--config",
+                str(_node_config(tmp_path, port, mcap, writer)),
+            ],
             stdout=logf,
             stderr=subprocess.STDOUT,
         )
@@ -143,6 +153,15 @@ def test_kill9_of_the_node_leaves_a_recording_replay_and_profile_read(tmp_path, 
                 p.wait(10)
         logf.close()
     rec = read_recording(mcap)
+    if writer == "process":  # the orphaned writer notices, drains and closes within its poll
+        deadline = time.monotonic() + 30
+        while rec["truncated"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            rec = read_recording(mcap)
+        assert not rec["truncated"] and len(rec["steps"]) > 100
+        assert main(["replay", str(mcap)]) == 0
+        assert "match bit for bit" in capsys.readouterr().out
+        return
     assert rec["truncated"] and len(rec["steps"]) > 100
     assert main(["replay", str(mcap)]) == 0
     text = capsys.readouterr().out

@@ -376,7 +376,9 @@ def _output(r: _Reader, ch: dict, path: str) -> OutputChannel:
 def _telemetry(r: _Reader, data: dict) -> dict[str, Any] | None:
     if data.get("telemetry") is None:
         return None
-    t = r.section(data, "telemetry", {"path", "rotate_mb", "rotate_s", "keep", "flush_s", "encoding"})
+    t = r.section(
+        data, "telemetry", {"path", "rotate_mb", "rotate_s", "keep", "flush_s", "encoding", "writer"}
+    )
     return {
         "path": r.text(t, "path", "telemetry.path", "the .mcap file to write"),
         "rotate_mb": r.num(t, "rotate_mb", "telemetry.rotate_mb", 64.0, 0, 1_048_576, strict_lo=True),
@@ -384,6 +386,10 @@ def _telemetry(r: _Reader, data: dict) -> dict[str, Any] | None:
         "keep": r.num(t, "keep", "telemetry.keep", 5, 1, 10_000, kind=int),
         "flush_s": r.num(t, "flush_s", "telemetry.flush_s", 1.0, 0, strict_lo=True),
         "encoding": r.choice(t, "encoding", "telemetry.encoding", "protobuf", ("protobuf", "json")),
+        # process (default): the writer in a child process, off the loop's GIL
+        # (node/recorder_process.py); it outlives a killed node and closes the file whole.
+        # thread: the writer shares the loop's GIL (the file dies truncated with the node).
+        "writer": r.choice(t, "writer", "telemetry.writer", "process", ("thread", "process")),
     }
 
 

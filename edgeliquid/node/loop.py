@@ -112,6 +112,7 @@ def make_recorder(cfg: NodeConfig, policy):
     import hashlib
 
     from .recorder import FlightRecorder
+    from .recorder_process import ProcessRecorder
 
     t = cfg.telemetry
     sha = hashlib.sha256(Path(cfg.model).read_bytes()).hexdigest()
@@ -125,7 +126,9 @@ def make_recorder(cfg: NodeConfig, policy):
         "rate_hz": cfg.rate_hz,
         "mode": cfg.mode,
     }
-    return FlightRecorder(
+    # process: encoding and disk writes off the loop's GIL; thread (the default): one process
+    cls = ProcessRecorder if t.get("writer", "process") == "process" else FlightRecorder
+    return cls(
         t["path"],
         policy.n_inputs,
         policy.n_outputs,

@@ -69,7 +69,13 @@ _TIMES = 5  # ready, decoded, inferred, encoded, written
 
 
 class FlightRecorder:
-    """Ring buffer + writer thread. Construct, call :meth:`start`, then record; :meth:`close`."""
+    """Ring buffer + writer thread. Construct, call :meth:`start`, then record; :meth:`close`.
+
+    :class:`.recorder_process.ProcessRecorder` has the same API with the writer in a child
+    process (off the loop's GIL); it runs this class's writer code there.
+    """
+
+    _yield_gil = True  # the writer shares the loop's GIL: hand it back every few records
 
     def __init__(
         self,
@@ -295,7 +301,7 @@ class FlightRecorder:
                     self._tail += 1
                     seq += 1
                     n += 1
-                    if n % 4 == 0:
+                    if n % 4 == 0 and self._yield_gil:
                         time.sleep(0)  # let the control loop take the GIL
                     if n % 512 == 0:  # a long backlog must not hold back the flush
                         self._maybe_flush()
