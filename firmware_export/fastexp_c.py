@@ -66,25 +66,28 @@ SIGMOID_FAST = Template(Template(_TEMPLATE).substitute(_CONSTS))
 
 # ------------------------------------------------------------------ exp2 for the LTC synapse loop
 
-#: 2^t = 2^n 2^(j/64) 2^r: n, j from round(64 t) (the 1.5·2^17 shifter), |r| <= 1/128 exact,
-#: 2^(j/64) from a 64-entry table (<= 0.5 ulp each), 2^r = 1 + r (C1 + C2 r), minimax on the
-#: interval (relative error 6.6e-9), all with fmaf so every platform gives the same bits (and
-#: the M4 one vfma each). 2^n goes into an exponent field clamped to [0, 255]: results below
-#: 2^-126 flush to 0, above 2^128 become inf, so 1 / (1 + 2^t) saturates exactly to 1 or 0.
-#: Valid for |t| < 2^16 (the shifter's range): callers bound t (EXP2_T_LIMIT). ``_exp2_n`` skips the
-#: range check (|t| <= EXP2_N_LIMIT): 2^n is added to the table entry's exponent bits.
-EXP2_BITS = 6
+#: 2^t = 2^n 2^(j/1024) 2^r: n, j from round(1024 t) (the 1.5·2^13 shifter), |r| <= 2^-11 exact,
+#: c0 2^(j/1024) from a 1024-entry table (<= 0.5 ulp each), 2^r / c0 = 1 + C1 r: the minimax line
+#: for the relative error on the interval (2.9e-8), its c0 folded into the table; one fmaf, so every
+#: platform gives the same bits (and the M4 one vfma). A 64-entry table needed the degree-2
+#: polynomial: 2 more instructions per synapse (docs/firmware.md). 2^n goes into an exponent field
+#: clamped to [0, 255]: results below 2^-126 flush to 0, above 2^128 become inf, so 1 / (1 + 2^t)
+#: saturates exactly to 1 or 0. Valid for |t| < 2^12 (the shifter's range): callers bound t
+#: (EXP2_T_LIMIT). ``_exp2_n`` skips the range check (|t| <= EXP2_N_LIMIT): 2^n is added to the
+#: table entry's exponent bits.
+EXP2_BITS = 10
 EXP2_SHIFTER = 1.5 * 2.0 ** (23 - EXP2_BITS)
-EXP2_T_LIMIT = 32768.0
+EXP2_T_LIMIT = 4096.0
 EXP2_N_LIMIT = 125.0
-EXP2_C1 = 0.69314975
-EXP2_C2 = 0.24022666
+EXP2_C0 = 1.0000000286372303  # minimax (relative) line for 2^r on |r| <= 2^-11: c0 + c1 r
+EXP2_C1 = 0.6931471540935251  # c1 / c0
 LOG2E = 1.4426950408889634
 
 
 def exp2_bits() -> list[int]:
-    """The float32 bits of 2^(j/64), j = 0..63."""
-    return [int(np.float32(2.0 ** (j / 2**EXP2_BITS)).view(np.uint32)) for j in range(2**EXP2_BITS)]
+    """The float32 bits of c0 2^(j/1024), j = 0..1023."""
+    n = 2**EXP2_BITS
+    return [int(np.float32(EXP2_C0 * 2.0 ** (j / n)).view(np.uint32)) for j in range(n)]
 
 
 _EXP2_TEMPLATE = """#ifdef __GNUC__
@@ -93,7 +96,7 @@ _EXP2_TEMPLATE = """#ifdef __GNUC__
 #define $${UP}_INLINE static inline
 #endif
 
-/* float32 bits of 2^(j/64) */
+/* float32 bits of c0 2^(j/1024) */
 $table
 /* 2^t for |t| <= 125 (no range check: callers bound t), <= 2 ulp (1.1 measured). 2^n is added to
  * the table entry's exponent; firmware_export/fastexp_c.py, docs/firmware.md */
@@ -101,13 +104,13 @@ $${UP}_INLINE float $${name}_exp2_n(float t)
 {
     union { float f; uint32_t u; } h, m;
     float r;
-    h.f = t + ${SHIFTER};                  /* round(64 t) = n 64 + j in the low mantissa bits */
-    r = t - (h.f - ${SHIFTER});            /* exact, |r| <= 1/128 */
+    h.f = t + ${SHIFTER};                  /* round(1024 t) = n 1024 + j in the low mantissa bits */
+    r = t - (h.f - ${SHIFTER});            /* exact, |r| <= 2^-11 */
     m.u = $${name}_exp2_tab[h.u & ${MASK}u] + ((h.u >> ${BITS}) << 23);  /* the shifter's bits drop out */
-    return fmaf(m.f, r * fmaf(${C2}, r, ${C1}), m.f);
+    return fmaf(m.f, r * ${C1}, m.f);
 }
 
-/* 2^t for |t| < 2^16 (callers bound t): as above for t in [-126, 127.4]; 0 below, inf above */
+/* 2^t for |t| < 2^12 (callers bound t): as above for t in [-126, 127.4]; 0 below, inf above */
 $${UP}_INLINE float $${name}_exp2(float t)
 {
     union { float f; uint32_t u; } h, m, s;
@@ -118,7 +121,7 @@ $${UP}_INLINE float $${name}_exp2(float t)
     e = (int32_t)(h.u - ${BIAS_BITS}u) >> ${BITS};   /* n + 127 */
     s.u = (uint32_t)(e < 0 ? 0 : (e > 255 ? 255 : e)) << 23;  /* 2^n, 0 or inf outside the range */
     m.u = $${name}_exp2_tab[h.u & ${MASK}u];
-    return fmaf(m.f, r * fmaf(${C2}, r, ${C1}), m.f) * s.f;
+    return fmaf(m.f, r * ${C1}, m.f) * s.f;
 }
 
 /* |x| clamped to lim (NaN passes through) */
@@ -140,7 +143,6 @@ def exp2_c(name: str) -> str:
         "BITS": str(EXP2_BITS),
         "MASK": str(2**EXP2_BITS - 1),
         "C1": c_float(EXP2_C1),
-        "C2": c_float(EXP2_C2),
-        "table": c_array("uint32_t", "${name}_exp2_tab", exp2_bits()),
+        "table": c_array("uint32_t", "${name}_exp2_tab", exp2_bits(), per_line=8),
     }
     return Template(Template(_EXP2_TEMPLATE).substitute(consts)).substitute(name=name, UP=name.upper())

@@ -4,25 +4,27 @@ Why int32 (one Q format, F fractional bits) rather than int16: the semi-implicit
 update divides by ``cm/dt + gleak + sum(w s)``, and ``cm/dt`` grows as 1/elapsed
 (about 600 for a driving NCP at elapsed 0.01), while the state needs ~1e-4
 resolution to stay within 1e-3 of the float result; int16 cannot hold both.
-Products and quotients use 64-bit intermediates (Cortex-M0 does them in libgcc).
+Products are 32x32->64 (one smull on a Cortex-M4); divisions are 32-bit (``qdiv``).
 
-Solvers: the fused one as above; explicit Euler without any division (h/cm from a
-constant 1/(cm*unfolds)), for elapsed up to ``explicit_euler_limit`` where every sub-step
-is a convex combination (so Theorem 2's bound still sizes F); rk4 is refused
+Solvers: the fused one as an increment, v + r / (cm/dt + G) with one normalised
+32-bit division per neuron per sub-step (its relative error scales the increment
+only; docs/firmware.md); explicit Euler without any division (h/cm from a constant
+1/(cm*unfolds)), for elapsed up to ``explicit_euler_limit`` where every sub-step is a
+convex combination (so Theorem 2's bound still sizes F); rk4 is refused
 (``RK4_REFUSAL``). See docs/firmware.md "Solvers".
 
 F comes from bounds, not guesses (:func:`choose_q`): the state bound of Theorem 2
 (``edgeliquid.model.guarantees``), the input range, the largest ``cm/dt`` for the
-smallest elapsed time allowed, and the worst-case numerator and denominator of
-the update. With M the largest magnitude, F = 30 - ceil(log2(M + 1)) (one guard
-bit), so no intermediate can overflow inside those ranges. Inputs are saturated
-to the range at conversion.
+smallest elapsed time allowed, and the worst-case numerator, denominator and
+residual of the update. With M the largest magnitude, F = 30 - ceil(log2(M + 1))
+(one guard bit), so no intermediate can overflow inside those ranges. Inputs are
+saturated to the range at conversion.
 
-The logistic is a 513-entry table of sigmoid on [0, 16] (uint16, 1.0 = 32768)
-with linear interpolation and sigmoid(-x) = 1 - sigmoid(x): interpolation error
-<= h^2/8 * max|sigma''| = 1.2e-5 (h = 1/32), table rounding 1.5e-5, tail beyond 16
-1.1e-7. The worst output error measured against the float64 reference is recorded
-in the manifest (``measured_max_abs_error``) by tests/test_firmware.py's harness.
+The logistic is piecewise linear on LUT_N intervals of [-LUT_RANGE, LUT_RANGE], the
+minimax line on each (:func:`sigmoid_table`), evaluated without a branch: the table
+coordinate u = (A v) >> US + B is saturated (usat) and the line is c_i + s_i u in uint32
+arithmetic (Q30). The worst output error measured against the float64 reference is
+in docs/firmware.md (tests/test_firmware.py asserts 1e-3 of the output scale).
 """
 
 from __future__ import annotations
@@ -38,9 +40,6 @@ from .cgen import CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .float_c import HEADER, LTC_STEP_DOC, solver_note
 from .layout import FirmwareModel
-
-LUT_N = 512
-LUT_RANGE = 16.0
 
 
 def choose_q(fm: FirmwareModel, min_elapsed: float, max_elapsed: float, input_range: float) -> dict:
@@ -58,6 +57,8 @@ def choose_q(fm: FirmwareModel, min_elapsed: float, max_elapsed: float, input_ra
     if cfg.solver == "fused_semi_implicit_euler":
         num = float((cmt * vb + np.abs(p["gleak"] * p["vleak"]) + we_in).max())
         den = float((cmt + p["gleak"] + w_in).max() + cfg.epsilon)
+        # the update's increment form v + r / den: r = N - G v has no cm/dt term
+        res = float((np.abs(p["gleak"] * p["vleak"]) + we_in + (p["gleak"] + w_in + cfg.epsilon) * vb).max())
     else:  # explicit Euler: N - D v, no cm/dt term (see explicit_euler_limit)
         num = float((np.abs(p["gleak"] * p["vleak"]) + we_in + (p["gleak"] + w_in) * vb).max())
         den = float((p["gleak"] + w_in).max())
@@ -74,6 +75,7 @@ def choose_q(fm: FirmwareModel, min_elapsed: float, max_elapsed: float, input_ra
         "cm_over_dt": cmt,
         "numerator": num,
         "denominator": den,
+        **({"residual": res} if cfg.solver == "fused_semi_implicit_euler" else {}),
         "sigmoid_argument": arg,
         "outputs": y,
         "parameters": params,
@@ -98,8 +100,6 @@ def choose_q(fm: FirmwareModel, min_elapsed: float, max_elapsed: float, input_ra
         "max_elapsed": max_elapsed,
         "input_range": input_range,
         "resolution": 2.0**-frac,
-        "sigmoid_table": f"{LUT_N + 1} x uint16 on [0, {LUT_RANGE:g}]",
-        "sigmoid_error_bound": 1.2e-5 + 1.5e-5 + 1.1e-7,
     }
 
 
@@ -160,42 +160,61 @@ def _q(values, frac: int) -> np.ndarray:
     return q.astype(np.int64)
 
 
-#: Per solver: the division helper ($qdiv), the step's buffers and its sub-step loop ($ode).
-#: The fused pieces are the update as it always was (qdiv: 64-bit division, U x UNFOLDS per step).
-FIXED_FUSED = {
-    "qdiv": """static int32_t qdiv(int32_t a, int32_t b)
+#: Per solver: the per-step terms (k = cm/dt or h/cm), its scalars and the neuron update of a sub-step.
+#: Both share the synapse sweep (``${name}_sweep``: sums n, d of one sub-step, Q(QF)) and the
+#: residual r = gleak vleak + n - (gleak + d) v; the fused solver divides once per neuron per
+#: sub-step with the 32-bit ``qdiv`` (no 64-bit division), explicit Euler multiplies by h/cm.
+#: The fused solver's 32-bit division (C).
+QDIV_C = """#ifdef __GNUC__
+#define QCLZ(x) __builtin_clz(x)
+#else
+static int QCLZ(uint32_t x)
 {
-    if (b < 1) {
-        b = 1; /* only reachable when cm, gleak and every synapse are 0: eps below 1 LSB */
+    int n = 0;
+    while (!(x & 0x80000000u)) {
+        x <<= 1;
+        ++n;
     }
-    return (int32_t)(((int64_t)a * QONE) / b);
+    return n;
+}
+#endif
+
+/* qdiv inlined where the division is one instruction (not on a Cortex-M0: a libgcc call anyway) */
+#if defined(__GNUC__) && (defined(__ARM_FEATURE_IDIV) || !defined(__arm__))
+#define QINLINE static inline __attribute__((always_inline))
+#else
+#define QINLINE static
+#endif
+
+/* r 2^QF / d for d > 0 with one 32-bit division: r shifted up to its headroom (31 bits), d cut to
+ * at most 15 significant bits, the quotient (>= 15 bits) rescaled: relative error <= 2^-13 */
+QINLINE int32_t qdiv(int32_t r, int32_t d)
+{
+    int zr = QCLZ((uint32_t)(r ^ (r >> 31)) | 1u) - 1;
+    int b = 17 - QCLZ((uint32_t)d);
+    int c;
+    int32_t q;
+    b = b < 0 ? 0 : b;
+    c = QF - zr - b;
+    q = (int32_t)((uint32_t)r << zr) / (d >> b);
+    return c >= 0 ? (int32_t)((uint32_t)q << c) : q >> -c;
 }
 
-""",
-    "buffers": "    int32_t v[U], vn[U], xm[NI], ns[U], ds[U], nr[U], dr[U], cmt[U];\n    int32_t dt;\n",
-    "ode": """    dt = elapsed_q / UNFOLDS;
+"""
+
+FIXED_FUSED = {
+    "qdiv": QDIV_C,
+    "per_step": """    /* cm / dt once per step (U 32-bit divisions) */
+    dt = elapsed_q / UNFOLDS;
     for (j = 0; j < U; ++j) {
-        cmt[j] = qdiv(cm[j], dt);
-    }
-    for (t = 0; t < UNFOLDS; ++t) {
-        for (j = 0; j < U; ++j) {
-            nr[j] = 0;
-            dr[j] = 0;
-        }
-        for (k = 0; k < NNZ; ++k) {
-            int32_t a = qmul(r_w[k], qsigmoid(qmul(r_sigma[k], v[r_src[k]] - r_mu[k])));
-            nr[r_dst[k]] += qmul(a, r_erev[k]);
-            dr[r_dst[k]] += a;
-        }
-        for (j = 0; j < U; ++j) {
-            vn[j] = qdiv(qmul(cmt[j], v[j]) + gleak_vleak[j] + (nr[j] + ns[j]),
-                         cmt[j] + gleak[j] + (dr[j] + ds[j]) + EPSILON_Q);
-        }
-        for (j = 0; j < U; ++j) {
-            v[j] = vn[j];
-        }
+        ks[j] = qdiv(cm[j], dt);
+        gs[j] += EPSILON_Q;
     }
 """,
+    "scalars": "    int32_t dt;\n",
+    # vn = (cmt v + N) / (cmt + G) = v + (N - G v) / (cmt + G): the 32-bit division's relative
+    # error then scales the increment only (docs/firmware.md)
+    "update": "v[j] + qdiv(n - qmul(g, v[j]), k[j] + g)",
 }
 
 # Explicit Euler without a division: hc = h / cm = elapsed_q * inv_cm_u (inv_cm_u = 1/(cm UNFOLDS),
@@ -203,27 +222,14 @@ FIXED_FUSED = {
 # Each sub-step is the convex combination (1 - hc D) v + hc D (N / D) when hc D <= 1, which
 # choose_q checks for the whole elapsed range: Theorem 2's state bound then holds.
 FIXED_EXPLICIT_EULER = {
-    "qdiv": "",
-    "buffers": "    int32_t v[U], xm[NI], ns[U], ds[U], nr[U], dr[U], hc[U];\n",
-    "ode": """    /* h / cm = elapsed / (cm UNFOLDS): a multiply by a constant, no division */
+    "per_step": """    /* h / cm = elapsed / (cm UNFOLDS): a multiply by a constant, no division */
     for (j = 0; j < U; ++j) {
-        hc[j] = qmul(elapsed_q, inv_cm_u[j]);
-    }
-    for (t = 0; t < UNFOLDS; ++t) {
-        for (j = 0; j < U; ++j) {
-            nr[j] = 0;
-            dr[j] = 0;
-        }
-        for (k = 0; k < NNZ; ++k) {
-            int32_t a = qmul(r_w[k], qsigmoid(qmul(r_sigma[k], v[r_src[k]] - r_mu[k])));
-            nr[r_dst[k]] += qmul(a, r_erev[k]);
-            dr[r_dst[k]] += a;
-        }
-        for (j = 0; j < U; ++j) {
-            v[j] += qmul(hc[j], gleak_vleak[j] + (nr[j] + ns[j]) - qmul(gleak[j] + (dr[j] + ds[j]), v[j]));
-        }
+        ks[j] = qmul(elapsed_q, inv_cm_u[j]);
     }
 """,
+    "qdiv": "",
+    "scalars": "",
+    "update": "v[j] + qmul(k[j], n - qmul(g, v[j]))",
 }
 
 FIXED_SOLVERS = {"fused_semi_implicit_euler": FIXED_FUSED, "explicit_euler": FIXED_EXPLICIT_EULER}
@@ -244,13 +250,18 @@ SOURCE = Template("""$banner
 #define NI $n_in
 #define NM $n_out
 #define UNFOLDS $unfolds
-#define NNZ $nnz
-#define SNNZ $snnz
 #define QF $frac
 #define QONE ((int32_t)1 << QF)
 #define X_LIMIT $x_limit
 #define E_MIN $e_min
 #define E_MAX $e_max
+/* logistic table: coordinate u = (A v) >> US + B, UK fraction bits, clamped to [0, UMAX] */
+#define US $us
+#define UK $uk
+#define UMAX $umax
+#define UBITS $ubits
+/* W, WE are in Q(QF + 2 - ACC_LOSS) */
+#define ACC_LOSS $acc_loss
 
 $arrays
 static int32_t qmul(int32_t a, int32_t b)
@@ -258,24 +269,29 @@ static int32_t qmul(int32_t a, int32_t b)
     return (int32_t)(((int64_t)a * b + ((int64_t)1 << (QF - 1))) >> QF);
 }
 
-$qdiv/* sigmoid in Q(QF): table on [0, $lut_range] with linear interpolation, odd symmetry */
-static int32_t qsigmoid(int32_t x)
-{
-    int32_t ax = x < 0 ? -x : x;
-    int32_t s;
-    if (ax >= (int32_t)$lut_range * QONE) {
-        s = (int32_t)1 << 15;
-    } else {
-        int64_t pos = (int64_t)ax * $lut_per_unit;
-        int32_t i = (int32_t)(pos >> QF);
-        int32_t f = (int32_t)(pos & (QONE - 1));
-        int32_t a = lut[i], b = lut[i + 1];
-        s = a + (int32_t)(((int64_t)(b - a) * f) >> QF);
-    }
-    s = $lut_shift;
-    return x < 0 ? QONE - s : s;
-}
+$qdiv/* u clamped to [0, UMAX] (one usat on the M4) */
+#if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
+#define QSAT(u) ((int32_t)__builtin_arm_usat((u), UBITS))
+#else
+#define QSAT(u) ((u) < 0 ? 0 : ((u) > UMAX ? UMAX : (u)))
+#endif
 
+/* w sigmoid and w erev sigmoid of one synapse at presynaptic u, added to *n, *d (Q(QF)): the
+ * logistic from a piecewise linear table (minimax per interval, Q30: s = lut[2i] + lut[2i+1] u
+ * in uint32 arithmetic), p = {A, B, W, WE} with W, WE in Q(QF + 2) */
+#define SYN(p, u, n, d)                                                       \\
+    do {                                                                      \\
+        int32_t u_ = (int32_t)(((int64_t)(p)[0] * (u)) >> US) + (p)[1];       \\
+        int32_t s_;                                                           \\
+        const uint32_t *e_;                                                   \\
+        u_ = QSAT(u_);                                                        \\
+        e_ = lut + (((uint32_t)u_ >> UK) << 1);                               \\
+        s_ = (int32_t)(e_[0] + e_[1] * (uint32_t)u_);                         \\
+        n += (int32_t)(((int64_t)(p)[3] * s_) >> (32 - ACC_LOSS));            \\
+        d += (int32_t)(((int64_t)(p)[2] * s_) >> (32 - ACC_LOSS));            \\
+    } while (0)
+
+$substep
 static int32_t to_q(float f, float limit)
 {
     if (!(f == f)) {
@@ -300,23 +316,33 @@ void ${name}_reset(float *state)
 
 void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq)
 {
-$buffers    int i, j, k, t;
+    int32_t va[U], vb[U], xm[NI], ns[U], gs[U], ks[U];
+    int32_t *v = va, *vn = vb, *sw;
+$scalars    const int32_t *p = s_par;
+    const $idx *src = s_src;
+    int i, j, k, t, c;
     for (j = 0; j < U; ++j) {
         v[j] = sq[j];
     }
     for (i = 0; i < NI; ++i) {
         xm[i] = qmul(xq[i], in_w[i]) + in_b[i];
     }
+    /* sensory synapses (by destination): fixed over the step */
     for (j = 0; j < U; ++j) {
-        ns[j] = 0;
-        ds[j] = 0;
+        int32_t n = 0, d = 0;
+        for (c = s_cnt[j]; c > 0; --c, p += 4) {
+            SYN(p, xm[*src++], n, d);
+        }
+        ns[j] = gleak_vleak[j] + n;
+        gs[j] = gleak[j] + d;
     }
-    for (k = 0; k < SNNZ; ++k) {
-        int32_t a = qmul(s_w[k], qsigmoid(qmul(s_sigma[k], xm[s_src[k]] - s_mu[k])));
-        ns[s_dst[k]] += qmul(a, s_erev[k]);
-        ds[s_dst[k]] += a;
+$per_step    for (t = 0; t < UNFOLDS; ++t) {
+        ${name}_substep(v, vn, ns, gs, ks);
+        sw = v;
+        v = vn;
+        vn = sw;
     }
-$ode    for (j = 0; j < U; ++j) {
+    for (j = 0; j < U; ++j) {
         sq[j] = v[j];
     }
     for (k = 0; k < NM; ++k) {
@@ -345,6 +371,80 @@ void ${name}_step(const float *x, float *state, float elapsed, float *y)
 }
 """)
 
+#: One sub-step vn from v (CSR by destination, like the float variant): n = gleak vleak + the
+#: sensory and recurrent sums of w erev s, g = gleak (+ eps) + those of w s, both Q(QF); k[j] is
+#: cm/dt (fused) or h/cm (explicit Euler).
+SUBSTEP = Template("""/* one sub-step: vn[j] = $update */
+static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, const int32_t *gs,
+                            const int32_t *k)
+{
+    const int32_t *p = r_par;
+    const $idx *src = r_src;
+    int j, c;
+    for (j = 0; j < U; ++j) {
+        int32_t n = ns[j], g = gs[j];
+        for (c = r_cnt[j]; c > 0; --c, p += 4) {
+            SYN(p, v[*src++], n, g);
+        }
+        vn[j] = $update;
+    }
+}
+""")
+
+#: The logistic table: LUT_N intervals on [-LUT_RANGE, LUT_RANGE], UK fraction bits per interval.
+LUT_N = 256
+LUT_RANGE = 12.0
+UK = 10
+
+
+def sigmoid_table() -> tuple[np.ndarray, float]:
+    """(uint32 [2 LUT_N]: per interval i the pair (c_i, slope_i) with s(u) = c_i + slope_i u mod 2^32
+    in Q30 for the table coordinate u in interval i, the worst error against the logistic on
+    [-LUT_RANGE, LUT_RANGE] and beyond, sampled). Each interval gets the minimax line: the secant
+    shifted by half its largest gap to the (convex or concave) logistic."""
+    h = 2 * LUT_RANGE / LUT_N
+    step = 2**UK
+    out = np.zeros(2 * LUT_N, np.uint64)
+    worst = 0.0
+    sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    for i in range(LUT_N):
+        x0 = -LUT_RANGE + i * h
+        xs = x0 + h * np.arange(step + 1) / step
+        ys = sig(xs)
+        slope = (ys[-1] - ys[0]) / step  # per u unit
+        gap = ys - (ys[0] + slope * np.arange(step + 1))
+        c0 = ys[0] + 0.5 * (gap.max() + gap.min())
+        sq = int(round(slope * 2**30))
+        cq = int(round(c0 * 2**30)) - sq * i * step
+        out[2 * i], out[2 * i + 1] = cq % 2**32, sq % 2**32
+        got = (cq + sq * (i * step + np.arange(step + 1))) / 2**30
+        worst = max(worst, float(np.abs(got - ys).max()))
+    worst = max(worst, float(sig(-LUT_RANGE)))  # the clamp's tail
+    return out, worst
+
+
+def _syn_params(syn, frac: int, us: int, acc_shift: int) -> np.ndarray:
+    """{A, B, W, WE} per synapse: u = (A v) >> us + B, W and WE in Q(frac + acc_shift)."""
+    h = 2 * LUT_RANGE / LUT_N
+    a = syn.sigma * 2.0 ** (UK + us - frac) / h
+    b = (LUT_RANGE - syn.sigma * syn.mu) * 2.0**UK / h + 0.5  # + 0.5: the >> us rounds down
+    w = syn.w * 2.0 ** (frac + acc_shift)
+    we = syn.w * syn.erev * 2.0 ** (frac + acc_shift)
+    par = np.round(np.stack([a, b, w, we], axis=1))
+    if np.any(np.abs(par) >= 2**31):
+        raise CodegenError("fixed point: a synapse parameter does not fit the chosen Q format")
+    return par.astype(np.int64)
+
+
+def _arg_shift(fm: FirmwareModel, frac: int) -> int:
+    """US: the largest shift <= 32 for which every A = sigma 2^(UK + US - frac) / h fits int32."""
+    h = 2 * LUT_RANGE / LUT_N
+    smax = max([float(np.abs(s.sigma).max()) for s in (fm.rec, fm.sens) if s.count] + [1e-30])
+    us = 32
+    while us > 0 and smax * 2.0 ** (UK + us - frac) / h >= 2**30:
+        us -= 1
+    return us
+
 
 def generate_fixed(
     fm: FirmwareModel,
@@ -369,21 +469,28 @@ def generate_fixed(
     pieces = {k: Template(v).substitute(name=name) for k, v in FIXED_SOLVERS[cfg.solver].items()}
     f = info["frac_bits"]
     idx = fm.index_type()
-    xs = np.linspace(0.0, LUT_RANGE, LUT_N + 1)
-    lut = np.round(1.0 / (1.0 + np.exp(-xs)) * 32768).astype(np.int64)
+    lut, lut_err = sigmoid_table()
+    us = _arg_shift(fm, f)
+    # W, WE in Q(f + 2): (W s30) >> 32 is then Q(f); a model whose weights leave no room for the
+    # two bits is refused by _syn_params (choose_q's F keeps one guard bit for them)
+    acc = 2
+    wmax = max([float(np.abs(np.r_[s.w, s.w * s.erev]).max()) for s in (fm.rec, fm.sens) if s.count] + [0.0])
+    while acc > 0 and wmax * 2.0 ** (f + acc) >= 2**31 - 1:
+        acc -= 1
+    info["sigmoid_table"] = (
+        f"{LUT_N} intervals on [-{LUT_RANGE:g}, {LUT_RANGE:g}], minimax line each, Q30 (uint32 pairs)"
+    )
+    info["sigmoid_error_bound"] = float(lut_err + 0.25 * 2 * LUT_RANGE / LUT_N / 2**UK)
     if cfg.solver == "fused_semi_implicit_euler":
         ode_consts = [
             f"#define EPSILON_Q ((int32_t){max(1, int(round(cfg.epsilon * (1 << f))))})\n",
-            c_array("uint16_t", "lut", lut, per_line=12),
             c_array("int32_t", "cm", _q(p["cm"], f)),
         ]
     else:  # 1/(cm UNFOLDS) at export: the step multiplies instead of dividing
-        ode_consts = [
-            c_array("uint16_t", "lut", lut, per_line=12),
-            c_array("int32_t", "inv_cm_u", _q(1.0 / (p["cm"] * cfg.ode_unfolds), f)),
-        ]
+        ode_consts = [c_array("int32_t", "inv_cm_u", _q(1.0 / (p["cm"] * cfg.ode_unfolds), f))]
     arrays = [
         *ode_consts,
+        c_array("uint32_t", "lut", lut, per_line=8),
         c_array("int32_t", "gleak", _q(p["gleak"], f)),
         c_array("int32_t", "gleak_vleak", _q(p["gleak"] * p["vleak"], f)),
         c_array("int32_t", "in_w", _q(p["input_w"], f)),
@@ -393,12 +500,9 @@ def generate_fixed(
     ]
     for prefix, syn in (("s", fm.sens), ("r", fm.rec)):
         arrays += [
+            c_array(idx, f"{prefix}_cnt", np.bincount(syn.dst, minlength=cfg.units)),
             c_array(idx, f"{prefix}_src", syn.src),
-            c_array(idx, f"{prefix}_dst", syn.dst),
-            c_array("int32_t", f"{prefix}_w", _q(syn.w, f)),
-            c_array("int32_t", f"{prefix}_sigma", _q(syn.sigma, f)),
-            c_array("int32_t", f"{prefix}_mu", _q(syn.mu, f)),
-            c_array("int32_t", f"{prefix}_erev", _q(syn.erev, f)),
+            c_array("int32_t", f"{prefix}_par", _syn_params(syn, f, us, acc), per_line=4),
         ]
     what = f"{name}: LTC policy, fixed point {info['format']}{solver_note(cfg.solver)}"
     up = name.upper()
@@ -429,14 +533,16 @@ def generate_fixed(
         n_in=cfg.n_inputs,
         n_out=cfg.n_outputs,
         unfolds=cfg.ode_unfolds,
-        nnz=fm.rec.count,
-        snnz=fm.sens.count,
         frac=f,
         normalize=norm_def,
         arrays="\n".join(arrays),
-        lut_range=int(LUT_RANGE),
-        lut_per_unit=int(LUT_N / LUT_RANGE),
-        lut_shift="s << (QF - 15)" if f >= 15 else "s >> (15 - QF)",
+        us=us,
+        uk=UK,
+        umax=f"{LUT_N * 2**UK - 1}",
+        ubits=int(math.log2(LUT_N)) + UK,
+        acc_loss=2 - acc,
+        idx=idx,
+        substep=SUBSTEP.substitute(name=name, idx=idx, update=pieces["update"]),
         x_limit=f"{input_range:.1f}f",
         e_min=f"{min_elapsed!r}f",
         e_max=_e_max_literal(cfg.solver, max_elapsed),

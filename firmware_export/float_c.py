@@ -117,7 +117,7 @@ static inline float ${name}_act_c(const float *p, float u)
 
 ACT_FAST = Template("""
 /* w sigmoid(sigma (u - mu)) of one synapse: p = {a, b, w, erev} with a = -sigma log2(e),
- * b = sigma mu log2(e) folded at export; u such that |a u + b| < 2^16 */
+ * b = sigma mu log2(e) folded at export; u such that |a u + b| < 2^12 */
 ${UP}_INLINE float ${name}_act(const float *p, float u)
 {
     return p[2] / (1.0f + ${name}_exp2(fmaf(p[0], u, p[1])));
@@ -302,7 +302,7 @@ SATURATED = 150.0
 
 
 def _input_limit(syn: Synapses) -> float | None:
-    """A bound X on the mapped inputs such that |a x + b| < 2^15 for |x| <= X and every sensory
+    """A bound X on the mapped inputs such that |a x + b| < 2^12 (EXP2_T_LIMIT) for |x| <= X and every sensory
     sigmoid is saturated (to float32) at +-X, so clamping the inputs to +-X changes nothing; None
     when no such X exists (then each sensory argument is clamped)."""
     if syn.count == 0:
@@ -315,7 +315,7 @@ def _input_limit(syn: Synapses) -> float | None:
 
 def _state_limit(fm: FirmwareModel) -> tuple[float, str] | None:
     """(V, act): a bound V on |v| at the step's entry under which every recurrent sigmoid argument
-    stays in the range of ``act`` (``act_n``: |t| <= 125, else ``act``: |t| < 2^15); V is at least
+    stays in the range of ``act`` (``act_n``: |t| <= 125, else ``act``: |t| < 2^12); V is at least
     the largest |vleak| and |erev| (a fused sub-step is their convex combination with v, so |v| <= V
     at entry holds through the step, rounding aside: 0.1 % margin). None: every argument clamped."""
     syn = fm.rec

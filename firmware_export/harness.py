@@ -193,14 +193,18 @@ def build_host(
     return out / exe
 
 
-def build_m4(out: Path, name: str, driver: str = "driver.c", elf_name: str = "m4_test.elf") -> Path:
-    """Link a driver and the generated model for the MPS2 AN386 (Cortex-M4F) under qemu."""
+def build_m4(
+    out: Path, name: str, driver: str = "driver.c", elf_name: str = "m4_test.elf", opt: str | None = None
+) -> Path:
+    """Link a driver and the generated model for the MPS2 AN386 (Cortex-M4F) under qemu; ``opt``
+    (e.g. "-O2") replaces M4_FLAGS' -Os."""
     (out / "startup.c").write_text(STARTUP)
     (out / "mps2.ld").write_text(LINKER)
     elf = out / elf_name
     cmd = [
         "arm-none-eabi-gcc",
-        *M4_FLAGS,
+        *[f for f in M4_FLAGS if not (opt and f.startswith("-O"))],
+        *([opt] if opt else []),
         "-std=c99",
         "-Wall",
         "-Wextra",

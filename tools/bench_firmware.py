@@ -2,7 +2,9 @@
 """Firmware numbers: flash/RAM per target, host ns/step against numba, M4 instructions/step.
 
 Models: driving-size NCP (AutoNCP 19 units, 8 inputs, 1 output) and FullyConnected 64
-(32 inputs); variants float32 and fixed point. Needs gcc, arm-none-eabi-gcc, qemu-system-arm
+(32 inputs); variants float32, float32 with the fast exp2 (``--fast-sigmoid``, the app's) and
+fixed point; M4 instructions at -Os and at -O2 (the app's default). Needs gcc,
+arm-none-eabi-gcc, qemu-system-arm
 and the export extra (torch, ncps).
 
     python tools/bench_firmware.py [--json out.json]
@@ -59,11 +61,11 @@ int main(int argc, char **argv)
 """
 
 
-def insn_per_step(out: Path, name: str) -> float:
+def insn_per_step(out: Path, name: str, opt: str | None = None) -> float:
     counts = []
     for steps in (1, 21):
         (out / "bench_main.c").write_text(BENCH_MAIN.format(name=name, UP=name.upper(), steps=steps))
-        elf = H.build_m4(out, name, driver="bench_main.c", elf_name=f"insn{steps}.elf")
+        elf = H.build_m4(out, name, driver="bench_main.c", elf_name=f"insn{steps}.elf", opt=opt)
         log = out / f"exec{steps}.log"
         subprocess.run(
             H.qemu_cmd(elf, "-singlestep", "-d", "exec,nochain", "-D", str(log)),
@@ -120,9 +122,11 @@ def main() -> int:
             path = tmp / f"{label}.onnx"
             export_module(LTC(n_in, wiring), path)
             nb = numba_ns(path)
-            for variant in ("float32", "fixed"):
+            for variant in ("float32", "float32-fast", "fixed"):
                 out = tmp / f"{label}-{variant}"
-                m = export_firmware(path, out, "pol", fixed_point=variant == "fixed")
+                m = export_firmware(
+                    path, out, "pol", fixed_point=variant == "fixed", fast_sigmoid=variant == "float32-fast"
+                )
                 src = out / "pol.c"
                 m4 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M4_FLAGS)
                 m0 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M0_FLAGS)
@@ -138,18 +142,19 @@ def main() -> int:
                     "host_ns_step": host_ns(out, "pol"),
                     "numba_ns_step": nb,
                     "m4_insn_per_step": insn_per_step(out, "pol"),
+                    "m4_insn_per_step_O2": insn_per_step(out, "pol", "-O2"),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(
-        f"\n{'model':15} {'variant':8} {'M4F flash':>9} {'M0 flash':>9} {'RAM':>4} {'state B':>7} "
-        f"{'stack B':>7} {'host ns':>8} {'numba ns':>9} {'M4 insn/step':>12}"
+        f"\n{'model':15} {'variant':12} {'M4F flash':>9} {'M0 flash':>9} {'RAM':>4} {'state B':>7} "
+        f"{'stack B':>7} {'host ns':>8} {'numba ns':>9} {'M4 insn -Os':>11} {'-O2':>7}"
     )
     for r in rows:
         print(
-            f"{r['model']:15} {r['variant']:8} {r['m4f_flash']:9d} {r['m0_flash']:9d} {r['m4f_ram']:4d} "
+            f"{r['model']:15} {r['variant']:12} {r['m4f_flash']:9d} {r['m0_flash']:9d} {r['m4f_ram']:4d} "
             f"{r['state_bytes']:7d} {r['stack_bytes_estimate']:7d} {r['host_ns_step']:8.0f} "
-            f"{r['numba_ns_step']:9.0f} {r['m4_insn_per_step']:12.0f}"
+            f"{r['numba_ns_step']:9.0f} {r['m4_insn_per_step']:11.0f} {r['m4_insn_per_step_O2']:7.0f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -22,7 +22,8 @@ from . import board_mps2
 from .controller_c import app_source, config_header
 
 BOARDS = {"mps2-an386": board_mps2}
-CFLAGS = ["-Os", "-std=c99", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
+# -O2: the policy step is ~15 % fewer instructions than at -Os for ~0.9 KB more flash (BENCHMARKS.md)
+CFLAGS = ["-O2", "-std=c99", "-Wall", "-Wextra", "-ffunction-sections", "-fdata-sections"]
 LINKER_NAME = "board.ld"
 SOURCES = ("board.c", "app.c", "{name}.c", "edgeliquid_proto.c")
 

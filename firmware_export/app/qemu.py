@@ -83,30 +83,61 @@ class FdPort:
             pass
 
 
+_RT_PREFIX: list[str] | None = None
+
+
+def realtime_prefix() -> list[str]:
+    """``chrt -r 1`` (SCHED_RR, the lowest real-time priority) where this system allows it (root,
+    CAP_SYS_NICE or an RLIMIT_RTPRIO), else nothing; probed once.
+
+    Why: qemu's CMSDK UART model holds one received byte and takes the next from the pty only
+    after the guest has read it, so every byte is a vCPU -> main loop -> vCPU hand-off (two thread
+    wake-ups; the app does drain every byte it is offered). On a loaded host each wake-up waits for
+    a time slice, a 30-byte SENSOR frame can take longer than the 10 ms control period and the
+    input backs up. A real microcontroller does not share its core; under SCHED_RR the emulated one
+    does not queue behind the host's other jobs either, and it sleeps in WFI between frames, so it
+    takes little CPU. docs/firmware.md, "Time"."""
+    global _RT_PREFIX
+    if _RT_PREFIX is None:
+        _RT_PREFIX = []
+        chrt = shutil.which("chrt")
+        if chrt and os.environ.get("EDGELIQUID_QEMU_REALTIME", "1") != "0":
+            probe = subprocess.run([chrt, "-r", "1", "true"], capture_output=True)
+            if probe.returncode == 0:
+                _RT_PREFIX = [chrt, "-r", "1"]
+    return list(_RT_PREFIX)
+
+
 class QemuApp:
     """``elf`` running under qemu (mps2-an386), its UART0 on a pty: ``port`` (an :class:`FdPort`)."""
 
     def __init__(self, elf: str | Path, shift: int = ICOUNT_SHIFT, start_timeout: float = 20.0):
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            qemu_args(str(elf), shift), stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            realtime_prefix() + qemu_args(str(elf), shift),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         self.pty_path = self._wait_pty(start_timeout)
         self.port = FdPort(self.pty_path)
         self._buf = P.Packetizer()
 
+    def _log_text(self) -> bytes:
+        """qemu's output so far. pread, not seek + read: the file offset is shared with qemu's
+        stdout/stderr, and a seek to 0 just before qemu writes made it overwrite its own pty line."""
+        return os.pread(self._log.fileno(), 1 << 16, 0)
+
     def _wait_pty(self, timeout: float) -> str:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            self._log.seek(0)
-            m = _PTY.search(self._log.read())
+            m = _PTY.search(self._log_text())
             if m:
                 return m.group(1).decode()
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
-        self._log.seek(0)
-        text = self._log.read().decode(errors="replace")[-300:]
+        text = self._log_text().decode(errors="replace")[-300:]
         self.close()
         raise RuntimeError(f"qemu did not open a pty for the app's UART: {text!r}")
 
@@ -142,8 +173,30 @@ class QemuApp:
             for pkt in self.packets(0.3):
                 if pkt.type == P.HELLO:
                     self.packets(0.1)  # whatever follows it
+                    self.settle(max(1.0, end - time.monotonic()))
                     return pkt
         raise RuntimeError(f"the app on {self.pty_path} did not answer HELLO within {timeout:g} s")
+
+    def settle(self, timeout: float = 10.0, prompt_s: float = 0.05) -> None:
+        """Query the app (debug STATUS) until it answers within ``prompt_s``: right after the first
+        exchange qemu's pty backend can stop reading for up to a second (its reconnect poll), which
+        would stall the first frames of a closed loop."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            self.send(P.STATUS, 0, 0, [])
+            answered = False
+            while not answered and time.monotonic() - t0 < 1.5:
+                self.port.timeout = 0.1
+                for chunk in self._buf.feed(self.port.read(4096)):
+                    try:
+                        pkt = P.decode_frame(chunk)
+                    except P.DecodeError:
+                        continue
+                    answered |= pkt.type == P.STATUS and len(pkt.values) == len(DEBUG_FIELDS)
+            if answered and time.monotonic() - t0 <= prompt_s:
+                return
+        raise RuntimeError(f"the app on {self.pty_path} did not answer promptly within {timeout:g} s")
 
     def debug(self, timeout: float = 5.0) -> dict:
         """The app's counters and measurements (its answer to a STATUS frame, :data:`DEBUG_FIELDS`)."""
