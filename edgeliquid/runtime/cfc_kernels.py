@@ -8,11 +8,12 @@ when the whole new state is finite; statuses are ``kernels.STATUS_*``.
 The backbone and the heads are dense matrix-vector products in column order
 (``out += W[:, i] * z[i]``), contiguous over outputs so LLVM vectorises them; sparse
 (wired) sub-cells gather their existing synapses first and scatter-add by destination,
-as the LTC kernel does. :func:`step_batch` runs non-mixed models :data:`CHUNK` instances at a
-time with the instances innermost (the work-row layout transposed into per-thread scratch):
-the products become matrix-matrix products and every activation runs across SIMD lanes, as
-the LTC batch kernel does; mixed-memory models and :func:`run_batch` step instance by
-instance. Activations are the exact functions (gelu with erf, not its tanh
+as the LTC kernel does. :func:`step_batch` and :func:`run_batch` run non-mixed models
+:data:`CHUNK` instances at a time with the instances innermost (per-thread scratch in the chunk
+layout of ``cfc_packing``, ``C_*``: each sub-cell's [input, h] contiguous, read in place; run_batch
+keeps the state there across its steps): the products become matrix-matrix products and every
+activation runs across SIMD lanes, as the LTC batch kernel does; mixed-memory models step
+instance by instance. Activations are the exact functions (gelu with erf, not its tanh
 approximation); in float32
 the logistic and tanh go through :func:`edgeliquid.runtime.fastexp.exp32` (<= 2 ulp, SIMD;
 libm tanhf was 12 ns a call, most of a step), float64 uses libm.
@@ -34,12 +35,22 @@ from .cfc_packing import (
     BB_REC,
     BB_TAB,
     BB_W,
+    C_B0,
+    C_B1,
+    C_HEADS,
+    C_OK,
+    C_ROWS,
+    C_TS,
+    C_X,
+    C_Y,
     CELL_TAB,
     FC_B,
     FC_W,
     KERAS,
     L_A,
     L_B,
+    L_CH,
+    L_CHN,
     L_DST,
     L_HDST,
     L_HEADIN,
@@ -77,7 +88,6 @@ from .cfc_packing import (
     W_HEADS,
     W_HNEW,
     W_LZ,
-    W_SIZE,
     W_STATE,
     W_Y,
     W_Z,
@@ -327,13 +337,13 @@ def run(xs, elapsed, fp, ip, work, ys):
     return STATUS_OK, -1
 
 
-#: Instances per SIMD chunk of :func:`step_batch` (lanes run across instances).
+#: Instances per SIMD chunk of :func:`step_batch` and :func:`run_batch` (lanes run across instances).
 CHUNK = 64
 
 
 def batch_scratch_size(work_size: int) -> int:
-    """Floats of scratch one thread needs for :func:`step_batch`: the work-row layout with a
-    lane per instance (``[work_size + 1, CHUNK]``; the extra row holds each lane's elapsed)."""
+    """Floats of scratch one thread needs for :func:`step_batch` / :func:`run_batch`: up to
+    ``work_size + 1`` rows of CHUNK lanes (the chunk layout, ``ip[C_ROWS]`` rows, never has more)."""
     return (work_size + 1) * CHUNK
 
 
@@ -386,29 +396,24 @@ def _chunk_matmul(fp, woff, boff, rows, cols, s, zr, outr, nb):
 
 
 @njit(inline="always", **_OPTS)
-def _chunk_subcell(fp, ip, c, inr, s, nb):
-    """:func:`_subcell` for nb lanes at once; the input is rows s[inr:], the new h -> s[W_HNEW + hoff:]."""
+def _chunk_subcell(fp, ip, c, s, nb):
+    """:func:`_subcell` for nb lanes at once, in the chunk layout (``C_*``, ``L_CH``/``L_CHN``).
+
+    The heads' input [input, h] is rows ``L_CH - n_in`` onwards, in place: the layout puts
+    x (or the previous sub-cell's new h) right before this sub-cell's h, so nothing is copied.
+    """
     rec = ip[CELL_TAB] + c * L_REC
-    n_in, n, hoff = ip[rec + L_IN], ip[rec + L_N], ip[rec + L_HOFF]
-    zr = ip[W_Z]
-    if inr != zr:
-        for i in range(n_in):
-            for lane in range(nb):
-                s[zr + i, lane] = s[inr + i, lane]
-    h = ip[W_H] + hoff
-    for j in range(n):
-        for lane in range(nb):
-            s[zr + n_in + j, lane] = s[h + j, lane]
-    hin = zr
+    n_in, n = ip[rec + L_IN], ip[rec + L_N]
+    hin = ip[rec + L_CH] - n_in
     for k in range(ip[N_BB]):
         b = ip[BB_TAB] + k * BB_REC
-        dst = ip[W_B0] if k % 2 == 0 else ip[W_B1]
+        dst = ip[C_B0] if k % 2 == 0 else ip[C_B1]
         rows = ip[b + BB_OUT]
         _chunk_matmul(fp, ip[b + BB_W], ip[b + BB_B], rows, ip[b + BB_IN], s, hin, dst, nb)
         for r in range(rows):
             _activate(s[dst + r], nb, ip[ACT])
         hin = dst
-    hr = ip[W_HEADS]
+    hr = ip[C_HEADS]
     nh = ip[rec + L_NH]
     if nh > 0:
         hd = hr + ip[rec + L_HDST]
@@ -430,8 +435,8 @@ def _chunk_subcell(fp, ip, c, inr, s, nb):
                 o = s[hr + m * n + dst[k]]
                 for lane in range(nb):
                     o[lane] += wk * zk[lane]
-    ts = s[ip[W_SIZE]]
-    hn = ip[W_HNEW] + hoff
+    ts = s[ip[C_TS]]
+    hn = ip[rec + L_CHN]
     one = fp.dtype.type(1.0)
     if mode == MODE_PURE:
         tau, a = ip[rec + L_TAU], ip[rec + L_A]
@@ -465,50 +470,96 @@ def _chunk_subcell(fp, ip, c, inr, s, nb):
 
 
 @njit(inline="always", **_OPTS)
+def _chunk_load_state(ip, work, s, b0, nb):
+    """Each lane's state (work row ``b0 + lane``) into the sub-cells' h rows.
+
+    Lane-outer: the strided side is the store into s. (A loop whose strided side is a load
+    vectorises to AVX2 gathers: the per-lane commit written that way took 8 µs of a 26 µs chunk.)
+    """
+    st = ip[W_STATE]
+    for lane in range(nb):
+        row = work[b0 + lane]
+        for c in range(ip[N_CELLS]):
+            rec = ip[CELL_TAB] + c * L_REC
+            hr, off = ip[rec + L_CH], st + ip[rec + L_HOFF]
+            for j in range(ip[rec + L_N]):
+                s[hr + j, lane] = row[off + j]
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_load_inputs(x, elapsed, ip, s, b0, nb):
+    """x[b0 + lane] and its elapsed into the x rows and the elapsed row."""
+    xr, tr = ip[C_X], ip[C_TS]
+    for lane in range(nb):
+        for i in range(ip[N_IN]):
+            s[xr + i, lane] = x[b0 + lane, i]
+        s[tr, lane] = s.dtype.type(elapsed[b0 + lane])
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_compute(fp, ip, s):
+    """Every sub-cell (and the projection) on all CHUNK lanes; the finite flag of each lane's
+    new state -> row C_OK (1 or 0). Returns the first row of y.
+
+    The compute runs over all CHUNK lanes (a constant trip count vectorises without a
+    remainder loop); lanes past a partial chunk hold stale values and are never committed.
+    """
+    for c in range(ip[N_CELLS]):
+        _chunk_subcell(fp, ip, c, s, CHUNK)
+    last = ip[CELL_TAB] + (ip[N_CELLS] - 1) * L_REC
+    yr = ip[last + L_CHN]  # the output is the last sub-cell's new h (the motor layer)
+    if ip[PROJ]:
+        _chunk_matmul(fp, ip[FC_W], ip[FC_B], ip[PROJ], ip[MOTORS], s, yr, ip[C_Y], CHUNK)
+        yr = ip[C_Y]
+    ok = s[ip[C_OK]]
+    one, zero = s.dtype.type(1.0), s.dtype.type(0.0)
+    for lane in range(CHUNK):
+        ok[lane] = one
+    for c in range(ip[N_CELLS]):
+        rec = ip[CELL_TAB] + c * L_REC
+        for j in range(ip[rec + L_N]):
+            h = s[ip[rec + L_CHN] + j]
+            for lane in range(CHUNK):
+                ok[lane] = ok[lane] if math.isfinite(h[lane]) else zero
+    return yr
+
+
+@njit(inline="always", **_OPTS)
 def _chunk_step(xs, elapsed, fp, ip, work, bad, s, b0, nb):
     """Step instances b0 .. b0+nb-1 together, SIMD across instances (non-mixed models).
 
-    ``s`` [W_SIZE + 1, CHUNK] is the work-row layout transposed (row = work offset, column =
-    lane). Each lane's state is committed only if its whole new state is finite.
+    ``s`` [C_ROWS, CHUNK] is the chunk layout (row = value, column = lane). Each lane's state
+    is committed only if its whole new state is finite.
     """
-    u = ip[UNITS]
-    st, hr, zr, tr = ip[W_STATE], ip[W_H], ip[W_Z], ip[W_SIZE]
-    n_in = ip[N_IN]
+    _chunk_load_state(ip, work, s, b0, nb)
+    _chunk_load_inputs(xs, elapsed, ip, s, b0, nb)
+    yr = _chunk_compute(fp, ip, s)
+    ok = s[ip[C_OK]]
     for lane in range(nb):
-        row = work[b0 + lane]
-        for j in range(u):
-            s[hr + j, lane] = row[st + j]
-        for i in range(n_in):
-            s[zr + i, lane] = xs[b0 + lane, i]
-        s[tr, lane] = fp.dtype.type(elapsed[b0 + lane])
-    # The compute runs over all CHUNK lanes (a constant trip count vectorises without a
-    # remainder loop); lanes past nb hold stale finite values and are never committed.
-    inr = zr
+        bad[b0 + lane] = STATUS_OK if ok[lane] != 0 else STATUS_BAD_OUTPUT
+    # row-outer, lane-inner: the strided side is the store into work (no gathers)
+    st = ip[W_STATE]
     for c in range(ip[N_CELLS]):
-        _chunk_subcell(fp, ip, c, inr, s, CHUNK)
-        inr = ip[W_HNEW] + ip[ip[CELL_TAB] + c * L_REC + L_HOFF]
-    hn = ip[W_HNEW]
-    yr = ip[W_Y]
-    if ip[PROJ]:
-        _chunk_matmul(fp, ip[FC_W], ip[FC_B], ip[PROJ], ip[MOTORS], s, hn + ip[MOTOR_OFF], yr, CHUNK)
-    else:
-        yr = hn + ip[MOTOR_OFF]
-    m = ip[N_OUT]
+        rec = ip[CELL_TAB] + c * L_REC
+        off = st + ip[rec + L_HOFF]
+        for j in range(ip[rec + L_N]):
+            h = s[ip[rec + L_CHN] + j]
+            for lane in range(nb):
+                if ok[lane] != 0:
+                    work[b0 + lane, off + j] = h[lane]
     y = ip[W_Y]
-    for lane in range(nb):
-        ok = True
-        for j in range(u):
-            if not math.isfinite(s[hn + j, lane]):
-                ok = False
-        if not ok:
-            bad[b0 + lane] = STATUS_BAD_OUTPUT
-            continue
-        bad[b0 + lane] = STATUS_OK
-        row = work[b0 + lane]
-        for j in range(u):
-            row[st + j] = s[hn + j, lane]
-        for k in range(m):
-            row[y + k] = s[yr + k, lane]
+    for k in range(ip[N_OUT]):
+        yk = s[yr + k]
+        for lane in range(nb):
+            if ok[lane] != 0:
+                work[b0 + lane, y + k] = yk[lane]
+
+
+@njit(inline="always", **_OPTS)
+def _chunk_scratch(scratch, ip):
+    """This thread's scratch as [C_ROWS, CHUNK]."""
+    rows = ip[C_ROWS]
+    return scratch[get_thread_id(), : rows * CHUNK].reshape((rows, CHUNK))
 
 
 @njit(parallel=True, **_OPTS)
@@ -532,38 +583,93 @@ def step_batch(xs, elapsed, fp, ip, work, bad, scratch):
             bad[b] = _cell(xs[b], elapsed[b], fp, ip, work[b])
     else:
         n_chunks = (b_count + CHUNK - 1) // CHUNK
-        rows = ip[W_SIZE] + 1
         for c in prange(n_chunks):
             b0 = c * CHUNK
-            nb = min(CHUNK, b_count - b0)
-            s = scratch[get_thread_id()].reshape((rows, CHUNK))
-            _chunk_step(xs, elapsed, fp, ip, work, bad, s, b0, nb)
+            _chunk_step(
+                xs, elapsed, fp, ip, work, bad, _chunk_scratch(scratch, ip), b0, min(CHUNK, b_count - b0)
+            )
     for b in range(b_count):
         if bad[b] != STATUS_OK:
             return bad[b], b
     return STATUS_OK, -1
 
 
+@njit(inline="always", **_OPTS)
+def _chunk_run(xs, elapsed, fp, ip, work, ys, bad, s, b0, nb):
+    """A sequence for instances b0 .. b0+nb-1, SIMD across instances, the state kept in the
+    scratch between steps. A lane whose step is not finite stops there (its state and y stay
+    at its last good step, ``bad`` says why), as in the instance-by-instance loop."""
+    for lane in range(nb):
+        bad[b0 + lane] = STATUS_OK
+    _chunk_load_state(ip, work, s, b0, nb)
+    ok = s[ip[C_OK]]
+    zero = s.dtype.type(0.0)
+    y, m = ip[W_Y], ip[N_OUT]
+    for t in range(xs.shape[0]):
+        _chunk_load_inputs(xs[t], elapsed[t], ip, s, b0, nb)
+        yr = _chunk_compute(fp, ip, s)
+        for lane in range(nb):
+            if bad[b0 + lane] != STATUS_OK:
+                ok[lane] = zero
+            elif ok[lane] == zero:
+                bad[b0 + lane] = STATUS_BAD_OUTPUT
+        for lane in range(nb, CHUNK):
+            ok[lane] = zero
+        for c in range(ip[N_CELLS]):  # commit in the scratch: new h -> h where ok
+            rec = ip[CELL_TAB] + c * L_REC
+            for j in range(ip[rec + L_N]):
+                h, hn = s[ip[rec + L_CH] + j], s[ip[rec + L_CHN] + j]
+                for lane in range(CHUNK):
+                    h[lane] = hn[lane] if ok[lane] != zero else h[lane]
+        for k in range(m):
+            yk = s[yr + k]
+            for lane in range(nb):
+                if ok[lane] != zero:
+                    ys[t, b0 + lane, k] = yk[lane]
+                    work[b0 + lane, y + k] = yk[lane]
+    st = ip[W_STATE]
+    for c in range(ip[N_CELLS]):
+        rec = ip[CELL_TAB] + c * L_REC
+        off = st + ip[rec + L_HOFF]
+        for j in range(ip[rec + L_N]):
+            h = s[ip[rec + L_CH] + j]
+            for lane in range(nb):
+                work[b0 + lane, off + j] = h[lane]
+
+
 @njit(parallel=True, **_OPTS)
-def run_batch(xs, elapsed, fp, ip, work, ys, bad):
-    """Sequences [T, B, I] with elapsed [T, B] -> ys [T, B, n_out]; instances in parallel."""
+def run_batch(xs, elapsed, fp, ip, work, ys, bad, scratch):
+    """Sequences [T, B, I] with elapsed [T, B] -> ys [T, B, n_out]; instances in parallel.
+
+    Non-mixed models run :data:`CHUNK` instances at a time over all T steps, the state kept
+    in ``scratch`` (as :func:`step_batch`'s) between steps; mixed-memory models instance by
+    instance. Every input is validated first. A row whose step is not finite stops there with
+    its last good state. Returns (status, b), b the first bad row or -1.
+    """
     t_count, b_count = xs.shape[0], xs.shape[1]
     for t in range(t_count):
         for b in range(b_count):
             status = _check(xs[t, b], elapsed[t, b])
             if status != STATUS_OK:
                 return status, t * b_count + b
-    m = ip[N_OUT]
-    y = ip[W_Y]
-    for b in prange(b_count):
-        bad[b] = STATUS_OK
-        for t in range(t_count):
-            s = _cell(xs[t, b], elapsed[t, b], fp, ip, work[b])
-            if s != STATUS_OK:
-                bad[b] = s
-                break
-            for k in range(m):
-                ys[t, b, k] = work[b, y + k]
+    if ip[MIXED]:
+        m = ip[N_OUT]
+        y = ip[W_Y]
+        for b in prange(b_count):
+            bad[b] = STATUS_OK
+            for t in range(t_count):
+                s = _cell(xs[t, b], elapsed[t, b], fp, ip, work[b])
+                if s != STATUS_OK:
+                    bad[b] = s
+                    break
+                for k in range(m):
+                    ys[t, b, k] = work[b, y + k]
+    else:
+        n_chunks = (b_count + CHUNK - 1) // CHUNK
+        for c in prange(n_chunks):
+            b0 = c * CHUNK
+            s = _chunk_scratch(scratch, ip)
+            _chunk_run(xs, elapsed, fp, ip, work, ys, bad, s, b0, min(CHUNK, b_count - b0))
     for b in range(b_count):
         if bad[b] != STATUS_OK:
             return bad[b], b

@@ -29,14 +29,20 @@ W_STATE, W_H, W_C, W_LZ, W_Z, W_B0, W_B1, W_HEADS, W_HNEW, W_ACT, W_Y, W_SIZE = 
 # 1: ncps.keras formulation: no tanh on ff1/ff2 (time_a is packed negated, so the gate is
 # the torch expression sigmoid(time_a * ts + time_b) on the packed weights)
 KERAS = 31
-HEADER = 32
+# scratch rows of the chunked batch kernels (one row per value, CHUNK lanes per row): x right
+# before the first sub-cell's h and each sub-cell's new h right before the next one's h, so a
+# sub-cell's heads input [input, h] is already one contiguous block (no copies); see _chunk_rows
+C_X, C_B0, C_B1, C_HEADS, C_Y, C_TS, C_OK, C_ROWS = range(32, 40)
+HEADER = 40
 # backbone record: inputs, outputs, weights (fp, [in, out]), bias (fp)
 BB_IN, BB_OUT, BB_W, BB_B = range(4)
 BB_REC = 4
 # sub-cell record
 L_IN, L_N, L_HOFF, L_HEADIN, L_NH, L_W, L_B, L_HDST = range(8)
 L_SPARSE, L_NNZ, L_SW, L_SB, L_SRC, L_DST, L_TAU, L_A = range(8, 16)
-L_REC = 16
+# the sub-cell's h rows and new-h rows in the chunk scratch (C_* above)
+L_CH, L_CHN = 16, 17
+L_REC = 18
 
 #: Masked sub-cells whose heads have at least this many inputs keep only existing synapses;
 #: smaller ones run dense with the mask folded into the weights. At wiring sizes dense wins:
@@ -177,3 +183,33 @@ class CfCPacked:
             self.ip[key] = v
         self.fp = (np.concatenate(floats) if floats else np.zeros(1)).astype(self.dtype)
         self.work_size = int(off)
+        _chunk_rows(self.ip, cfg.n_inputs, [n for _, _, n in cells], bu, max_n, cfg)
+        # the chunk scratch is sized from the work row (cfc_kernels.batch_scratch_size)
+        assert self.ip[C_ROWS] <= self.work_size + 1
+
+
+def _chunk_rows(ip: np.ndarray, n_in: int, sizes: list[int], bu: int, max_n: int, cfg) -> None:
+    """Fill the C_* header and each sub-cell's L_CH/L_CHN: the chunk scratch layout.
+
+    Rows: x, then per sub-cell h and new h (so [x, h_0], [new h_0, h_1], ... are contiguous: the
+    heads read their input in place), the backbone's two buffers, the heads, y (projection
+    only), the per-lane elapsed, the per-lane finite flag.
+    """
+    row = 0
+    ip[C_X] = row
+    row += n_in
+    for c, n in enumerate(sizes):
+        rec = ip[CELL_TAB] + c * L_REC
+        ip[rec + L_CH], ip[rec + L_CHN] = row, row + n
+        row += 2 * n
+    for key, size in (
+        (C_B0, bu),
+        (C_B1, bu),
+        (C_HEADS, 4 * max_n),
+        (C_Y, cfg.proj_size),
+        (C_TS, 1),
+        (C_OK, 1),
+    ):
+        ip[key] = row
+        row += size
+    ip[C_ROWS] = row

@@ -320,10 +320,9 @@ class CpuPolicy(Policy):
         else:
             ys = np.empty((xs.shape[0], self.batch, self.n_outputs), self.dtype)
             status, t = self._run_batch(xs, e, self._work2d, ys)
-        if status:
-            raise InputError(
-                f"the sequence produced a non-finite state at index {t}{self._beyond(np.max(e[t]))}"
-            )
+        if status:  # t: the step (single) or the batch row (batch; it stopped at its last good step)
+            where, es = (f"index {t}", e[t]) if self.batch is None else (f"batch row {t}", e[:, t])
+            raise InputError(f"the sequence produced a non-finite state at {where}{self._beyond(np.max(es))}")
         self._count_unstable(e)
         return ys
 
