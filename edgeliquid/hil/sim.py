@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import select
+import socket
 import termios
 import threading
 import time
@@ -170,8 +171,6 @@ class TcpListenPort:
     """
 
     def __init__(self, host: str, port: int):
-        import socket
-
         self._srv = socket.create_server((host, port))
         self.address = self._srv.getsockname()
         self.node_port = f"socket://{self.address[0]}:{self.address[1]}"
@@ -184,6 +183,8 @@ class TcpListenPort:
             if not r:
                 return False
             self._conn, _ = self._srv.accept()
+            # Small frames both ways: without TCP_NODELAY, Nagle waits for the node's delayed ACK.
+            self._conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return True
 
     def read(self, n: int) -> bytes:

@@ -22,6 +22,7 @@ import math
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -147,7 +148,16 @@ def open_port(cfg: NodeConfig) -> serial.SerialBase:
     kwargs = {"baudrate": cfg.baudrate, "timeout": 0, "write_timeout": 1.0}
     if cfg.exclusive and "://" not in cfg.port:
         kwargs["exclusive"] = True
-    return serial.serial_for_url(cfg.port, **kwargs)
+    port = serial.serial_for_url(cfg.port, **kwargs)
+    no_delay(getattr(port, "_socket", None))
+    return port
+
+
+def no_delay(sock) -> None:
+    """TCP_NODELAY on a socket:// link: a frame goes out when written, not after Nagle's wait
+    for the peer's (delayed, ~40 ms) ACK, which a control loop of small frames would hit."""
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def hello_sizes(values) -> tuple[int, int] | None:

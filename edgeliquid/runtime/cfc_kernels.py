@@ -496,7 +496,7 @@ def _chunk_load_inputs(x, elapsed, ip, s, b0, nb):
         s[tr, lane] = s.dtype.type(elapsed[b0 + lane])
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)  # not inlined: step_batch and run_batch share one compiled body (compile time)
 def _chunk_compute(fp, ip, s):
     """Every sub-cell (and the projection) on all CHUNK lanes; the finite flag of each lane's
     new state -> row C_OK (1 or 0). Returns the first row of y.
