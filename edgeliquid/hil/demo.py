@@ -26,6 +26,8 @@ from .sim import Push, push_recovery, random_pushes
 BALANCED_RAD = 0.2  # pole within this angle ...
 BALANCED_X_M = 2.4  # ... and the cart within this distance (no drifting away to keep it up)
 SETTLE_BAND_RAD = 0.05  # after a push, "recovered" = back within this angle for good
+FAULT_AT = 0.4  # --fault starts at this fraction of the run ...
+FAULT_LEN_S = 0.3  # ... and lasts this long (seconds)
 
 
 # With realtime=True the device process takes CPU 0 (SCHED_FIFO 40), the node thread this.
@@ -199,8 +201,8 @@ def run_demo(
         jitter=jitter,
         seed=seed,
         fault=fault,
-        fault_at_s=seconds * 0.4,
-        fault_len_s=0.3,
+        fault_at_s=seconds * FAULT_AT,
+        fault_len_s=FAULT_LEN_S,
         realtime=realtime,
         pushes=sorted(pushes, key=lambda p: p.at_s),
     )

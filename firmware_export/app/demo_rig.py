@@ -66,7 +66,14 @@ def run_firmware_demo(
 ) -> dict[str, Any]:
     """The closed loop with the app as controller; returns the node demo's summary keys plus
     ``firmware`` (image size, instructions per cycle, the app's counters)."""
-    from edgeliquid.hil.demo import BALANCED_RAD, BALANCED_X_M, SETTLE_BAND_RAD, failsafe_transitions
+    from edgeliquid.hil.demo import (
+        BALANCED_RAD,
+        BALANCED_X_M,
+        FAULT_AT,
+        FAULT_LEN_S,
+        SETTLE_BAND_RAD,
+        failsafe_transitions,
+    )
     from edgeliquid.hil.sim import Device, push_recovery
     from edgeliquid.node.config import load_config
 
@@ -89,8 +96,8 @@ def run_firmware_demo(
             seed=seed,
             init_scale=init_scale,
             fault=fault,
-            fault_at_s=seconds * 0.4,
-            fault_len_s=0.3,
+            fault_at_s=seconds * FAULT_AT,
+            fault_len_s=FAULT_LEN_S,
             pushes=pushes,
         )
         box: dict[str, Any] = {}
