@@ -167,7 +167,7 @@ class CudaPolicy(Policy):
         self._he[0] = e
         self._launch(self._hx, self._he, self._hy, self._dx, self._de, self._dy)
         self._check_status()
-        self._count_unstable(e.reshape(1, -1))  # steps beyond the solver's stability bound
+        self._count_unstable(e, one_step=True)  # steps beyond the solver's stability bound
         return self._y
 
     def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:

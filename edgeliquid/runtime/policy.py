@@ -102,11 +102,12 @@ class Policy:
         self.max_elapsed: float = max_elapsed(model)
         self.unstable_steps = 0
 
-    def _count_unstable(self, e: np.ndarray) -> None:
+    def _count_unstable(self, e: np.ndarray, one_step: bool = False) -> None:
         """Count the steps in ``e`` beyond ``max_elapsed``: ``e`` is [T] (single steps) or
-        [T, batch] (batch steps; a step counts once whatever its rows)."""
+        [T, batch] (batch steps; a step counts once whatever its rows), or with ``one_step``
+        the [batch] rows of one step. Free for the fused solver (no bound: no array made)."""
         if self.max_elapsed < math.inf:
-            over = e > self.max_elapsed
+            over = (e > self.max_elapsed)[None] if one_step else e > self.max_elapsed
             if over.ndim == 2:
                 over = over.any(axis=1)
             self.unstable_steps += int(np.count_nonzero(over))
@@ -288,7 +289,7 @@ class CpuPolicy(Policy):
         status, row = self._kstep_batch(x, e, self._fp, self._ip, self._work2d, self._bad, self._scratch)
         if status:
             raise self._status_error(status, x[row], e[row], f" (batch row {row})")
-        self._count_unstable(e[None])
+        self._count_unstable(e, one_step=True)
         return self._y
 
     def _status_error(self, status: int, x, elapsed, where: str = "") -> InputError | BackendError:
@@ -385,7 +386,7 @@ class ReferencePolicy(Policy):
             )
         self._state[...] = s
         self._out[...] = y
-        self._count_unstable(e[None])
+        self._count_unstable(e, one_step=True)
         return self._y
 
     def run(self, xs: Any, elapsed: Any = None) -> np.ndarray:
