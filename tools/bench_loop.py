@@ -3,6 +3,7 @@
 
 Both run against the simulated cart-pole device (its own process) over a pty pair:
 * node: ``edgeliquid`` node, event and fixed mode;
+* syscall floor: select + read + one canned write per frame and nothing else (the OS's share);
 * naive: pyserial + hand-rolled COBS/CRC framing + ncps torch ``LTCCell`` step per frame
   (the same model, rebuilt in ncps from the model file).
 
@@ -10,9 +11,15 @@ Reported: node latency (SENSOR frame readable -> ACTUATE written) p50/p99/max, t
 round trip, deadline misses, CPU use (process CPU time / wall time), whether the pole stayed up.
 Before the fixed-mode run, the same settings are given to an idle loop that only waits for
 its ticks (``edgeliquid profile --wakeup``): its misses ("floor") are what the machine itself
-costs, so the node's own share is node misses minus floor, in the same run.
+costs; the node's ticks skipped for lateness ("late") are counted the same way, so the two
+compare in the same run. Command gaps also come from ticks with no fresh frame ("nosamp": the
+device sends with 20 % sample jitter), which are the device's timing, not the node's.
 
-    python tools/bench_loop.py [--rate 1000] [--seconds 60] [--realtime] [--cpu-latency-us 0]
+With ``--record DIR`` the event-mode node runs twice, without and with the flight recorder
+(``DIR/node-event-rec.mcap``, the default writer process), so the recorder's cost on p50/p99 is
+read in the same run; ``edgeliquid profile DIR/node-event-rec.mcap`` gives the per-stage times.
+
+    python tools/bench_loop.py [--rate 1000] [--seconds 60] [--realtime] [--cpu-latency-us 0] [--record DIR]
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ def _cpu_wall(fn):
 def naive_loop(rate_hz: float, seconds: float, seed: int = 0) -> dict:
     """What a user without edgeliquid writes: read, unframe, torch step, frame, write."""
     import torch
+
+    # One intra-op thread: torch's default pool spins on both cores and starves the device
+    # process (the loop then falls behind and the pole falls), which would flatter the node.
+    torch.set_num_threads(1)
 
     from edgeliquid.model.export import to_ncps
     from edgeliquid.model.file import read
@@ -103,6 +114,61 @@ def naive_loop(rate_hz: float, seconds: float, seed: int = 0) -> dict:
     }
 
 
+def syscall_floor(rate_hz: float, seconds: float, seed: int = 0, realtime: bool = False) -> dict:
+    """The least any loop can do per frame: select, one read into a preallocated buffer and one
+    write of a canned ACTUATE (no decoding, no policy). Its "frame readable -> written" is the
+    operating system's share of the node's latency (pty wake-ups, syscalls) on this machine."""
+    import select
+
+    rig = DeviceRig(rate_hz=rate_hz, noise=0.002, jitter=0.2, seed=seed, realtime=realtime)
+    if realtime:  # what the node gets with realtime settings
+        os.sched_setaffinity(0, {REALTIME_NODE["cpu"]})
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_NODE["sched_fifo"]))
+        except OSError:
+            pass
+    fd = os.open(rig.node_port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    body = struct.pack("<BBBBHIHf", 1, P.ACTUATE, 0, 1, 1, 0, 0, 0.0)
+    canned = cobs.encode(body + struct.pack("<H", P.crc16(body))) + b"\x00"
+    buf = bytearray(4096)
+    lat = np.zeros(int(rate_hz * (seconds + 5)), dtype=np.int64)
+    n = 0
+    rig.start(seconds)
+    end = time.monotonic() + seconds + 0.3
+    try:
+        while time.monotonic() < end and n < len(lat):
+            if not select.select([fd], (), (), 0.01)[0]:
+                continue
+            try:
+                k = os.readv(fd, [buf])
+            except BlockingIOError:
+                continue
+            t_ready = time.monotonic_ns()
+            if k and 0 in buf[:k]:  # one write per frame delimiter seen, like a node
+                os.write(fd, canned)
+                lat[n] = time.monotonic_ns() - t_ready
+                n += 1
+    finally:
+        os.close(fd)
+        if realtime:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+    dev = rig.finish()
+    a = lat[:n] / 1000.0 if n else np.array([np.nan])
+    return {
+        "steps": int(n),
+        "latency_us": {
+            "p50": float(np.percentile(a, 50)),
+            "p99": float(np.percentile(a, 99)),
+            "max": float(a.max()),
+        },
+        "device_rtt_us": dev.get("rtt_us", {}),
+        "max_abs_angle": dev["max_abs_angle"],
+        "balanced": False,  # it commands nothing useful: the pole is not its job
+        "deadline_misses": None,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=1000.0)
@@ -117,6 +183,7 @@ def main() -> int:
     ap.add_argument(
         "--cpu-latency-us", type=int, default=None, help="node realtime.cpu_dma_latency_us (PM QoS)"
     )
+    ap.add_argument("--record", metavar="DIR", help="also run event mode with the flight recorder on")
     ap.add_argument("--json")
     args = ap.parse_args()
     results = {}
@@ -126,12 +193,16 @@ def main() -> int:
         **(REALTIME_NODE if args.realtime else {}),
         "cpu_dma_latency_us": args.cpu_latency_us,
     }
-    for mode in ("event", "fixed"):
+    runs = [("event", None), ("fixed", None)]
+    if args.record:
+        os.makedirs(args.record, exist_ok=True)
+        runs.insert(1, ("event", os.path.join(args.record, "node-event-rec.mcap")))
+    for mode, record in runs:
         floor = None
         if mode == "fixed":
             floor = probe_wakeups(args.rate, args.seconds, args.spin_us, **settings)
         r, cpu = _cpu_wall(
-            lambda mode=mode: run_demo(
+            lambda mode=mode, record=record: run_demo(
                 seconds=args.seconds,
                 rate_hz=args.rate,
                 mode=mode,
@@ -141,13 +212,17 @@ def main() -> int:
                 realtime=args.realtime,
                 spin_us=args.spin_us,
                 cpu_dma_latency_us=args.cpu_latency_us,
+                record=record,
             )
         )
         r.pop("_device", None)
         r["cpu_use"] = cpu
         r["floor_misses"] = None if floor is None else floor["missed"]
         r["floor"] = floor
-        results[f"node-{mode}"] = r
+        results[f"node-{mode}{'-rec' if record else ''}"] = r
+    r, cpu = _cpu_wall(lambda: syscall_floor(args.rate, args.seconds, realtime=args.realtime))
+    r["cpu_use"], r["floor_misses"] = cpu, None
+    results["syscall-floor"] = r
     if not args.no_naive:
         r, cpu = _cpu_wall(lambda: naive_loop(args.rate, args.seconds))
         r["cpu_use"] = cpu
@@ -161,17 +236,23 @@ def main() -> int:
     )
     print(
         f"  {'loop':12} {'steps':>7} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8} {'rtt p50':>8} "
-        f"{'misses':>7} {'floor':>6} {'cpu':>6} {'pole':>9}"
+        f"{'misses':>7} {'late':>6} {'floor':>6} {'nosamp':>6} {'cpu':>6} {'pole':>9}"
     )
     for name, r in results.items():
         lat, rtt = r["latency_us"], r.get("device_rtt_us") or {}
         print(
             f"  {name:12} {r['steps']:7d} {lat['p50']:8.1f} {lat['p99']:8.1f} {lat['max']:8.1f} "
             f"{rtt.get('p50', float('nan')):8.1f} {str(r['deadline_misses']):>7} "
+            f"{r.get('ticks_late', '-') if r['floor_misses'] is not None else '-':>6} "
             f"{'-' if r['floor_misses'] is None else r['floor_misses']:>6} "
+            f"{r.get('ticks_no_sample', '-') if r['floor_misses'] is not None else '-':>6} "
             f"{100 * r['cpu_use']:5.0f}% {'balanced' if r['balanced'] else 'FELL':>9}"
         )
+    print("  misses: command-to-command gaps > 1.5 periods (any cause)")
+    print("  late: fixed-mode ticks the node skipped because it woke or ran late, counted like floor:")
     print("  floor: ticks an idle loop with the node's realtime settings missed just before (same rate/time)")
+    print("  nosamp: fixed-mode ticks with no fresh frame since the last one (the device's jitter)")
+    print("  syscall-floor: select + read + one canned write per frame, nothing else (the OS's share)")
     if "naive-torch" in results:
         ratio = results["naive-torch"]["latency_us"]["p50"] / results["node-event"]["latency_us"]["p50"]
         print(f"  naive p50 / node (event) p50 = {ratio:.1f}x")

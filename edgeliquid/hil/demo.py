@@ -275,6 +275,10 @@ def run_demo(
         "deadline_misses": st.deadline_misses,
         "ticks_missed": st.ticks_missed,
         "deadline_definition": f"command-to-command gap > {deadlines.LATE_FACTOR:g} nominal periods",
+        # fixed mode: ticks skipped because the loop woke/ran late (as the wake-up floor counts
+        # them) and ticks with no fresh frame to act on (the device's timing); 0 in event mode
+        "ticks_late": st.ticks_late,
+        "ticks_no_sample": st.ticks_no_sample,
         "frame_errors": node.rx.total_errors,
         "frames_lost": node.rx.lost,
         # faults the device was switched to SAFE for while it ran; the node's own count also
@@ -339,7 +343,13 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  device round trip p50 {rtt.get('p50', float('nan')):.0f} µs, p99 "
             f"{rtt.get('p99', float('nan')):.0f} µs",
             f"  deadline misses {s['deadline_misses']} ({s['deadline_definition']}; "
-            f"{s['ticks_missed']} periods without a command)",
+            f"{s['ticks_missed']} periods without a command)"
+            + (
+                f"; fixed-mode ticks skipped late {s['ticks_late']}, without a fresh frame "
+                f"{s['ticks_no_sample']}"
+                if s["mode"] == "fixed" and "ticks_late" in s
+                else ""
+            ),
             f"  frame errors {s['frame_errors']}; fail-safe events {s['failsafe_events']} while the device "
             f"ran (faults), {s['failsafe_events_after_device_stopped']} after it stopped streaming, "
             f"then shutdown {s['shutdowns']}",

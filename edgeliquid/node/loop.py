@@ -127,7 +127,7 @@ def make_recorder(cfg: NodeConfig, policy):
         "rate_hz": cfg.rate_hz,
         "mode": cfg.mode,
     }
-    # process: encoding and disk writes off the loop's GIL; thread (the default): one process
+    # process (the default): encoding and disk writes off the loop's GIL; thread: one process
     cls = ProcessRecorder if t.get("writer", "process") == "process" else FlightRecorder
     return cls(
         t["path"],
@@ -753,6 +753,11 @@ class Node:
             f"dup={self.rx.duplicates} errors[{errs or 'none'}] clipped={self.maps.clipped} "
             f"out_of_range={self.stats.out_of_range} mode={MODE_NAMES[self.sup.mode]}"
             + (f" unstable={self.stats.unstable_steps}" if self.stats.unstable_steps else "")
+            + (
+                ""
+                if self._event_mode
+                else f" ticks_late={self.stats.ticks_late} ticks_no_sample={self.stats.ticks_no_sample}"
+            )
         )
 
     def run(self, duration_s: float | None = None, fail_fast: bool = False) -> NodeStats:
@@ -766,6 +771,8 @@ class Node:
         if self.recorder is not None:
             self.recorder.start()
         self._held = realtime.apply(**self.cfg.realtime_settings())
+        if self.cfg.cpu is not None:
+            realtime.keep_off_cpu(self.cfg.cpu, self._helper_tasks())
         try:
             self._connect(t_end, fail_fast)
         except BaseException:
@@ -800,9 +807,10 @@ class Node:
                         now = time.monotonic_ns()
                         if now >= next_tick:
                             self._tick(now)
-                            # Overran: late ticks are skipped, never a burst; the misses are
-                            # counted from the command write times (_finish).
-                            next_tick, _ = realtime.next_tick_after(now, next_tick, self._period_ns)
+                            # Overran: late ticks are skipped, never a burst; counted as the
+                            # wake-up probe counts the floor (command gaps: _commanded).
+                            next_tick, late = realtime.next_tick_after(now, next_tick, self._period_ns)
+                            self.stats.ticks_late += late
                     else:
                         self._poll(0 if self._spin_s else min(self._timeout_ns / 4e9, 0.05))
                     now = time.monotonic_ns()
@@ -824,13 +832,22 @@ class Node:
         log.info("final: %s", self.stats_line())
         return self.stats
 
+    def _helper_tasks(self) -> list[int]:
+        """The recorder's writer (process or thread) and the reloader thread, as task ids."""
+        tasks = [self.reloader.native_id]
+        if self.recorder is not None:
+            tasks.append(self.recorder.task_id)
+        return [t for t in tasks if t]
+
     def _tick(self, now: int) -> None:
         """Fixed mode: one cycle on the newest frame since the last tick."""
         self._cycle_ns = now
         if self.fused:
             r = self._kcall(F.OP_TICK, 0, 0, now, self.sup.mode, *self._kargs)
             code = r & 0xFF
-            if code != F.R_DONE:
+            if code == F.R_DONE:  # nothing fresh since the last tick
+                self.stats.ticks_no_sample += 1
+            else:
                 t_ready = int(self._st[F.ST_PEND_NS])
                 if code == F.R_STEP_END:
                     self._sent_fused(r >> 8, t_ready, now)
@@ -843,6 +860,8 @@ class Node:
         pkt, self._pending = self._pending, None
         if pkt is not None:
             self._on_sample(pkt, self._pending_ns, elapsed=(self._period_ns / 1e9) / self.cfg.model_dt)
+        elif not self.fused:
+            self.stats.ticks_no_sample += 1
 
     def _shutdown(self) -> None:
         """Stop: SAFE with the fail-safe command and STATUS (latched), then close the port."""

@@ -65,6 +65,22 @@ def hold_cpu_latency(us: int, path: str = CPU_LATENCY_PATH) -> int | None:
     return fd
 
 
+def keep_off_cpu(cpu: int, task_ids: list[int]) -> None:
+    """Move helper tasks (a writer process's pid, a thread's native id) off the loop's CPU.
+
+    The recorder's writer and the reloader start before the loop pins itself, so they may run
+    on its CPU between frames and leave its caches cold; on the other CPUs they only take time
+    the loop does not use. Nothing to do on a single-CPU machine; a refusal is logged.
+    """
+    for tid in task_ids:
+        try:
+            others = os.sched_getaffinity(tid) - {cpu}
+            if others:
+                os.sched_setaffinity(tid, others)
+        except (OSError, AttributeError) as exc:
+            log.warning("realtime.cpu=%s: could not move task %s off it: %s", cpu, tid, exc)
+
+
 def apply(
     cpu: int | None = None,
     sched_fifo: int | None = None,

@@ -160,6 +160,11 @@ class FlightRecorder:
             self._events.append((time.monotonic_ns(), kind, text))
         self._wake.set()
 
+    @property
+    def task_id(self) -> int | None:
+        """The writer thread's OS task id, to keep it off the loop's CPU."""
+        return None if self._thread is None else self._thread.native_id
+
     # ----------------------------------------------------------- writer side
     def start(self) -> FlightRecorder:
         self._thread = threading.Thread(target=self._run, name="edgeliquid-recorder", daemon=True)

@@ -166,6 +166,11 @@ class ProcessRecorder:
         """The writer process's pid (None before :meth:`start`)."""
         return None if self._proc is None else self._proc.pid
 
+    @property
+    def task_id(self) -> int | None:
+        """The writer's OS task id (its pid), to keep it off the loop's CPU."""
+        return self.pid
+
     # -------------------------------------------------------------- control
     def start(self) -> ProcessRecorder:
         root = str(Path(__file__).resolve().parents[2])

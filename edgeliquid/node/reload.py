@@ -283,6 +283,11 @@ class Reloader:
             self._thread = threading.Thread(target=self._work, name="edgeliquid-reload", daemon=True)
             self._thread.start()
 
+    @property
+    def native_id(self) -> int | None:
+        """The reloader thread's OS task id (None before it starts)."""
+        return None if self._thread is None else self._thread.native_id
+
     def request(self) -> None:
         self.start_thread()
         self._go.set()

@@ -26,6 +26,12 @@ class NodeStats:
     steps: int = 0
     deadline_misses: int = 0  # command-to-command intervals > deadlines.LATE_FACTOR periods
     ticks_missed: int = 0  # nominal periods without a command in those intervals
+    # Fixed mode only: why a tick sent no command. Late: the loop woke (or ran) past the next
+    # tick and skipped it, counted exactly as `realtime.probe_wakeups` counts the machine's
+    # floor; no sample: the tick came and no fresh SENSOR frame had arrived since the last one
+    # (the device's timing, e.g. sample jitter, not the node's).
+    ticks_late: int = 0
+    ticks_no_sample: int = 0
     failsafe_events: int = 0  # transitions to SAFE caused by a fault (not the orderly shutdown)
     shutdowns: int = 0  # transitions to SAFE at shutdown
     reconnects: int = 0
