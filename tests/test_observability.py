@@ -116,6 +116,13 @@ def test_demo_and_profile_count_the_same_deadline_misses(demo_run):
     assert (r["deadline_misses"], r["ticks_missed"]) == (s["deadline_misses"], s["ticks_missed"])
 
 
+def test_profile_says_which_steps_ran_in_the_compiled_frame_call(demo_run):
+    r = profile_recording(str(demo_run[0]))
+    # the demo's node runs the binary protocol on the cpu backend: its RUN cycles are compiled
+    assert r["fused_share"] > 0.9
+    assert r["stages"]["infer"]["p50"] > 0 and r["stages"]["decode"]["p50"] == 0
+
+
 def test_replay_reproduces_demo_bit_for_bit(recorded_demo):
     r = replay(recorded_demo)
     assert r["same_model"] and r["bit_exact"] and r["first_divergent_step"] is None

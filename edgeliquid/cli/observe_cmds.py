@@ -219,6 +219,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
                 **({"end to end": r["end_to_end"]} if r["end_to_end"] else {}),
             },
         )
+        if r["fused_share"] > 0:
+            text += (
+                f"\n{100 * r['fused_share']:.0f} % of the steps ran in the node's one compiled call per "
+                "frame: decode, step and encode are all in 'infer' there (decode and encode read 0); "
+                "'write' is the write to the port"
+            )
         text += "\nevents:" + "".join(
             f"\n  {e['t_s']:9.3f} s  {e['kind']:10} {e['text']}" for e in r["events"]
         )

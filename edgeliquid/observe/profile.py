@@ -177,6 +177,9 @@ def profile_recording(path: str, rate_hz: float | None = None) -> dict[str, Any]
         "steps": len(steps),
         "rate_hz": rate,
         "stages": {k: percentiles(v) for k, v in stages.items()},
+        # The node's compiled per-frame call decodes, steps and encodes in one go: it records
+        # decode and encode as 0 and the whole call as infer. The share of such steps:
+        "fused_share": float(np.mean((stages["decode"] == 0) & (stages["encode"] == 0))),
         "period": {**percentiles(period), "nominal": nominal, "jitter_std": float(period.std())},
         "deadline_misses": dl["misses"],
         "ticks_missed": dl["ticks_missed"],
