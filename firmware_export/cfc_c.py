@@ -20,12 +20,13 @@ from .cgen import CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .float_c import HEADER, SIGMOID_EXACT, SIGMOID_FAST
 
-# Why fixed point is refused (one line for the CLI): what a Q format would need bounded.
+# Why pure mode has no fixed-point variant (one line for the CLI; default and no_gate have one,
+# firmware_export.cfc_fixed_c, which raises this).
 FIXED_POINT_REFUSAL = (
-    "--fixed-point is not supported for CfC models yet: a Q format needs a bound on every head "
-    "pre-activation (the backbone output and time_a*elapsed+time_b), which silu/relu/gelu backbones, "
-    "unbounded elapsed and pure mode's exp(-elapsed*(|w_tau|+|ff1|))*ff1 do not give; only the state "
-    "is bounded (|h| <= 1 default, <= 2 no_gate); use the float32 variant"
+    "--fixed-point is not supported for CfC mode pure: its update -A exp(-elapsed (|w_tau| + |ff1|)) ff1 "
+    "+ A has no tanh head, so unlike default/no_gate (|h| <= 1 resp. 2) its state bound |A| (1 + |ff1|) "
+    "depends on ff1's own range, and the exp table's error would be multiplied by |ff1| "
+    "(up to 1/(e elapsed)); use the float32 variant"
 )
 
 STEP_DOC = """/* One CfC step ($what): x[${UP}_N_INPUTS] model inputs as above (finite), elapsed the time
@@ -248,12 +249,15 @@ def generate_cfc_float(
     cells: list[str] = []
     layers: list[str] = []
     start = 0
+    # ncps.keras coupling: the LSTM output mo is the first cell's input (its own state is kept)
+    mm_input = cfg.mixed_memory and cfg.mixed_memory_coupling == "input"
+    x_in = "mo" if mm_input else "x"
     for l, (prefix, n_in, n) in enumerate(cfg.layers()):
         cp = f"l{l}_"
         backbone = not cfg.wired and cfg.backbone_layers > 0
         arrays += _layer_arrays(p, prefix, cp, cfg.mode)
         cells.append(_cell(name, cfg, l, cp, n_in, n, backbone))
-        src = "x" if l == 0 else f"&hn[{start - cfg.layer_sizes[l - 1]}]"
+        src = x_in if l == 0 else f"&hn[{start - cfg.layer_sizes[l - 1]}]"
         layers.append(f"    {name}_cell{l}({src}, &v[{start}], elapsed, &hn[{start}]);\n")
         start += n
     if start != cfg.units:
@@ -281,6 +285,11 @@ def generate_cfc_float(
         lstm_decl = "    float zl[4 * U], cn[U];\n"
         lstm_body = LSTM_BODY.substitute(name=name)
         lstm_commit = "    for (j = 0; j < U; ++j) {\n        state[U + j] = cn[j];\n    }\n"
+        if mm_input:
+            lstm_decl = lstm_decl.replace("cn[U];", "cn[U], mo[U];")
+            lstm_body = lstm_body.replace("h -> v,", "h -> mo (the cell's input),")
+            lstm_body = lstm_body.replace("        v[j] = tanhf", "        mo[j] = tanhf")
+            lstm_body += "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
     else:
         lstm_body = "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
     motor = f"&hn[{cfg.units - cfg.motor_size}]"

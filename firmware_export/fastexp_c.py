@@ -90,14 +90,29 @@ def exp2_bits() -> list[int]:
     return [int(np.float32(EXP2_C0 * 2.0 ** (j / n)).view(np.uint32)) for j in range(n)]
 
 
+def exp2_table() -> list[int]:
+    """The C table: :func:`exp2_bits` minus j 2^13 (mod 2^32), so that entry j plus the shifter's
+    bits << 13 is c0 2^(j/1024) with n added to its exponent: h << 13 = (h >> 10) << 23 + j << 13
+    (mod 2^32), one shifted add on the M4 instead of a shift and an add."""
+    shift = 23 - EXP2_BITS
+    return [(b - (j << shift)) % 2**32 for j, b in enumerate(exp2_bits())]
+
+
 _EXP2_TEMPLATE = """#ifdef __GNUC__
 #define $${UP}_INLINE static inline __attribute__((always_inline))
 #else
 #define $${UP}_INLINE static inline
 #endif
 
-/* float32 bits of c0 2^(j/1024) */
+/* float32 bits of c0 2^(j/1024), minus j << ${SHIFT} (see NAME_exp2_n) */
 $table
+/* e clamped to [0, 255] (one usat on the M4) */
+#if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
+#define $${UP}_USAT8(e) ((uint32_t)__builtin_arm_usat((e), 8))
+#else
+#define $${UP}_USAT8(e) ((uint32_t)((e) < 0 ? 0 : ((e) > 255 ? 255 : (e))))
+#endif
+
 /* 2^t for |t| <= 125 (no range check: callers bound t), <= 2 ulp (1.1 measured). 2^n is added to
  * the table entry's exponent; firmware_export/fastexp_c.py, docs/firmware.md */
 $${UP}_INLINE float $${name}_exp2_n(float t)
@@ -106,7 +121,9 @@ $${UP}_INLINE float $${name}_exp2_n(float t)
     float r;
     h.f = t + ${SHIFTER};                  /* round(1024 t) = n 1024 + j in the low mantissa bits */
     r = t - (h.f - ${SHIFTER});            /* exact, |r| <= 2^-11 */
-    m.u = $${name}_exp2_tab[h.u & ${MASK}u] + ((h.u >> ${BITS}) << 23);  /* the shifter's bits drop out */
+    /* the entry plus h << ${SHIFT}: the table value with n = (h >> ${BITS}) mod 2^9 added to its
+     * exponent (the shifter's bits drop out) */
+    m.u = $${name}_exp2_tab[h.u & ${MASK}u] + (h.u << ${SHIFT});
     return fmaf(m.f, r * ${C1}, m.f);
 }
 
@@ -116,11 +133,13 @@ $${UP}_INLINE float $${name}_exp2(float t)
     union { float f; uint32_t u; } h, m, s;
     float r;
     int32_t e;
+    uint32_t j;
     h.f = t + ${SHIFTER};
     r = t - (h.f - ${SHIFTER});
     e = (int32_t)(h.u - ${BIAS_BITS}u) >> ${BITS};   /* n + 127 */
-    s.u = (uint32_t)(e < 0 ? 0 : (e > 255 ? 255 : e)) << 23;  /* 2^n, 0 or inf outside the range */
-    m.u = $${name}_exp2_tab[h.u & ${MASK}u];
+    s.u = $${UP}_USAT8(e) << 23;  /* 2^n, 0 or inf outside the range */
+    j = h.u & ${MASK}u;
+    m.u = $${name}_exp2_tab[j] + (j << ${SHIFT});
     return fmaf(m.f, r * ${C1}, m.f) * s.f;
 }
 
@@ -142,7 +161,8 @@ def exp2_c(name: str) -> str:
         "BIAS_BITS": f"0x{int(np.float32(EXP2_SHIFTER).view(np.uint32)) - (127 << EXP2_BITS):08X}",
         "BITS": str(EXP2_BITS),
         "MASK": str(2**EXP2_BITS - 1),
+        "SHIFT": str(23 - EXP2_BITS),
         "C1": c_float(EXP2_C1),
-        "table": c_array("uint32_t", "${name}_exp2_tab", exp2_bits(), per_line=8),
+        "table": c_array("uint32_t", "${name}_exp2_tab", exp2_table(), per_line=8),
     }
     return Template(Template(_EXP2_TEMPLATE).substitute(consts)).substitute(name=name, UP=name.upper())

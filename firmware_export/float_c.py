@@ -69,27 +69,11 @@ void ${name}_reset(float *state)
 
 void ${name}_step(const float *x, float *state, float elapsed, float *y)
 {
-$buffers$lstm_decl$scalars    const float *p;
-    const $idx *src;
-    int i, j, k, t, c;
-
-$lstm_body    for (i = 0; i < NI; ++i) {
+$buffers$lstm_decl$scalars$locals
+$lstm_body    for (i = 0; i < $ncin; ++i) {
         xm[i] = $xm;
     }
-    /* sensory synapses do not depend on v: once per step (sorted by destination) */
-    p = s_par;
-    src = s_src;
-    for (j = 0; j < U; ++j) {
-        float n = 0.0f, d = 0.0f;
-        for (c = s_cnt[j]; c > 0; --c, p += 4) {
-            float a = ${name}_$sact(p, xm[*src++]);
-            n = $mac_n;
-            d += a;
-        }
-        ns[j] = n;
-        ds[j] = d;
-    }
-$ode    for (j = 0; j < U; ++j) {
+$sensory$ode    for (j = 0; j < U; ++j) {
         state[j] = v[j];
     }
 $lstm_commit    for (k = 0; k < NM; ++k) {
@@ -135,6 +119,25 @@ ${UP}_INLINE float ${name}_act_c(const float *p, float u)
     return p[2] / (1.0f + ${name}_exp2(${name}_clampf(fmaf(p[0], u, p[1]), $t_limit)));
 }
 """)
+
+#: The step's locals and its sensory pass ($locals, $sensory): the CSR loop, or unrolled
+#: (``unroll="all"``: unroll_c.float_unrolled, no source indices, no counter).
+LOCALS_LOOP = "    const float *p;\n    const $idx *src;\n    int i, j, k, t, c;\n"
+LOCALS_UNROLLED = "    const float *p;\n    int i, j, k, t;\n"
+SENSORY_LOOP = """    /* sensory synapses do not depend on v: once per step (sorted by destination) */
+    p = s_par;
+    src = s_src;
+    for (j = 0; j < U; ++j) {
+        float n = 0.0f, d = 0.0f;
+        for (c = s_cnt[j]; c > 0; --c, p += 4) {
+            float a = ${name}_$sact(p, xm[*src++]);
+            n = $mac_n;
+            d += a;
+        }
+        ns[j] = n;
+        ds[j] = d;
+    }
+"""
 
 #: The recurrent sweep of the fused solver: vn from v; ``clamp`` 1 clamps every sigmoid argument.
 SWEEP = Template("""
@@ -343,9 +346,18 @@ def _packed(prefix: str, syn: Synapses, units: int, idx: str, unit: float) -> li
 
 
 def generate_float(
-    fm: FirmwareModel, name: str, sha: str, fast_sigmoid: bool = False, channels: Channels | None = None
+    fm: FirmwareModel,
+    name: str,
+    sha: str,
+    fast_sigmoid: bool = False,
+    channels: Channels | None = None,
+    unroll: str = "none",
 ) -> tuple[str, str]:
-    """(header, source) of the float32 variant; ``channels`` documents and normalises the inputs."""
+    """(header, source) of the float32 variant; ``channels`` documents and normalises the inputs;
+    ``unroll``: "substeps" (the recurrent passes) or "all" (the sensory pass too) as straight-line
+    code instead of the CSR loops (firmware_export/unroll_c.py); "none" keeps the loops."""
+    unroll_sensory = unroll == "all"
+    unroll = unroll in ("all", "substeps")
     cfg, p = fm.cfg, fm.p
     ch = channels or channels_of(fm.model)
     norm_decl, norm_def = normalize_c(ch, name)
@@ -385,8 +397,32 @@ def generate_float(
                 + call.format(name=name, c=1)
                 + "        }\n"
             )
+    # unrolled: the loop sweep stays only as the clamping fallback of a bounded step
+    loop_sweep = fused and (not unroll or bool(bounded))
+    if unroll:
+        call_u = f"{name}_sweep_u(v, vn, cmt, ns, ds)"
+        sweep = sweep.replace(f"{name}_sweep(v, vn, cmt, ns, ds, 0)", call_u)
+        if not loop_sweep:
+            sweep = sweep.replace(f"{name}_sweep(v, vn, cmt, ns, ds, 1)", call_u)
     subs = {"idx": idx, "mac_n": mac_n, "ract": ract, "bounded": bounded, "sweep": sweep}
     pieces = solver_pieces(cfg.solver, name, **subs)
+    unrolled = {
+        "locals": Template(LOCALS_LOOP).substitute(idx=idx),
+        "sensory": Template(SENSORY_LOOP).substitute(name=name, sact=sact, mac_n=mac_n),
+        "defs": "",
+    }
+    if unroll:
+        from .unroll_c import float_unrolled
+
+        uact = bact if bounded else ("act_c" if fast_sigmoid else "act")
+        inline = f"{up}_INLINE" if fast_sigmoid else "static inline"
+        unrolled = float_unrolled(
+            fm, name, fused=fused, sact=sact, uact=uact, ract=ract, mac_n=mac_n, mac_nv=mac_nv, inline=inline
+        )
+        pieces["deriv"] = unrolled.pop("deriv", pieces["deriv"])
+        if not unroll_sensory:
+            unrolled["locals"] = Template(LOCALS_LOOP).substitute(idx=idx)
+            unrolled["sensory"] = Template(SENSORY_LOOP).substitute(name=name, sact=sact, mac_n=mac_n)
     if bounded:
         pieces["scalars"] += "    int bounded;\n"
     if fused:
@@ -411,7 +447,10 @@ def generate_float(
     if x_lim is not None:  # beyond +-X_LIMIT every sensory sigmoid is saturated: clamping is exact
         xm = f"{name}_clampf({xm}, {c_float(x_lim)})"
     for prefix, syn in (("s", fm.sens), ("r", fm.rec)):
-        arrays += _packed(prefix, syn, cfg.units, idx, LOG2E if fast_sigmoid else 1.0)
+        packed = _packed(prefix, syn, cfg.units, idx, LOG2E if fast_sigmoid else 1.0)
+        # unrolled passes need only the parameters (the loop fallback of the sweep also the CSR)
+        loop = not unroll or (prefix == "r" and loop_sweep) or (prefix == "s" and not unroll_sensory)
+        arrays += packed if loop else packed[2:]
     lstm_decl = lstm_body = lstm_commit = ""
     if cfg.mixed_memory:
         arrays += [
@@ -440,6 +479,16 @@ def generate_float(
         lstm_commit = "    for (j = 0; j < U; ++j) {\n        state[U + j] = cn[j];\n    }\n"
     else:
         lstm_body = "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
+    ncin = "NI"
+    if cfg.mixed_memory and cfg.mixed_memory_coupling == "input":
+        # ncps.keras coupling: the LSTM output mo (U values) is the cell's input; v keeps the state
+        ncin = "U"
+        lstm_decl = lstm_decl.replace("cn[U];", "cn[U], mo[U];")
+        lstm_body = lstm_body.replace("h -> v,", "h -> mo (the cell's input),")
+        lstm_body = lstm_body.replace("        v[j] = tanhf", "        mo[j] = tanhf")
+        lstm_body += "    for (j = 0; j < U; ++j) {\n        v[j] = state[j];\n    }\n"
+        xm = xm.replace("x[i]", "mo[i]", 1)
+        pieces["buffers"] = pieces["buffers"].replace("xm[NI]", "xm[U]")
     fills = {"name": name, "UP": up, "idx": idx, "mac_n": mac_n, "mac_nv": mac_nv, "t_limit": t_limit}
     fills["bact"] = bact
     if fast_sigmoid:
@@ -448,12 +497,13 @@ def generate_float(
         act = ACT_FAST.substitute(fills)
     else:
         exp2, sig, act = "", LTC_SIGMOID_EXACT.substitute(name=name), ACT_EXACT.substitute(name=name)
-    if fused:
+    if loop_sweep:
         act += (
             SWEEP.substitute(fills)
             if fast_sigmoid
             else SWEEP.substitute(fills).replace(f"{up}_INLINE void", "static inline void")
         )
+    act += unrolled.pop("defs")
     what = f"{name}: LTC policy, float32{' (fast sigmoid)' if fast_sigmoid else ''}{solver_note(cfg.solver)}"
     header = HEADER.substitute(
         banner=banner(sha, what),
@@ -485,9 +535,11 @@ def generate_float(
         lstm_body=lstm_body,
         lstm_commit=lstm_commit,
         xm=xm,
+        ncin=ncin,
         idx=idx,
         sact=sact,
         mac_n=mac_n,
+        **unrolled,
         **pieces,
         **affine,
     )

@@ -266,10 +266,6 @@ def _refused(path, tmp, match):
     assert "\n" not in str(exc.value) and str(path) in str(exc.value)
 
 
-def test_mixed_memory_is_refused(tmp_path):
-    _refused(_save(tmp_path, [CfC(4, mixed_memory=True, backbone_layers=0)]), tmp_path, "mixed_memory")
-
-
 def test_ncp_wiring_without_its_seed_is_refused(tmp_path):
     """ncps.keras saves no NCP seed: refused, saying how to give it (test_keras_spec.py exports it)."""
     _refused(_save(tmp_path, [LTC(NCP(4, 3, 2, 2, 2, 2, 2))]), tmp_path, "without its seed.*--spec")

@@ -23,6 +23,12 @@ POSITIVE_PARAMS = ("gleak", "cm", "w", "sensory_w")
 #: Names of the LSTM parameters of ``mixed_memory`` models (ncps ``LTC.lstm``).
 LSTM_PARAMS = ("lstm.input_map.weight", "lstm.input_map.bias", "lstm.recurrent_map.weight")
 
+#: How a mixed-memory LSTM feeds the cell (``edgeliquid.mixed_memory_coupling``, LTC and CfC):
+#: ``state`` (ncps.torch: the cell reads x, the LSTM's output replaces the cell's state) or
+#: ``input`` (ncps.keras ``MixedMemoryRNN``: the LSTM's output is the cell's input, of size
+#: units, and the cell's own state is kept).
+COUPLINGS = ("state", "input")
+
 
 #: Solver names a model file may carry (edgeliquid.runtime.reference implements each):
 #: ncps' fused semi-implicit Euler (what ncps trains with), and two explicit schemes that
@@ -45,6 +51,7 @@ class CellConfig:
         output_mapping: ``"affine"``, ``"linear"`` or ``"none"``.
         mixed_memory: an LSTM cell runs before the LTC cell; the state is ``[h, c]``.
         solver: one of :data:`SOLVER_NAMES`.
+        mixed_memory_coupling: one of :data:`COUPLINGS` (mixed memory only).
     """
 
     n_inputs: int
@@ -57,10 +64,16 @@ class CellConfig:
     output_mapping: str = "affine"
     mixed_memory: bool = False
     solver: str = "fused_semi_implicit_euler"
+    mixed_memory_coupling: str = "state"
 
     @property
     def n_outputs(self) -> int:
         return self.motor_size
+
+    @property
+    def cell_inputs(self) -> int:
+        """Inputs of the LTC cell's sensory layer: ``units`` when the LSTM output is its input."""
+        return self.units if self.mixed_memory and self.mixed_memory_coupling == "input" else self.n_inputs
 
     @property
     def n_state(self) -> int:
@@ -72,7 +85,7 @@ class CellConfig:
 
 def expected_shapes(cfg: CellConfig) -> dict[str, tuple[int, ...]]:
     """Shape of every parameter a model with this config must have."""
-    u, i, m = cfg.units, cfg.n_inputs, cfg.motor_size
+    u, i, m = cfg.units, cfg.cell_inputs, cfg.motor_size
     shapes: dict[str, tuple[int, ...]] = {
         "gleak": (u,),
         "vleak": (u,),
@@ -97,7 +110,7 @@ def expected_shapes(cfg: CellConfig) -> dict[str, tuple[int, ...]]:
     if cfg.output_mapping == "affine":
         shapes["output_b"] = (m,)
     if cfg.mixed_memory:
-        shapes["lstm.input_map.weight"] = (4 * u, i)
+        shapes["lstm.input_map.weight"] = (4 * u, cfg.n_inputs)
         shapes["lstm.input_map.bias"] = (4 * u,)
         shapes["lstm.recurrent_map.weight"] = (4 * u, u)
     return shapes
@@ -155,8 +168,8 @@ def effective_parameters(model: LTCModel, dtype=np.float64) -> dict[str, np.ndar
     eff = {k: np.asarray(v, dtype=np.float64) for k, v in p.items()}
     for name in POSITIVE_PARAMS:
         eff[name] = make_positive(cfg, eff[name])
-    eff.setdefault("input_w", np.ones(cfg.n_inputs))
-    eff.setdefault("input_b", np.zeros(cfg.n_inputs))
+    eff.setdefault("input_w", np.ones(cfg.cell_inputs))
+    eff.setdefault("input_b", np.zeros(cfg.cell_inputs))
     eff.setdefault("output_w", np.ones(cfg.motor_size))
     eff.setdefault("output_b", np.zeros(cfg.motor_size))
     return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in eff.items()}
@@ -176,7 +189,7 @@ def default_roles(cfg: CellConfig, params: dict[str, np.ndarray]) -> list[str]:
     # Without masks of the right shape there is nothing to recover from; the checker reports
     # the masks. Roles are built only once masks of u x u exist, so a hostile `units` cannot
     # make this allocate more than the masks already hold.
-    if np.shape(mask) != (u, u) or np.shape(smask) != (cfg.n_inputs, u):
+    if np.shape(mask) != (u, u) or np.shape(smask) != (cfg.cell_inputs, u):
         return []
     roles = ["motor" if n < m else "inter" for n in range(u)]
     if m >= u:

@@ -14,7 +14,9 @@ Parameter names (float64 arrays, raw as trained; ``cat = n_inputs + units``):
   ``layer_{l}.ff1.weight [n_l, in_l + n_l]`` etc. as above with ``in_0 = n_inputs`` and
   ``in_l = n_{l-1}``, and ``layer_{l}.sparsity_mask [n_l, in_l + n_l]`` (required).
 * ``mixed_memory``: ``lstm.input_map.weight [4U, I]``, ``lstm.input_map.bias [4U]``,
-  ``lstm.recurrent_map.weight [4U, U]`` (ncps ``LSTMCell``, as for LTC).
+  ``lstm.recurrent_map.weight [4U, U]`` (ncps ``LSTMCell``, as for LTC). With
+  ``mixed_memory_coupling = input`` (ncps.keras) the cell's input is the LSTM's output: every
+  ``n_inputs`` above that sizes the cell (``cat``, ``in_0``) is ``U`` (:attr:`CfCConfig.cell_inputs`).
 * ``proj_size > 0``: ``fc.weight [P, M]``, ``fc.bias [P]`` (M = motor size: U unwired, ``n_last`` wired).
 
 State ``[h]`` of U, or ``[h, c]`` of 2U with mixed memory; wired, ``h`` is the layers
@@ -53,6 +55,7 @@ class CfCConfig:
         proj_size: outputs of the ``fc`` Linear on the output; 0 for none (ncps ``proj_size=None``).
         sparse: unwired only: the cell has a ``sparsity_mask`` (ncps ``CfCCell(sparsity_mask=...)``).
         formulation: one of :data:`FORMULATIONS`; the parameters are stored raw either way.
+        mixed_memory_coupling: ``state`` or ``input`` (``edgeliquid.model.cell.COUPLINGS``).
     """
 
     n_inputs: int
@@ -66,8 +69,14 @@ class CfCConfig:
     proj_size: int = 0
     sparse: bool = False
     formulation: str = "torch"
+    mixed_memory_coupling: str = "state"
 
     cell = "cfc"
+
+    @property
+    def cell_inputs(self) -> int:
+        """Inputs of the (first) CfC cell: ``units`` when the LSTM output is its input."""
+        return self.units if self.mixed_memory and self.mixed_memory_coupling == "input" else self.n_inputs
 
     @property
     def keras(self) -> bool:
@@ -93,8 +102,8 @@ class CfCConfig:
     def layers(self) -> list[tuple[str, int, int]]:
         """``(parameter prefix, input features, hidden units)`` of each CfC sub-cell, in order."""
         if not self.wired:
-            return [("", self.n_inputs, self.units)]
-        out, n_in = [], self.n_inputs
+            return [("", self.cell_inputs, self.units)]
+        out, n_in = [], self.cell_inputs
         for i, n in enumerate(self.layer_sizes):
             out.append((f"layer_{i}.", n_in, n))
             n_in = n

@@ -36,6 +36,7 @@ CFC_DERIVED_KEYS = (
     "n_outputs",
     "n_state",
     "exporter_version",
+    "mixed_memory_coupling",
 )
 
 
@@ -65,6 +66,7 @@ def cfc_metadata_for(model: CfCModel) -> dict[str, str]:
         "n_state": str(cfg.n_state),
         "exporter_version": __version__,
     }
+    meta["mixed_memory_coupling"] = cfg.mixed_memory_coupling  # "state" without mixed memory
     for k, v in model.info.items():
         meta.setdefault(k, str(v))
     return meta
@@ -110,6 +112,8 @@ def cfc_config_from_metadata(meta: dict[str, str], source: str) -> CfCConfig:
         sparse=flag("sparse"),
         # Optional: files written before the Keras exporter follow the torch equations.
         formulation=meta.get("formulation", "torch"),
+        # Optional too: absent, ncps.torch's coupling (the LSTM output replaces the state).
+        mixed_memory_coupling=meta.get("mixed_memory_coupling", "state"),
     )
 
 
@@ -190,11 +194,14 @@ def build_cfc_graph(model: CfCModel) -> onnx.ModelProto:
     for name, arr in model.params.items():
         g.const(name, arr)
     u = cfg.units
-    h = "state"
+    h, x = "state", "x"
     if cfg.mixed_memory:
-        h, c_new = g.lstm("x", g.slice_cols("state", 0, u), g.slice_cols("state", u, 2 * u), u)
+        h_old = g.slice_cols("state", 0, u)
+        h, c_new = g.lstm("x", h_old, g.slice_cols("state", u, 2 * u), u)
+        if cfg.mixed_memory_coupling == "input":  # ncps.keras: LSTM output in, own state kept
+            x, h = h, h_old
     if cfg.wired:
-        outs, start, inp = [], 0, "x"
+        outs, start, inp = [], 0, x
         for prefix, _, n in cfg.layers():
             h_l = h if len(cfg.layer_sizes) == 1 else g.slice_cols(h, start, start + n)
             inp = _cfc_cell(g, cfg, prefix, inp, h_l, backbone=False)
@@ -203,7 +210,7 @@ def build_cfc_graph(model: CfCModel) -> onnx.ModelProto:
         h_new = outs[0] if len(outs) == 1 else g.op("Concat", *outs, axis=1)
         out = inp
     else:
-        h_new = out = _cfc_cell(g, cfg, "", "x", h, backbone=cfg.backbone_layers > 0)
+        h_new = out = _cfc_cell(g, cfg, "", x, h, backbone=cfg.backbone_layers > 0)
     if cfg.proj_size:
         g.op("Gemm", out, "fc.weight", "fc.bias", transB=1, out="y")
     else:

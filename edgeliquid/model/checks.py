@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import ModelFormatError
 from .cell import (
+    COUPLINGS,
     MAPPINGS,
     POSITIVITY,
     SOLVER_NAMES,
@@ -133,6 +134,7 @@ def check_config(cfg: CellConfig, source: str) -> None:
             )
     if cfg.motor_size > cfg.units:
         raise ModelFormatError(f"{source}: motor_size {cfg.motor_size} exceeds units {cfg.units}")
+    check_coupling(cfg, source)
     n_params = sum(math.prod(shape) for shape in expected_shapes(cfg).values())
     if n_params > MAX_PARAMETERS:
         raise ModelFormatError(
@@ -142,10 +144,10 @@ def check_config(cfg: CellConfig, source: str) -> None:
         )
     # The work of one step as the reference and the ONNX graph do it (dense recurrent layer,
     # once per unfold; sensory layer once); the cpu kernels visit only existing synapses.
-    evals = cfg.units**2 * cfg.ode_unfolds + cfg.n_inputs * cfg.units
+    evals = cfg.units**2 * cfg.ode_unfolds + cfg.cell_inputs * cfg.units
     if evals > MAX_SYNAPSE_EVALS:
         raise ModelFormatError(
-            f"{source}: units={cfg.units} squared x ode_unfolds={cfg.ode_unfolds} + n_inputs x units = "
+            f"{source}: units={cfg.units} squared x ode_unfolds={cfg.ode_unfolds} + cell inputs x units = "
             f"{evals} synapse evaluations per step exceed the limit {MAX_SYNAPSE_EVALS} "
             "(docs/model-format.md, Limits)"
         )
@@ -158,6 +160,19 @@ def check_config(cfg: CellConfig, source: str) -> None:
             raise ModelFormatError(
                 f"{source}: {side} {short(getattr(cfg, side))}; expected one of {MAPPINGS}"
             )
+
+
+def check_coupling(cfg: CellConfig | CfCConfig, source: str) -> None:
+    """``mixed_memory_coupling`` is known, and ``input`` only with mixed memory."""
+    coupling = cfg.mixed_memory_coupling
+    if coupling not in COUPLINGS:
+        raise ModelFormatError(
+            f"{source}: edgeliquid.mixed_memory_coupling {short(coupling)}; expected one of {COUPLINGS}"
+        )
+    if coupling != "state" and not cfg.mixed_memory:
+        raise ModelFormatError(
+            f"{source}: edgeliquid.mixed_memory_coupling is {coupling!r} but mixed_memory is false"
+        )
 
 
 def check_parameters(cfg: CellConfig, params: dict[str, np.ndarray], source: str) -> None:
@@ -318,6 +333,7 @@ def check_cfc_config(cfg: CfCConfig, source: str) -> None:
     for name in ("mixed_memory", "sparse"):
         if not isinstance(getattr(cfg, name), bool):
             raise ModelFormatError(f"{source}: {name} must be true or false, got {short(getattr(cfg, name))}")
+    check_coupling(cfg, source)
     sizes_l = cfg.layer_sizes
     if not isinstance(sizes_l, tuple):
         raise ModelFormatError(f"{source}: layer_sizes must be a tuple of integers, got {short(sizes_l)}")

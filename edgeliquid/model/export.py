@@ -554,11 +554,15 @@ def to_ncps(model: LTCModel):
 
     Used as the peer in benchmarks and as the oracle in tests of model files.
     """
+    cfg = model.config
+    if cfg.mixed_memory and cfg.mixed_memory_coupling == "input":
+        raise UnsupportedModelError(
+            f"{model.source}: mixed_memory_coupling 'input' (ncps.keras) has no ncps.torch LTC module"
+        )
     torch = _torch()
     from ncps.torch import LTC
     from ncps.wirings import Wiring
 
-    cfg = model.config
     wiring = Wiring(cfg.units)
     wiring.set_output_dim(cfg.motor_size)
     wiring.build(cfg.n_inputs)

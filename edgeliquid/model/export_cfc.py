@@ -347,11 +347,14 @@ def cfc_to_ncps_step(model: CfCModel):
     ``LSTMCell`` and the ``fc`` Linear, holding ``model``'s parameters (float32), and chains
     them as ncps ``CfC.forward`` / ``WiredCfCCell.forward`` do. Used as the benchmark peer.
     """
+    cfg, p = model.config, model.params
+    if cfg.mixed_memory and cfg.mixed_memory_coupling == "input":
+        raise UnsupportedModelError(
+            f"{model.source}: mixed_memory_coupling 'input' (ncps.keras) has no ncps.torch CfC peer"
+        )
     import torch
     from ncps.torch import CfCCell
     from ncps.torch.lstm import LSTMCell
-
-    cfg, p = model.config, model.params
 
     def t(a):
         return torch.tensor(np.asarray(a), dtype=torch.float32)

@@ -19,9 +19,11 @@ What differs from ncps.torch, and how it is represented (docs/export.md, "Keras"
 * Around the liquid layer: ``Rescaling``/``Normalization`` in front are folded into the
   input side, one linear ``Dense`` after into the output side (LTC: only a diagonal one);
   ``Dropout`` is the identity at inference; anything else is refused naming the layer.
-* Mixed memory is refused: ncps.keras's ``MixedMemoryRNN`` feeds the LSTM's output into the
-  cell's *input* and keeps the cell's own state (ncps.torch replaces the state), a different
-  model that the file format does not describe.
+* Mixed memory: ncps.keras's ``MixedMemoryRNN`` feeds the LSTM's output into the cell's
+  *input* and keeps the cell's own state (ncps.torch replaces the state): the file says
+  ``mixed_memory_coupling = input``; the cell is sized for U inputs, the model's inputs are the
+  LSTM's, folded input layers go into its ``input_kernel``. Only ``forget_gate_bias = 1.0``
+  (the default, ncps.torch's constant) is exported.
 * An ``NCP`` wiring: ncps.keras saves it without its seed (neuron lists and ``seed: null``);
   the user states the seed (``--spec``), the rebuilt wiring is checked against the file's
   neuron lists and, for LTC, against ``erev``'s exact zeros.
@@ -394,23 +396,60 @@ def _ncp(conf: dict, n_inputs: int, where: str, ncp_seed: Mapping[str, Any] | No
 # ------------------------------------------------------------------------- the layer
 
 
-def _cell_config(layer: dict, where: str) -> tuple[str, dict, dict]:
-    """(cell class, cell config, layer config) of an LTC / CfC / RNN layer."""
+def _cell_config(layer: dict, where: str) -> tuple[str, dict, dict, bool]:
+    """(cell class, cell config, layer config, mixed memory) of an LTC / CfC / RNN layer.
+
+    A ``MixedMemoryRNN`` (``mixed_memory=True``) is unwrapped: its ``rnn_cell`` is the cell
+    (ncps.keras writes that cell's get_config without its class: the layer's class says it)."""
     conf = _get(layer, "config", dict, where)
     cell = _get(conf, "cell", dict, where)
     ccls = _get(cell, "class_name", str, where)
     cconf = _get(cell, "config", dict, where)
-    if ccls == "MixedMemoryRNN":
-        raise CheckpointError(
-            f"{where}: mixed_memory=True is not exported: ncps.keras's MixedMemoryRNN gives the cell the "
-            "LSTM's output as its input and keeps the cell's own state; the file describes only ncps.torch's "
-            "mixed memory (x into the cell, the LSTM output as its state), docs/export.md, Keras"
-        )
+    mixed = ccls == "MixedMemoryRNN"
+    if mixed:
+        bias = cconf.get("forget_gate_bias", 1.0)
+        if bias != 1.0 or isinstance(bias, bool):
+            raise CheckpointError(
+                f"{where}: MixedMemoryRNN forget_gate_bias {str(bias)[:20]}; only 1.0 (ncps' default, the "
+                "model file's LSTM) is exported"
+            )
+        inner = _get(cconf, "rnn_cell", dict, where)
+        if isinstance(inner.get("class_name"), str) and isinstance(inner.get("config"), dict):
+            ccls, cconf = inner["class_name"], inner["config"]
+        else:
+            wired = isinstance(inner.get("wiring"), dict)
+            ccls = {"LTC": "LTCCell", "CfC": "WiredCfCCell" if wired else "CfCCell"}.get(
+                str(layer.get("class_name")), "MixedMemoryRNN"
+            )
+            cconf = inner
     if ccls not in ("LTCCell", "CfCCell", "WiredCfCCell"):
         raise CheckpointError(
             f"{where}: RNN cell {ccls!r} is not an ncps.keras LTCCell, CfCCell or WiredCfCCell"
+            + (" (inside a MixedMemoryRNN)" if mixed else "")
         )
-    return ccls, cconf, conf
+    return ccls, cconf, conf, mixed
+
+
+def _mixed_memory(model: LTCModel | CfCModel, mg, where: str) -> None:
+    """Add a MixedMemoryRNN's LSTM (group ``mg``) to a model read from its ``rnn_cell``.
+
+    The cell was built for the LSTM's output (``n_inputs`` = units so far); the model's inputs
+    become the LSTM's. Keras ``[in, 4U]`` kernels are transposed to ncps.torch's ``[4U, in]``
+    (same gate order i, input, forget, output); the one bias is ``input_map.bias``."""
+    u = model.config.units
+    wi, wr, b = _vars(mg, f"{where} MixedMemoryRNN", 3)
+    n_in = wi.shape[0] if wi.ndim == 2 else 0
+    if not 1 <= n_in <= LIMITS["n_inputs"]:
+        raise CheckpointError(f"{where}: MixedMemoryRNN input_kernel shape {list(wi.shape)} gives no inputs")
+    if model.config.n_inputs != u:
+        raise CheckpointError(
+            f"{where}: the mixed-memory cell takes {model.config.n_inputs} inputs; ncps.keras builds it "
+            f"for the LSTM's {u} outputs"
+        )
+    model.params["lstm.input_map.weight"] = _shape(wi, (n_in, 4 * u), f"{where} input_kernel").T.copy()
+    model.params["lstm.input_map.bias"] = _shape(b, (4 * u,), f"{where} MixedMemoryRNN bias")
+    model.params["lstm.recurrent_map.weight"] = _shape(wr, (u, 4 * u), f"{where} recurrent_kernel").T.copy()
+    model.config = model.config.replace(n_inputs=n_in, mixed_memory=True, mixed_memory_coupling="input")
 
 
 def _convert(
@@ -427,7 +466,7 @@ def _convert(
     layer = chain[i]
     lname = layer.get("config", {}).get("name", layer.get("class_name"))
     where = f"{path}: layer {lname!r}"
-    ccls, cconf, conf = _cell_config(layer, where)
+    ccls, cconf, conf, mixed = _cell_config(layer, where)
     notes = [k for k in ("return_sequences", "stateful", "return_state", "go_backwards") if conf.get(k)]
     if conf.get("go_backwards"):
         raise CheckpointError(
@@ -436,11 +475,17 @@ def _convert(
     g = _group(h5, layer, where)
     if "cell" not in g:
         raise CheckpointError(f"{where}: the weights file has no cell group for the layer")
-    cg = g["cell"]
+    cg = mg = g["cell"]
+    if mixed:
+        if "rnn_cell" not in mg:
+            raise CheckpointError(f"{where}: the weights file has no cell/rnn_cell group (mixed memory)")
+        cg = mg["rnn_cell"]
     if ccls == "LTCCell":
         model = _ltc(cconf, conf, cg, where, ncp_seed)
     else:
         model = _cfc(ccls, cconf, cg, where, ncp_seed)
+    if mixed:
+        _mixed_memory(model, mg, where)
     folded = []
     pre = [la for la in chain[:i] if la.get("class_name") not in _NOOP]
     post = [la for la in chain[i + 1 :] if la.get("class_name") not in _NOOP]
@@ -768,6 +813,11 @@ def _affine_in(la: dict, h5, path: str, n: int) -> tuple[np.ndarray, np.ndarray]
 def _fold_inputs(model: LTCModel | CfCModel, s: np.ndarray, o: np.ndarray) -> None:
     """Make the model take raw x where it took x * s + o."""
     p, cfg = model.params, model.config
+    if cfg.mixed_memory:  # ncps.keras mixed memory: x reaches only the LSTM's input_kernel
+        w = p["lstm.input_map.weight"]
+        p["lstm.input_map.bias"] = p["lstm.input_map.bias"] + w @ o
+        p["lstm.input_map.weight"] = w * s
+        return
     if isinstance(model, LTCModel):
         w = p.get("input_w", np.ones(cfg.n_inputs))
         b = p.get("input_b", np.zeros(cfg.n_inputs))
@@ -848,6 +898,7 @@ _SPEC_KEYS = {
     "ode_unfolds": int,
     "epsilon": float,
     "mixed_memory": bool,
+    "forget_gate_bias": float,
 }
 
 
@@ -865,8 +916,8 @@ def _layer_from_spec(spec: Mapping[str, Any], where: str) -> dict:
     cls = spec.get("class_name")
     if cls not in ("LTC", "CfC"):
         raise CheckpointError(f"{where}: class_name: LTC or CfC is required for a Keras weights file")
-    if spec.get("mixed_memory"):
-        return {"class_name": cls, "config": {"cell": {"class_name": "MixedMemoryRNN", "config": {}}}}
+    if "forget_gate_bias" in spec and not spec.get("mixed_memory"):
+        raise CheckpointError(f"{where}: forget_gate_bias is a MixedMemoryRNN's; it needs mixed_memory: true")
     if cls == "LTC":
         missing = [
             k
@@ -889,6 +940,9 @@ def _layer_from_spec(spec: Mapping[str, Any], where: str) -> dict:
             f"{where}: a Keras weights file does not record {', '.join(missing)}; state "
             f"{'it' if len(missing) == 1 else 'them'} in the spec (docs/export.md, Keras)"
         )
+    if spec.get("mixed_memory"):  # ncps.keras wraps the cell; the weights file does not say its bias
+        mm = {"rnn_cell": cell, "forget_gate_bias": spec.get("forget_gate_bias", 1.0)}
+        cell = {"class_name": "MixedMemoryRNN", "config": mm}
     layer = {"class_name": cls, "config": {"name": spec.get("layer", ""), "cell": cell, **conf}}
     if "layer" in spec:
         layer["_h5_group"] = spec["layer"]

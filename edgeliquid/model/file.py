@@ -76,6 +76,7 @@ DERIVED_KEYS = (
     "synapses",
     "sensory_synapses",
     "exporter_version",
+    "mixed_memory_coupling",
 )
 
 
@@ -105,6 +106,7 @@ def metadata_for(model: LTCModel | CfCModel) -> dict[str, str]:
         "sensory_synapses": str(packed_counts[1]),
         "exporter_version": __version__,
     }
+    meta["mixed_memory_coupling"] = cfg.mixed_memory_coupling  # "state" without mixed memory
     for k, v in model.info.items():
         meta.setdefault(k, str(v))
     return meta
@@ -146,6 +148,8 @@ def config_from_metadata(meta: dict[str, str], source: str) -> CellConfig:
         output_mapping=get("output_mapping"),
         mixed_memory=mixed == "true",
         solver=get("solver", "fused_semi_implicit_euler"),
+        # Optional: files written before the Keras exporter have ncps.torch's coupling.
+        mixed_memory_coupling=get("mixed_memory_coupling", "state"),
     )
 
 
@@ -182,6 +186,8 @@ def build_graph(model: LTCModel | CfCModel) -> onnx.ModelProto:
     if cfg.mixed_memory:
         h, c = g.slice_cols("state", 0, u), g.slice_cols("state", u, 2 * u)
         v, c_new = g.lstm(x, h, c, u)
+        if cfg.mixed_memory_coupling == "input":  # ncps.keras: LSTM output in, own state kept
+            x, v = v, h
     else:
         v = "state"
     if cfg.input_mapping in ("affine", "linear"):
@@ -437,7 +443,7 @@ def _declared_sizes(meta: dict[str, str], cfg: CellConfig, source: str) -> tuple
                 f"units={cfg.units}, motor_neurons={cfg.motor_size}, mixed_memory={cfg.mixed_memory}"
             )
     counts: list[int | None] = []
-    for key, most in (("synapses", cfg.units**2), ("sensory_synapses", cfg.n_inputs * cfg.units)):
+    for key, most in (("synapses", cfg.units**2), ("sensory_synapses", cfg.cell_inputs * cfg.units)):
         n = metadata_count(meta, key, source) if key in meta else None
         if n is not None and n > most:
             raise ModelFormatError(

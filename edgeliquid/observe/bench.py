@@ -72,6 +72,8 @@ def _peers(model: LTCModel, path: str | None, dtype) -> dict[str, Callable[[np.n
                 return y
 
             peers["onnxruntime"] = ort_step
+    if model.config.mixed_memory and model.config.mixed_memory_coupling == "input":
+        return peers  # ncps.keras's mixed memory: ncps.torch has no such module to time
     try:
         import ncps  # noqa: F401
         import torch  # noqa: F401

@@ -56,6 +56,7 @@ from .cfc_packing import (
     LSTM_WI,
     LSTM_WR,
     MIXED,
+    MM_INPUT,
     MODE,
     MOTOR_OFF,
     MOTORS,
@@ -121,8 +122,9 @@ def kernel_for(dtype) -> object:
             w[off + i, b] = a
 
     @cuda.jit(device=True)
-    def lstm(x, t, fp, ip, w, b):
-        """ncps LSTMCell: new h -> w[W_H], new c -> w[W_C]; the state rows are only read."""
+    def lstm(x, t, fp, ip, w, hdst, b):
+        """ncps LSTMCell: new h -> w[hdst:] (W_H, or W_LZ for the ncps.keras coupling: z[j] is
+        dead once h[j] is written), new c -> w[W_C]; the state rows are only read."""
         u, n_in = ip[UNITS], ip[N_IN]
         wi, bi, wr, z, st = ip[LSTM_WI], ip[LSTM_BI], ip[LSTM_WR], ip[W_LZ], ip[W_STATE]
         for r in range(4 * u):
@@ -138,7 +140,7 @@ def kernel_for(dtype) -> object:
                 w[z + u + j, b]
             )
             w[ip[W_C] + j, b] = c
-            w[ip[W_H] + j, b] = math.tanh(c) * sigm(w[z + 3 * u + j, b])
+            w[hdst + j, b] = math.tanh(c) * sigm(w[z + 3 * u + j, b])
 
     @cuda.jit(device=True)
     def subcell(x, t, fp, ip, c, inp, ts, w, b):
@@ -208,12 +210,13 @@ def kernel_for(dtype) -> object:
                 status[b] = STATUS_BAD_INPUT
                 return False
         st, hnew = ip[W_STATE], ip[W_HNEW]
+        mm_input = ip[MM_INPUT] != 0
         if ip[MIXED]:
-            lstm(x, t, fp, ip, w, b)
-        else:
+            lstm(x, t, fp, ip, w, ip[W_LZ] if mm_input else ip[W_H], b)
+        if not ip[MIXED] or mm_input:
             for j in range(u):
                 w[ip[W_H] + j, b] = w[st + j, b]
-        inp = -1
+        inp = ip[W_LZ] if mm_input else -1  # ncps.keras coupling: the LSTM output is the input
         for c in range(ip[N_CELLS]):
             subcell(x, t, fp, ip, c, inp, ts, w, b)
             inp = hnew + ip[ip[CELL_TAB] + c * L_REC + L_HOFF]

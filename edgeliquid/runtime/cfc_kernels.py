@@ -70,6 +70,7 @@ from .cfc_packing import (
     LSTM_WI,
     LSTM_WR,
     MIXED,
+    MM_INPUT,
     MODE,
     MOTOR_OFF,
     MOTORS,
@@ -177,8 +178,11 @@ def _activate(a, n, act):
 
 
 @njit(inline="always", **_OPTS)
-def _lstm(x, fp, ip, w):
-    """ncps LSTMCell: new h -> w[W_H], new c -> w[W_C]; the state row is only read."""
+def _lstm(x, fp, ip, w, hdst):
+    """ncps LSTMCell: new h -> w[hdst:], new c -> w[W_C]; the state row is only read.
+
+    ``hdst`` is W_H (ncps.torch: the output is the cells' state) or W_LZ (ncps.keras: the
+    output is the first cell's input; z[j] is dead once h[j] is written)."""
     u = ip[UNITS]
     n_in = ip[N_IN]
     wi, bi, wr = ip[LSTM_WI], ip[LSTM_BI], ip[LSTM_WR]
@@ -196,7 +200,7 @@ def _lstm(x, fp, ip, w):
     for j in range(u):
         c = w[st + u + j] * logistic(w[z + 2 * u + j] + one) + math.tanh(w[z + j]) * logistic(w[z + u + j])
         w[ip[W_C] + j] = c
-        w[ip[W_H] + j] = math.tanh(c) * logistic(w[z + 3 * u + j])
+        w[hdst + j] = math.tanh(c) * logistic(w[z + 3 * u + j])
 
 
 @njit(inline="always", **_OPTS)
@@ -272,13 +276,16 @@ def _cell(x, elapsed, fp, ip, w):
     """One validated step for one instance. Returns a status."""
     u = ip[UNITS]
     st = ip[W_STATE]
+    mm_input = ip[MM_INPUT] != 0
     if ip[MIXED]:
-        _lstm(x, fp, ip, w)
-    else:
+        _lstm(x, fp, ip, w, ip[W_LZ] if mm_input else ip[W_H])
+    if not ip[MIXED] or mm_input:
         for j in range(u):
             w[ip[W_H] + j] = w[st + j]
     ts = fp.dtype.type(elapsed)
     inp = x
+    if mm_input:  # ncps.keras coupling: the LSTM output is the first cell's input
+        inp = w[ip[W_LZ] : ip[W_LZ] + u]
     for c in range(ip[N_CELLS]):
         _subcell(fp, ip, c, inp, ts, w)
         rec = ip[CELL_TAB] + c * L_REC

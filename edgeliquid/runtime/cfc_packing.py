@@ -33,7 +33,10 @@ KERAS = 31
 # before the first sub-cell's h and each sub-cell's new h right before the next one's h, so a
 # sub-cell's heads input [input, h] is already one contiguous block (no copies); see _chunk_rows
 C_X, C_B0, C_B1, C_HEADS, C_Y, C_TS, C_OK, C_ROWS = range(32, 40)
-HEADER = 40
+# 1: mixed_memory_coupling = input (ncps.keras): the LSTM output (U values, kept in W_LZ) is the
+# first sub-cell's input and the cells start from their own state
+MM_INPUT = 40
+HEADER = 41
 # backbone record: inputs, outputs, weights (fp, [in, out]), bias (fp)
 BB_IN, BB_OUT, BB_W, BB_B = range(4)
 BB_REC = 4
@@ -99,6 +102,7 @@ class CfCPacked:
         ip[MOTORS], ip[PROJ], ip[N_OUT] = cfg.motor_size, cfg.proj_size, cfg.n_outputs
         ip[MOTOR_OFF] = u - cfg.motor_size
         ip[KERAS] = int(cfg.keras)
+        ip[MM_INPUT] = int(cfg.mixed_memory and cfg.mixed_memory_coupling == "input")
         if cfg.mixed_memory:
             ip[LSTM_WI] = put_f(p["lstm.input_map.weight"])
             ip[LSTM_BI] = put_f(p["lstm.input_map.bias"])

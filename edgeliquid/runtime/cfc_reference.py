@@ -97,7 +97,11 @@ def cfc_reference_step(
     h = state[:, :u]
     c = None
     if cfg.mixed_memory:
-        h, c = lstm_step(p, x, h, state[:, u:])
+        o, c = lstm_step(p, x, h, state[:, u:])
+        if cfg.mixed_memory_coupling == "input":
+            x = o  # ncps.keras MixedMemoryRNN: the LSTM output is the cell's input; h is kept
+        else:
+            h = o  # ncps.torch: the LSTM output replaces the cell's state
     ts = elapsed[:, None]
     if cfg.wired:
         outs, start, inp = [], 0, x

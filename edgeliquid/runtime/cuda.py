@@ -84,7 +84,7 @@ class CudaPolicy(Policy):
         self._d_state = cuda.to_device(np.zeros((self.n_state, rows), dt))
         # v, vnext (RK4: k1 + 2 k2 + 2 k3), nums, dens, numr, denr, the RK4 stage input
         self._scratch = [cuda.device_array((u, rows), dt) for _ in range(7)]
-        self._d_xm = cuda.device_array((n_in, rows), dt)
+        self._d_xm = cuda.device_array((model.config.cell_inputs, rows), dt)
         self._d_z = cuda.device_array((4 * u if model.config.mixed_memory else 1, rows), dt)
         self._d_status = cuda.device_array(rows, np.int32)
         self.mapped = mapped

@@ -27,6 +27,7 @@ from .packing import (
     LSTM_WI,
     LSTM_WR,
     MIXED,
+    MM_INPUT,
     MOTORS,
     N_IN,
     NNZ,
@@ -145,8 +146,14 @@ def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr,
     else:
         for j in range(u):
             v[j, b] = state[j, b]
-    for i in range(n_in):
-        xm[i, b] = x[t, b, i] * fp[ip[IN_W] + i] + fp[ip[IN_B] + i]
+    if ip[MM_INPUT]:
+        # ncps.keras coupling: the LSTM output (in v) is the cell's input; v restarts from the state.
+        for j in range(u):
+            xm[j, b] = v[j, b] * fp[ip[IN_W] + j] + fp[ip[IN_B] + j]
+            v[j, b] = state[j, b]
+    else:
+        for i in range(n_in):
+            xm[i, b] = x[t, b, i] * fp[ip[IN_W] + i] + fp[ip[IN_B] + i]
     for j in range(u):
         nums[j, b] = 0.0
         dens[j, b] = 0.0

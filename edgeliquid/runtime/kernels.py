@@ -43,6 +43,7 @@ from .packing import (
     LSTM_WI,
     LSTM_WR,
     MIXED,
+    MM_INPUT,
     MOTORS,
     N_IN,
     NNZ,
@@ -291,8 +292,15 @@ def _cell(x, elapsed, fp, ip, w):
     else:
         for j in range(u):
             v[j] = w[ip[W_STATE] + j]
-    for i in range(n_in):
-        xm[i] = x[i] * fp[ip[IN_W] + i] + fp[ip[IN_B] + i]
+    if ip[MM_INPUT]:
+        # ncps.keras coupling: the LSTM output (in v) is the cell's input; v restarts from the state.
+        xm = w[ip[W_XM] : ip[W_XM] + u]
+        for j in range(u):
+            xm[j] = v[j] * fp[ip[IN_W] + j] + fp[ip[IN_B] + j]
+            v[j] = w[ip[W_STATE] + j]
+    else:
+        for i in range(n_in):
+            xm[i] = x[i] * fp[ip[IN_W] + i] + fp[ip[IN_B] + i]
     nmax = max(ip[NNZ], ip[SNNZ])
     act = w[ip[W_ACT] : ip[W_ACT] + nmax]
     rev = w[ip[W_ACT] + nmax : ip[W_ACT] + 2 * nmax]

@@ -38,7 +38,10 @@ SOLVER = 41  # solver code (SOLVER_CODES)
 INV_CM = 42  # fp offset of 1/cm (explicit schemes)
 W_STAGE = 43  # work: RK4 stage input v + c*h*k (u floats; 0 for the other solvers)
 EXPL_C = 44  # fp offset of [1/ode_unfolds, 1/2, 1/6, 2]: explicit-scheme constants in the fp dtype
-HEADER = 45
+# 1: mixed_memory_coupling = input (ncps.keras): the LSTM output is the cell's input (U values,
+# mapped by input_w/input_b into W_XM) and the cell starts from its own state
+MM_INPUT = 45
+HEADER = 46
 
 #: ``ip[SOLVER]`` per ``edgeliquid.solver`` name.
 SOLVER_FUSED, SOLVER_EULER, SOLVER_RK4 = 0, 1, 2
@@ -74,6 +77,7 @@ class Packed:
             cfg.n_state,
         )
         ip[SOLVER] = SOLVER_CODES[cfg.solver]
+        ip[MM_INPUT] = int(cfg.mixed_memory and cfg.mixed_memory_coupling == "input")
         fsize = 0
         isize = HEADER
 
@@ -146,7 +150,7 @@ class Packed:
             (W_STATE, cfg.n_state),
             (W_V, u),
             (W_VNEXT, u),
-            (W_XM, n_in),
+            (W_XM, cfg.cell_inputs),
             (W_NUMS, u),
             (W_DENS, u),
             (W_CMT, u),

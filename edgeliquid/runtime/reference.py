@@ -8,6 +8,7 @@ elapsed time across *neurons* when batch > 1; here each batch row uses its own.
 Array layouts (B = batch, I = inputs, U = units, M = motor neurons):
     x        [B, I]  inputs, before the input mapping
     state    [B, U]  membrane potentials v, or [B, 2U] = [h, c] with mixed memory
+                     (h = v for either ``mixed_memory_coupling``; c the LSTM's cell state)
     elapsed  [B]     model time units since the previous step (ncps: 1.0 per sample)
     y        [B, M]  outputs, after the output mapping
 """
@@ -193,7 +194,11 @@ def reference_step(
     h = state[:, :u]
     if cfg.mixed_memory:
         # ncps feeds the *unmapped* inputs to the LSTM, the mapped ones to the LTC.
-        h, c = lstm_step(p, x, h, state[:, u:])
+        o, c = lstm_step(p, x, h, state[:, u:])
+        if cfg.mixed_memory_coupling == "input":
+            x = o  # ncps.keras MixedMemoryRNN: the LSTM output is the cell's input; h is kept
+        else:
+            h = o  # ncps.torch: the LSTM output replaces the cell's state
     v = solver(p, cfg, map_inputs(p, x), h, elapsed)
     next_state = np.concatenate([v, c], axis=1) if cfg.mixed_memory else v
     return map_outputs(p, cfg, v), next_state
