@@ -4,7 +4,8 @@
 or fixed point with ``fixed_point=True``), the protocol v1 device codec
 ``edgeliquid_proto.h/.c`` and ``manifest.json``. LTC models are integrated with the solver
 their file names (fused, explicit_euler, rk4; fixed point: see :mod:`firmware_export.fixed_c`);
-CfC models get float32 C from :mod:`firmware_export.cfc_c` (fixed point is refused for them);
+CfC models get float32 C from :mod:`firmware_export.cfc_c`, fixed point from
+:mod:`firmware_export.cfc_fixed_c` (modes default/no_gate; pure and mixed memory refused);
 ``NAME_normalize`` when the model records its input normalisation. Names and output paths
 are checked before anything is written, and no file is written through a link. See
 docs/firmware.md.
@@ -41,12 +42,16 @@ def export_firmware(
     fast_sigmoid: bool = False,
     min_elapsed: float = 0.01,
     max_elapsed: float | None = None,
+    unroll: bool | str = False,
 ) -> dict:
     """Generate the C files for ``model_path`` in ``out_dir``; returns the manifest.
 
     ``min_elapsed``/``max_elapsed`` (fixed point): the elapsed range the Q format covers, in
     model time units; the C clamps to it. ``max_elapsed`` None is 100; fixed-point
     explicit_euler needs ``max_elapsed <= ode_unfolds * tau_min`` (docs/firmware.md).
+    ``unroll`` (LTC): straight-line code per synapse instead of the CSR loops, the same bits,
+    fewer instructions per step for more flash: "substeps" the recurrent passes, "all" (or True)
+    the sensory pass too (docs/firmware.md, "Unrolled synapses").
 
     Raises :class:`CodegenError` (an ``EdgeliquidError``) for a bad ``name``, output path or
     metadata, and ``ModelFormatError`` for a missing or invalid model file; nothing is
@@ -61,7 +66,11 @@ def export_firmware(
     sha = hashlib.sha256(data).hexdigest()
     model = read_bytes(data, str(model_path))
     if getattr(model.config, "cell", "ltc") == "cfc":
-        return _export_cfc(model, model_path, sha, out_dir, name, fixed_point, fast_sigmoid)
+        if unroll_level(unroll) != "none":
+            raise CodegenError(f"{model_path}: --unroll applies to LTC models only (this is a CfC model)")
+        return _export_cfc(
+            model, model_path, sha, out_dir, name, fixed_point, fast_sigmoid, min_elapsed, max_elapsed
+        )
     return export_ltc(
         model,
         out_dir,
@@ -72,6 +81,7 @@ def export_firmware(
         fast_sigmoid=fast_sigmoid,
         min_elapsed=min_elapsed,
         max_elapsed=max_elapsed,
+        unroll=unroll,
     )
 
 
@@ -86,6 +96,7 @@ def export_ltc(
     fast_sigmoid: bool = False,
     min_elapsed: float = 0.01,
     max_elapsed: float | None = None,
+    unroll: bool | str = False,
 ) -> dict:
     """The LTC path of :func:`export_firmware` from an in-memory ``LTCModel`` (``sha``: of its file).
 
@@ -96,6 +107,7 @@ def export_ltc(
 
     check_name(name)
     check_elapsed(min_elapsed, max_elapsed)
+    unroll = unroll_level(unroll)
     fm = FirmwareModel.of(model)
     ch = channels_of(model)
     manifest = {
@@ -111,22 +123,40 @@ def export_ltc(
         "ode_unfolds": model.config.ode_unfolds,
         "synapses": fm.rec.count,
         "sensory_synapses": fm.sens.count,
+        "unroll": unroll,
         **ch.manifest(name),
     }
     if fixed_point:
         from .fixed_c import generate_fixed
 
         header, source, qinfo = generate_fixed(
-            fm, name, sha, min_elapsed=min_elapsed, max_elapsed=max_elapsed or 100.0, channels=ch
+            fm,
+            name,
+            sha,
+            min_elapsed=min_elapsed,
+            max_elapsed=max_elapsed or 100.0,
+            channels=ch,
+            unroll=unroll,
         )
         manifest["fixed_point"] = qinfo
     else:
-        header, source = generate_float(fm, name, sha, fast_sigmoid, channels=ch)
+        header, source = generate_float(fm, name, sha, fast_sigmoid, channels=ch, unroll=unroll)
     manifest.update(estimate_memory(fm, fixed_point))
     files = {f"{name}.h": header, f"{name}.c": source, **codec_files(sha)}
     files["manifest.json"] = json.dumps(manifest, indent=2)
     write_all(prepare(out_dir, list(files)), files)
     return manifest
+
+
+def unroll_level(unroll: bool | str | None) -> str:
+    """``unroll`` as "none", "substeps" or "all" (True is "all"); raises CodegenError otherwise."""
+    if unroll is None or unroll is False or unroll == "none":
+        return "none"
+    if unroll is True or unroll == "all":
+        return "all"
+    if unroll == "substeps":
+        return "substeps"
+    raise CodegenError(f"--unroll {unroll!r}: expected all or substeps")
 
 
 def check_elapsed(min_elapsed: float, max_elapsed: float | None) -> None:
@@ -141,13 +171,22 @@ def check_elapsed(min_elapsed: float, max_elapsed: float | None) -> None:
         )
 
 
-def _export_cfc(model, model_path: Path, sha: str, out_dir, name: str, fixed_point: bool, fast_sigmoid: bool):
-    """The CfC path of :func:`export_firmware`: float32 only (see ``cfc_c.FIXED_POINT_REFUSAL``)."""
-    from .cfc_c import FIXED_POINT_REFUSAL, estimate_cfc_memory, generate_cfc_float
+def _export_cfc(
+    model,
+    model_path: Path,
+    sha: str,
+    out_dir,
+    name: str,
+    fixed_point: bool,
+    fast_sigmoid: bool,
+    min_elapsed: float = 0.01,
+    max_elapsed: float | None = None,
+):
+    """The CfC path of :func:`export_firmware`: float32 (``cfc_c``) or fixed point (``cfc_fixed_c``:
+    default/no_gate; pure and mixed memory refused in one line)."""
+    from .cfc_c import estimate_cfc_memory, generate_cfc_float
     from .proto_c import codec_files
 
-    if fixed_point:
-        raise CodegenError(f"{model_path}: {FIXED_POINT_REFUSAL}")
     cfg = model.config
     ch = channels_of(model)
     manifest = {
@@ -155,7 +194,7 @@ def _export_cfc(model, model_path: Path, sha: str, out_dir, name: str, fixed_poi
         "model_sha256": sha,
         "name": name,
         "cell": "cfc",
-        "variant": "float32-fast-sigmoid" if fast_sigmoid else "float32",
+        "variant": "fixed" if fixed_point else ("float32-fast-sigmoid" if fast_sigmoid else "float32"),
         "n_inputs": cfg.n_inputs,
         "n_outputs": cfg.n_outputs,
         "state_size": cfg.n_state,
@@ -169,8 +208,17 @@ def _export_cfc(model, model_path: Path, sha: str, out_dir, name: str, fixed_poi
         "proj_size": cfg.proj_size,
         **ch.manifest(name),
     }
-    header, source = generate_cfc_float(model, name, sha, fast_sigmoid, channels=ch)
-    manifest.update(estimate_cfc_memory(model))
+    if fixed_point:
+        from .cfc_fixed_c import estimate_cfc_fixed_memory, generate_cfc_fixed
+
+        header, source, qinfo = generate_cfc_fixed(
+            model, name, sha, min_elapsed=min_elapsed, max_elapsed=max_elapsed or 100.0, channels=ch
+        )
+        manifest["fixed_point"] = qinfo
+        manifest.update(estimate_cfc_fixed_memory(model, qinfo))
+    else:
+        header, source = generate_cfc_float(model, name, sha, fast_sigmoid, channels=ch)
+        manifest.update(estimate_cfc_memory(model))
     files = {f"{name}.h": header, f"{name}.c": source, **codec_files(sha)}
     files["manifest.json"] = json.dumps(manifest, indent=2)
     write_all(prepare(out_dir, list(files)), files)

@@ -179,6 +179,12 @@ static int QCLZ(uint32_t x)
 }
 #endif
 
+#ifdef __GNUC__
+#define QLIKELY(x) __builtin_expect(!!(x), 1)
+#else
+#define QLIKELY(x) (x)
+#endif
+
 /* qdiv inlined where the division is one instruction (not on a Cortex-M0: a libgcc call anyway) */
 #if defined(__GNUC__) && (defined(__ARM_FEATURE_IDIV) || !defined(__arm__))
 #define QINLINE static inline __attribute__((always_inline))
@@ -186,18 +192,32 @@ static int QCLZ(uint32_t x)
 #define QINLINE static
 #endif
 
-/* r 2^QF / d for d > 0 with one 32-bit division: r shifted up to its headroom (31 bits), d cut to
- * at most 15 significant bits, the quotient (>= 15 bits) rescaled: relative error <= 2^-13 */
+/* r 2^QF / d for d > 0 with one 32-bit division, d cut to at most 15 significant bits (d >> b).
+ * Where r 2^(QF - b) fits 31 bits (small increments, the usual case) the division is at the
+ * result's scale: error <= 1 unit + 2^-14 relative. Otherwise r is shifted up to its headroom
+ * (zr), the quotient (>= 15 bits) shifted up by QF - zr - b >= 1: relative error <= 2^-13. */
 QINLINE int32_t qdiv(int32_t r, int32_t d)
 {
-    int zr = QCLZ((uint32_t)(r ^ (r >> 31)) | 1u) - 1;
+    uint32_t ra = (uint32_t)(r ^ (r >> 31)); /* |r|, or |r| - 1 for r < 0 */
     int b = 17 - QCLZ((uint32_t)d);
-    int c;
-    int32_t q;
+    int zr;
     b = b < 0 ? 0 : b;
-    c = QF - zr - b;
-    q = (int32_t)((uint32_t)r << zr) / (d >> b);
-    return c >= 0 ? (int32_t)((uint32_t)q << c) : q >> -c;
+#if QF >= 16 /* d > 0 has b <= 16 <= QF */
+    if (QLIKELY(!(ra >> (31 - QF + b)))) {
+        return (int32_t)((uint32_t)r << (QF - b)) / (d >> b);
+    }
+    zr = QCLZ(ra) - 1;
+    return (int32_t)((uint32_t)((int32_t)((uint32_t)r << zr) / (d >> b)) << (QF - zr - b));
+#else
+    {
+        int c;
+        int32_t q;
+        zr = QCLZ(ra | 1u) - 1;
+        c = QF - zr - b;
+        q = (int32_t)((uint32_t)r << zr) / (d >> b);
+        return c >= 0 ? (int32_t)((uint32_t)q << c) : q >> -c;
+    }
+#endif
 }
 
 """
@@ -214,7 +234,7 @@ FIXED_FUSED = {
     "scalars": "    int32_t dt;\n",
     # vn = (cmt v + N) / (cmt + G) = v + (N - G v) / (cmt + G): the 32-bit division's relative
     # error then scales the increment only (docs/firmware.md)
-    "update": "v[j] + qdiv(n - qmul(g, v[j]), k[j] + g)",
+    "update": "v[j] + qdiv(n - qmul_f(g, v[j]), k[j] + g)",
 }
 
 # Explicit Euler without a division: hc = h / cm = elapsed_q * inv_cm_u (inv_cm_u = 1/(cm UNFOLDS),
@@ -229,7 +249,7 @@ FIXED_EXPLICIT_EULER = {
 """,
     "qdiv": "",
     "scalars": "",
-    "update": "v[j] + qmul(k[j], n - qmul(g, v[j]))",
+    "update": "v[j] + qmul(k[j], n - qmul_f(g, v[j]))",
 }
 
 FIXED_SOLVERS = {"fused_semi_implicit_euler": FIXED_FUSED, "explicit_euler": FIXED_EXPLICIT_EULER}
@@ -269,6 +289,41 @@ static int32_t qmul(int32_t a, int32_t b)
     return (int32_t)(((int64_t)a * b + ((int64_t)1 << (QF - 1))) >> QF);
 }
 
+/* a b 2^-QF rounded down: the residual's G v (3 instructions on the M4 instead of 5; the half unit
+ * it gives away is far below the update's other errors) */
+static inline int32_t qmul_f(int32_t a, int32_t b)
+{
+    return (int32_t)(((int64_t)a * b) >> QF);
+}
+
+/* a + the high word of b c (the 64-bit product >> 32, rounded down): one smmla where the core
+ * has the DSP extension (Cortex-M4/M7), the same bits as the C */
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+static inline int32_t qmla(int32_t a, int32_t b, int32_t c)
+{
+    int32_t r;
+    __asm__("smmla %0, %1, %2, %3" : "=r"(r) : "r"(b), "r"(c), "r"(a));
+    return r;
+}
+#else
+static inline int32_t qmla(int32_t a, int32_t b, int32_t c)
+{
+    return a + (int32_t)(((int64_t)b * c) >> 32);
+}
+#endif
+
+/* the table coordinate (A u) >> US + B, and acc + (W s) >> (32 - ACC_LOSS): qmla where the shift is 32 */
+#if US == 32
+#define QARG(a, u, b) qmla((b), (a), (u))
+#else
+#define QARG(a, u, b) ((int32_t)(((int64_t)(a) * (u)) >> US) + (b))
+#endif
+#if ACC_LOSS == 0
+#define QACC(acc, w, s) qmla((acc), (w), (s))
+#else
+#define QACC(acc, w, s) ((acc) + (int32_t)(((int64_t)(w) * (s)) >> (32 - ACC_LOSS)))
+#endif
+
 $qdiv/* u clamped to [0, UMAX] (one usat on the M4) */
 #if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
 #define QSAT(u) ((int32_t)__builtin_arm_usat((u), UBITS))
@@ -281,14 +336,14 @@ $qdiv/* u clamped to [0, UMAX] (one usat on the M4) */
  * in uint32 arithmetic), p = {A, B, W, WE} with W, WE in Q(QF + 2) */
 #define SYN(p, u, n, d)                                                       \\
     do {                                                                      \\
-        int32_t u_ = (int32_t)(((int64_t)(p)[0] * (u)) >> US) + (p)[1];       \\
+        int32_t u_ = QARG((p)[0], (u), (p)[1]);                              \\
         int32_t s_;                                                           \\
         const uint32_t *e_;                                                   \\
         u_ = QSAT(u_);                                                        \\
         e_ = lut + (((uint32_t)u_ >> UK) << 1);                               \\
         s_ = (int32_t)(e_[0] + e_[1] * (uint32_t)u_);                         \\
-        n += (int32_t)(((int64_t)(p)[3] * s_) >> (32 - ACC_LOSS));            \\
-        d += (int32_t)(((int64_t)(p)[2] * s_) >> (32 - ACC_LOSS));            \\
+        n = QACC(n, (p)[3], s_);                                              \\
+        d = QACC(d, (p)[2], s_);                                              \\
     } while (0)
 
 $substep
@@ -318,25 +373,13 @@ void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *
 {
     int32_t va[U], vb[U], xm[NI], ns[U], gs[U], ks[U];
     int32_t *v = va, *vn = vb, *sw;
-$scalars    const int32_t *p = s_par;
-    const $idx *src = s_src;
-    int i, j, k, t, c;
-    for (j = 0; j < U; ++j) {
+$scalars$locals    for (j = 0; j < U; ++j) {
         v[j] = sq[j];
     }
     for (i = 0; i < NI; ++i) {
         xm[i] = qmul(xq[i], in_w[i]) + in_b[i];
     }
-    /* sensory synapses (by destination): fixed over the step */
-    for (j = 0; j < U; ++j) {
-        int32_t n = 0, d = 0;
-        for (c = s_cnt[j]; c > 0; --c, p += 4) {
-            SYN(p, xm[*src++], n, d);
-        }
-        ns[j] = gleak_vleak[j] + n;
-        gs[j] = gleak[j] + d;
-    }
-$per_step    for (t = 0; t < UNFOLDS; ++t) {
+$sensory$per_step    for (t = 0; t < UNFOLDS; ++t) {
         ${name}_substep(v, vn, ns, gs, ks);
         sw = v;
         v = vn;
@@ -390,6 +433,58 @@ static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, co
     }
 }
 """)
+
+#: The step's locals and its sensory pass: the CSR loop, or unrolled (:func:`_unrolled`).
+LOCALS_LOOP = "    const int32_t *p = s_par;\n    const $idx *src = s_src;\n    int i, j, k, t, c;\n"
+SENSORY_LOOP = """    /* sensory synapses (by destination): fixed over the step */
+    for (j = 0; j < U; ++j) {
+        int32_t n = 0, d = 0;
+        for (c = s_cnt[j]; c > 0; --c, p += 4) {
+            SYN(p, xm[*src++], n, d);
+        }
+        ns[j] = gleak_vleak[j] + n;
+        gs[j] = gleak[j] + d;
+    }
+"""
+
+
+def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
+    """``locals``, ``sensory`` and ``substep`` with one SYN per synapse (firmware_export/unroll_c.py):
+    the loops' operations in their order, sources and parameter offsets as constants."""
+    from .unroll_c import OPAQUE, csr_pass, indexed
+
+    up, units = name.upper(), fm.cfg.units
+    sensory = csr_pass(
+        fm.sens,
+        units,
+        "        n = 0;\n        d = 0;\n",
+        "        SYN(p + $o, xm[$s], n, d);\n",
+        "        ns[$j] = gleak_vleak[$j] + n;\n        gs[$j] = gleak[$j] + d;\n",
+    )
+    rec = csr_pass(
+        fm.rec,
+        units,
+        "    n = ns[$j];\n    g = gs[$j];\n",
+        "    SYN(p + $o, v[$s], n, g);\n",
+        f"    vn[$j] = {indexed(update)};\n",
+    )
+    return {
+        "locals": f"    const int32_t *p = s_par;\n    int i, j, k, t;\n    {up}_OPAQUE(p);\n",
+        "sensory": "    /* sensory synapses (by destination): fixed over the step; unrolled */\n"
+        f"    {{\n        int32_t n, d;\n{sensory}    }}\n",
+        "substep": OPAQUE.substitute(UP=up)
+        + f"""
+/* one sub-step: vn[j] = {update}; unrolled */
+static void {name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, const int32_t *gs,
+                            const int32_t *k)
+{{
+    const int32_t *p = r_par;
+    int32_t n, g;
+    {up}_OPAQUE(p);
+{rec}}}
+""",
+    }
+
 
 #: The logistic table: LUT_N intervals on [-LUT_RANGE, LUT_RANGE], UK fraction bits per interval.
 LUT_N = 256
@@ -454,8 +549,11 @@ def generate_fixed(
     max_elapsed: float = 100.0,
     input_range: float = 10.0,
     channels: Channels | None = None,
+    unroll: str = "none",
 ) -> tuple[str, str, dict]:
-    """(header, source, Q-format info) of the int32 fixed-point variant."""
+    """(header, source, Q-format info) of the int32 fixed-point variant; ``unroll``: "substeps"
+    (the recurrent passes) or "all" (the sensory pass too) with one SYN per synapse instead of the
+    CSR loops (the same bits); "none" keeps the loops."""
     cfg, p = fm.cfg, fm.p
     ch = channels or channels_of(fm.model)
     if cfg.mixed_memory:
@@ -499,11 +597,27 @@ def generate_fixed(
         c_array("int32_t", "out_b", _q(p["output_b"], f)),
     ]
     for prefix, syn in (("s", fm.sens), ("r", fm.rec)):
-        arrays += [
-            c_array(idx, f"{prefix}_cnt", np.bincount(syn.dst, minlength=cfg.units)),
-            c_array(idx, f"{prefix}_src", syn.src),
-            c_array("int32_t", f"{prefix}_par", _syn_params(syn, f, us, acc), per_line=4),
-        ]
+        rolled = unroll == "none" or (prefix == "s" and unroll == "substeps")
+        arrays += (
+            []
+            if not rolled
+            else [
+                c_array(idx, f"{prefix}_cnt", np.bincount(syn.dst, minlength=cfg.units)),
+                c_array(idx, f"{prefix}_src", syn.src),
+            ]
+        )
+        arrays.append(c_array("int32_t", f"{prefix}_par", _syn_params(syn, f, us, acc), per_line=4))
+    if unroll != "none":
+        loops = _unrolled(fm, name, pieces["update"])
+        if unroll == "substeps":
+            loops["locals"] = Template(LOCALS_LOOP).substitute(idx=idx)
+            loops["sensory"] = SENSORY_LOOP
+    else:
+        loops = {
+            "locals": Template(LOCALS_LOOP).substitute(idx=idx),
+            "sensory": SENSORY_LOOP,
+            "substep": SUBSTEP.substitute(name=name, idx=idx, update=pieces["update"]),
+        }
     what = f"{name}: LTC policy, fixed point {info['format']}{solver_note(cfg.solver)}"
     up = name.upper()
     norm_decl, norm_def = normalize_c(ch, name, fixed_frac=f, input_range=input_range)
@@ -542,7 +656,7 @@ def generate_fixed(
         ubits=int(math.log2(LUT_N)) + UK,
         acc_loss=2 - acc,
         idx=idx,
-        substep=SUBSTEP.substitute(name=name, idx=idx, update=pieces["update"]),
+        **loops,
         x_limit=f"{input_range:.1f}f",
         e_min=f"{min_elapsed!r}f",
         e_max=_e_max_literal(cfg.solver, max_elapsed),

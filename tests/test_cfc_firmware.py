@@ -229,7 +229,7 @@ def test_no_mutable_globals_on_cortex_m4(tmp_path):
 
 def test_fixed_point_is_refused_in_one_line(tmp_path, capsys):
     path = tmp_path / "c.onnx"
-    save(random_cfc(_unwired()), path)
+    save(random_cfc(_unwired(mode="pure")), path)  # default/no_gate: test_cfc_fixed_firmware
     out = tmp_path / "fw"
     rc = main(["firmware", str(path), "-o", str(out), "--name", "pol", "--fixed-point"])
     err = capsys.readouterr().err.strip().splitlines()

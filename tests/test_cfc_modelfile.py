@@ -543,7 +543,7 @@ def test_inspect_cli_on_a_cfc_file(tmp_path):
 def test_firmware_refuses_cfc_fixed_point(tmp_path):
     from firmware_export.cfc_c import FIXED_POINT_REFUSAL
 
-    path = _saved(tmp_path, random_cfc(BASE))
+    path = _saved(tmp_path, random_cfc(BASE.replace(mode="pure")))  # default/no_gate have fixed point
     out = tmp_path / "fw"
     proc = subprocess.run(
         [

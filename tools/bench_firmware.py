@@ -3,11 +3,15 @@
 
 Models: driving-size NCP (AutoNCP 19 units, 8 inputs, 1 output) and FullyConnected 64
 (32 inputs); variants float32, float32 with the fast exp2 (``--fast-sigmoid``, the app's) and
-fixed point; M4 instructions at -Os and at -O2 (the app's default). Needs gcc,
-arm-none-eabi-gcc, qemu-system-arm
-and the export extra (torch, ncps).
+fixed point, and for the driving NCP also the fast float and fixed point with ``--unroll
+substeps`` and ``--unroll all`` (fc-64's 6144 synapses would unroll to ~0.5 MB of code); M4
+instructions at -Os and at -O2 (the app's default). Needs gcc, arm-none-eabi-gcc,
+qemu-system-arm and the export extra (torch, ncps).
 
-    python tools/bench_firmware.py [--json out.json]
+    python tools/bench_firmware.py [--json out.json] [--model driving-ncp-19] [--no-host]
+
+``--no-host`` skips the host timings (ns/step of the C and of numba: wall-clock, so they need
+an idle machine; the instruction counts do not).
 
 Instruction count: qemu runs the M4 build one instruction per translation block with
 ``-d exec``; (lines for 21 steps - lines for 1 step) / 20 = instructions per step.
@@ -113,33 +117,58 @@ def numba_ns(path: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json")
+    ap.add_argument("--model", choices=["driving-ncp-19", "fc-64"], help="only this model")
+    ap.add_argument("--no-host", action="store_true", help="skip the host ns/step timings")
     args = ap.parse_args()
     torch.manual_seed(0)
+    # both modules built in this order whatever --model says: the same weights either way
+    models = [("driving-ncp-19", LTC(8, AutoNCP(19, 1))), ("fc-64", LTC(32, FullyConnected(64)))]
+    variants = {
+        "driving-ncp-19": (
+            "float32",
+            "float32-fast",
+            "float32-fast-unroll-substeps",
+            "float32-fast-unroll-all",
+            "fixed",
+            "fixed-unroll-substeps",
+            "fixed-unroll-all",
+        ),
+        "fc-64": ("float32", "float32-fast", "fixed"),
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for label, n_in, wiring in (("driving-ncp-19", 8, AutoNCP(19, 1)), ("fc-64", 32, FullyConnected(64))):
+        for label, module in models:
+            if args.model and label != args.model:
+                continue
             path = tmp / f"{label}.onnx"
-            export_module(LTC(n_in, wiring), path)
-            nb = numba_ns(path)
-            for variant in ("float32", "float32-fast", "fixed"):
+            export_module(module, path)
+            nb = None if args.no_host else numba_ns(path)
+            for variant in variants[label]:
                 out = tmp / f"{label}-{variant}"
                 m = export_firmware(
-                    path, out, "pol", fixed_point=variant == "fixed", fast_sigmoid=variant == "float32-fast"
+                    path,
+                    out,
+                    "pol",
+                    fixed_point=variant.startswith("fixed"),
+                    fast_sigmoid=variant.startswith("float32-fast"),
+                    unroll=variant.split("-unroll-")[1] if "-unroll-" in variant else "none",
                 )
                 src = out / "pol.c"
                 m4 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M4_FLAGS)
+                m4_o2 = H.object_size(["arm-none-eabi-gcc"], out, src, [*H.M4_FLAGS[:-1], "-O2"])
                 m0 = H.object_size(["arm-none-eabi-gcc"], out, src, H.M0_FLAGS)
                 row = {
                     "model": label,
                     "variant": variant,
                     "m4f_flash": m4["flash"],
+                    "m4f_flash_O2": m4_o2["flash"],
                     "m4f_ram": m4["ram"],
                     "m0_flash": m0["flash"],
                     "m0_ram": m0["ram"],
                     "state_bytes": m["state_bytes_caller_owned"],
                     "stack_bytes_estimate": m["stack_bytes_estimate"],
-                    "host_ns_step": host_ns(out, "pol"),
+                    "host_ns_step": None if args.no_host else host_ns(out, "pol"),
                     "numba_ns_step": nb,
                     "m4_insn_per_step": insn_per_step(out, "pol"),
                     "m4_insn_per_step_O2": insn_per_step(out, "pol", "-O2"),
@@ -147,14 +176,19 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(
-        f"\n{'model':15} {'variant':12} {'M4F flash':>9} {'M0 flash':>9} {'RAM':>4} {'state B':>7} "
-        f"{'stack B':>7} {'host ns':>8} {'numba ns':>9} {'M4 insn -Os':>11} {'-O2':>7}"
+        f"\n{'model':15} {'variant':28} {'M4F flash':>9} {'-O2':>6} {'M0 flash':>9} {'RAM':>4} "
+        f"{'state B':>7} {'stack B':>7} {'host ns':>8} {'numba ns':>9} {'M4 insn -Os':>11} {'-O2':>7}"
     )
+
+    def ns(v: float | None) -> str:
+        return "-" if v is None else f"{v:.0f}"
+
     for r in rows:
         print(
-            f"{r['model']:15} {r['variant']:12} {r['m4f_flash']:9d} {r['m0_flash']:9d} {r['m4f_ram']:4d} "
-            f"{r['state_bytes']:7d} {r['stack_bytes_estimate']:7d} {r['host_ns_step']:8.0f} "
-            f"{r['numba_ns_step']:9.0f} {r['m4_insn_per_step']:11.0f} {r['m4_insn_per_step_O2']:7.0f}"
+            f"{r['model']:15} {r['variant']:28} {r['m4f_flash']:9d} {r['m4f_flash_O2']:6d} "
+            f"{r['m0_flash']:9d} {r['m4f_ram']:4d} {r['state_bytes']:7d} {r['stack_bytes_estimate']:7d} "
+            f"{ns(r['host_ns_step']):>8} {ns(r['numba_ns_step']):>9} {r['m4_insn_per_step']:11.0f} "
+            f"{r['m4_insn_per_step_O2']:7.0f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -99,13 +99,16 @@ def build_app(
     *,
     fast_sigmoid: bool = True,
     measure: bool = True,
+    unroll: bool | str = "none",
 ) -> dict:
     """Generate, build and (where qemu is installed) measure the controller app; returns the manifest.
 
     ``config``: the node config whose channel maps and fail-safe rules are compiled in (default:
     the demo's). ``fast_sigmoid``: the policy's exp is numba's ≤ 2 ulp polynomial (no libm;
-    the default for the app). Raises :class:`CodegenError` for an unknown board, a config that
-    does not fit the model, or a failed build (the sources stay in ``out_dir``).
+    the default for the app). ``unroll``: as export_firmware's (the shipped policy fits the 16 KB
+    budget with "substeps", not with "all"; docs/firmware.md). Raises :class:`CodegenError` for an
+    unknown board, a config that does not fit the model, or a failed build (the sources stay in
+    ``out_dir``).
     """
     from .. import export_firmware
     from ..cgen import check_name
@@ -117,7 +120,7 @@ def build_app(
         raise CodegenError(f"--name {name!r} collides with the app's own files ({name}.c); choose another")
     cfg = _load_config(config)
     b = BOARDS[board]
-    manifest = export_firmware(model_path, out_dir, name, fast_sigmoid=fast_sigmoid)
+    manifest = export_firmware(model_path, out_dir, name, fast_sigmoid=fast_sigmoid, unroll=unroll)
     if (manifest["n_inputs"], manifest["n_outputs"]) != (len(cfg.inputs), len(cfg.outputs)):
         raise CodegenError(
             f"{cfg.source}: config has {len(cfg.inputs)} inputs / {len(cfg.outputs)} outputs but model "
