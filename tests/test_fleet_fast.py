@@ -8,7 +8,8 @@ import pytest
 from fleet_helpers import MODEL
 
 from edgeliquid.fleet import plant
-from edgeliquid.fleet.replay import HIST_EDGES, MODE_SAFE, _policy, batch_outputs, compare, policy_outputs
+from edgeliquid.fleet.policies import lend
+from edgeliquid.fleet.replay import HIST_EDGES, MODE_SAFE, batch_outputs, compare, policy_outputs
 
 CFC = MODEL.parent / "cartpole_cfc.onnx"
 
@@ -89,12 +90,12 @@ def test_batched_policy_pass_is_bit_for_bit_the_per_recording_one(model):
     bad = [dict(r) for r in recs[:3]]
     bad[1] = {**bad[1], "x": bad[1]["x"].copy()}
     bad[1]["x"][120, 2] = np.nan
-    single = _policy(blob, "m", "float32")
     for group in (recs, bad):
         got = batch_outputs(blob, "m", "float32", group)
-        for r, g in zip(group, got):
-            want = policy_outputs(single, r["x"], r["elapsed"], r["reset"])
-            assert np.array_equal(g, want, equal_nan=True)
+        with lend(blob, "m", "float32") as single:
+            for r, g in zip(group, got):
+                want = policy_outputs(single, r["x"], r["elapsed"], r["reset"])
+                assert np.array_equal(g, want, equal_nan=True)
     assert np.isnan(got[1][120]).all() and np.isfinite(got[1][121]).all()
 
 

@@ -60,3 +60,10 @@ def test_a_failing_task_on_ray_is_retried_then_reported(ray_engine):
 
     out = ray_engine.map(replay_task, ["not a task"])
     assert isinstance(out[0], TaskFailure) and out[0].index == 0 and "ValueError" in out[0].error
+
+
+def test_a_ray_task_runs_on_the_cpus_ray_assigned_it(ray_engine):
+    # each task takes one CPU: one numba thread, not the node's every core. A lambda travels
+    # by value (workers cannot import this test module).
+    threads = ray_engine.map(lambda _: __import__("numba").get_num_threads(), [0, 1, 2])
+    assert threads == [1, 1, 1]

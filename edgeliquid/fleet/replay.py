@@ -11,7 +11,6 @@ skipped. Results depend only on the recordings and the models, never on the engi
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from ..errors import EdgeliquidError, InputError, RecordingError
 from ..node.recorder import read_step_arrays, truncation_note
 from .diffstats import MODE_SAFE, diff_pass, percentile  # noqa: F401 (MODE_SAFE: API)
 from .engine import Engine, TaskFailure
+from .policies import lend
 from .progress import Progress
 from .recordings import expand, group_by_size
 
@@ -41,21 +41,7 @@ class ReplayJob:
     threshold: float = 0.05
 
 
-# per worker process: loaded once, reused by tasks (state reset, not reloaded)
-_POLICIES: dict[tuple[str, str, int | None], Any] = {}
 MAX_BATCH = 256  # segments a batch-kernel call steps together
-
-
-def _policy(blob: bytes, name: str, dtype: str, batch: int | None = None):
-    from ..model.file import read_bytes
-    from ..runtime.policy import from_model
-
-    key = (hashlib.sha256(blob).hexdigest(), dtype, batch)
-    if key not in _POLICIES:
-        if len(_POLICIES) >= 32:
-            _POLICIES.clear()
-        _POLICIES[key] = from_model(read_bytes(blob, name), "cpu", np.dtype(dtype), batch=batch)
-    return _POLICIES[key]
 
 
 def policy_outputs(pol, x: np.ndarray, elapsed: np.ndarray, reset: np.ndarray) -> np.ndarray:
@@ -132,11 +118,12 @@ def _read(job: ReplayJob, path: str) -> dict[str, Any]:
     if len(x) == 0:
         raise RecordingError(f"{path}: no steps recorded")
     rec["dtype"] = rec["metadata"].get("dtype", "float32")
-    pol = _policy(job.model, job.model_name, rec["dtype"])
-    if (pol.n_inputs, pol.n_outputs) != (x.shape[1], rec["y"].shape[1]):
+    with lend(job.model, job.model_name, rec["dtype"]) as pol:
+        dims = pol.n_inputs, pol.n_outputs
+    if dims != (x.shape[1], rec["y"].shape[1]):
         raise RecordingError(
             f"{path}: holds {x.shape[1]} inputs / {rec['y'].shape[1]} outputs per step but "
-            f"{job.model_name} has {pol.n_inputs} / {pol.n_outputs}"
+            f"{job.model_name} has {dims[0]} / {dims[1]}"
         )
     return rec
 
@@ -157,10 +144,13 @@ def batch_outputs(blob: bytes, name: str, dtype: str, recs: list[dict[str, Any]]
     """
     from ..runtime.policy import CpuPolicy
 
-    single = _policy(blob, name, dtype)
+    with lend(blob, name, dtype) as single:
+        return _batch_outputs(single, blob, name, dtype, recs, MAX_BATCH if type(single) is CpuPolicy else 1)
+
+
+def _batch_outputs(single, blob: bytes, name: str, dtype: str, recs: list, limit: int) -> list[np.ndarray]:
     # the LTC batch kernel steps each row with the single-instance kernel (bit for bit);
-    # others (CfC's SIMD chunks) round differently: those run recording by recording
-    limit = MAX_BATCH if type(single) is CpuPolicy else 1
+    # others (CfC's SIMD chunks) round differently: those run recording by recording (limit 1)
     outs = [np.empty((len(r["x"]), single.n_outputs)) for r in recs]
     segs = [(i, a, b) for i, r in enumerate(recs) for a, b in _segments(r["reset"], len(r["x"]))]
     segs.sort(key=lambda s: -(s[2] - s[1]))  # stable: ties in recording order
@@ -179,12 +169,12 @@ def batch_outputs(blob: bytes, name: str, dtype: str, recs: list[dict[str, Any]]
             for j, (i, a, b) in enumerate(batch):
                 xs[: b - a, j] = recs[i]["x"][a:b]
                 el[: b - a, j] = recs[i]["elapsed"][a:b]
-            pol = _policy(blob, name, dtype, len(batch))
-            pol.reset()
-            try:
-                ys = pol.run(xs, el)
-            except InputError:
-                ys = None
+            with lend(blob, name, dtype, len(batch)) as pol:
+                pol.reset()
+                try:
+                    ys = pol.run(xs, el)
+                except InputError:
+                    ys = None
             if ys is not None:
                 for j, (i, a, b) in enumerate(batch):
                     outs[i][a:b] = ys[: b - a, j]

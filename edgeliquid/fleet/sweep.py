@@ -14,20 +14,21 @@ depend on how rows are packed into tasks, or on the engine.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..errors import ConfigError
 from ..hil.demo import BALANCED_RAD, BALANCED_X_M, default_config_path
+from . import lockstep as ls
 from . import plant as pl
 from .engine import Engine, TaskFailure
 from .grid import load_grid
+from .policies import lend
 from .progress import Progress
 
 ROWS_PER_TASK = 4096
@@ -71,101 +72,17 @@ def counters_per_step(n_in: int) -> int:
     return 1 + 2 * ((n_in + 1) // 2)
 
 
-@njit(cache=True, parallel=True)
-def _act_sense(
-    k,
-    ys,
-    last,
-    states,
-    cmd_ring,
-    delay,
-    params,
-    noise,
-    jitter,
-    period,
-    keys,
-    alive,
-    t_s,
-    fail_s,
-    sum_abs,
-    n_alive,
-    chan,
-    n_in,
-    model_dt,
-    xs,
-    elapsed,
-    dt,
-    bal_rad,
-    bal_x,
-):
-    """Per row, in parallel: step k-1's second half (output map, rate limit, into the delay
-    line: output 0 of ``ys``), then step k's first half (jitter, plant under the delayed
-    command, failure, sensing). One pass over the rows a period; each row's random numbers
-    are its key's counters ``4 + counters_per_step(n_in) * k + ...`` (0..3: the initial state).
-    """
-    depth = cmd_ring.shape[1]
-    o = 4 * n_in
-    m = ys.shape[1]
-    per = 1 + 2 * ((n_in + 1) // 2)
-    for b in prange(states.shape[0]):
-        if k > 0:
-            u = ys[b, 0] * chan[o] + chan[o + m]
-            u = min(max(u, chan[o + 2 * m]), chan[o + 3 * m])
-            step_max = chan[o + 4 * m] * max(dt[b], 0.0)
-            u = min(max(u, last[b] - step_max), last[b] + step_max)
-            last[b] = u
-            cmd_ring[b, (k - 1) % depth] = u
-        key = keys[b]
-        c = 4 + per * k
-        d = period * (1.0 + jitter[b] * (2.0 * pl.uniform(key, c) - 1.0))
-        dt[b] = d
-        s = states[b]
-        if alive[b]:
-            u = cmd_ring[b, (k - 1 - delay[b]) % depth] if k - 1 - delay[b] >= 0 else 0.0
-            pl.step_row(s, u, d, params[b], 4)
-            t_s[b] += d
-            th, x = s[2], s[0]
-            if not (abs(th) < bal_rad and abs(x) < bal_x):
-                alive[b] = False
-                fail_s[b] = t_s[b]
-            else:
-                sum_abs[b] += abs(th)
-                n_alive[b] += 1
-        sig = noise[b]
-        for j in range(0, n_in, 2):
-            if sig > 0:
-                z0, z1 = pl.normal_pair(key, c + 1 + j)
-                r0, r1 = s[j] + sig * z0, s[j + 1] + sig * z1 if j + 1 < n_in else 0.0
-            else:
-                r0, r1 = s[j], s[j + 1] if j + 1 < n_in else 0.0
-            r0 = min(max(r0, chan[j]), chan[n_in + j])
-            xs[b, j] = (r0 - chan[2 * n_in + j]) * chan[3 * n_in + j]
-            if j + 1 < n_in:
-                r1 = min(max(r1, chan[j + 1]), chan[n_in + j + 1])
-                xs[b, j + 1] = (r1 - chan[2 * n_in + j + 1]) * chan[3 * n_in + j + 1]
-        elapsed[b] = d / model_dt
-
-
-_POLICIES: dict[tuple[str, int], Any] = {}
-
-
-def _policy(blob: bytes, name: str, rows: int):
-    from ..model.file import read_bytes
-    from ..runtime.policy import from_model
-
-    key = (hashlib.sha256(blob).hexdigest(), rows)
-    if key not in _POLICIES:
-        if len(_POLICIES) >= 8:
-            _POLICIES.clear()
-        _POLICIES[key] = from_model(read_bytes(blob, name), "cpu", np.float32, batch=rows)
-    return _POLICIES[key]
-
-
 def rollout_rows(t: SweepTask) -> dict[str, np.ndarray]:
-    """Run a task's rows in lockstep; per row: success, failure time (nan), sum and count of |theta|."""
+    """Run a task's rows in lockstep; per row: success, failure time (nan), sum and count of |theta|.
+
+    A plain LTC policy runs the whole rollout in one compiled call (:func:`.lockstep.rollout_ltc`);
+    others (CfC, mixed memory) a period at a time: :func:`.lockstep.act_sense`, then the policy's
+    batch step. Same results either way.
+    """
+    from ..runtime.packing import MIXED
+    from ..runtime.policy import CpuPolicy
+
     r = len(t.cond)
-    pol = _policy(t.model, t.model_name, r)
-    pol.reset()
     keys = pl.row_keys(t.seed, t.cond, t.rollout)
     states = np.zeros((r, 4))
     _init(states, keys, t.init_scale, t.init_angle)
@@ -175,37 +92,39 @@ def rollout_rows(t: SweepTask) -> dict[str, np.ndarray]:
     sum_abs, n_alive = np.zeros(r), np.zeros(r, np.int64)
     xs = np.zeros((r, t.n_in), np.float32)
     elapsed, dt, last = np.zeros(r), np.zeros(r), np.zeros(r)
-    period = 1.0 / t.rate_hz
-    ys = np.zeros((r, t.n_out), np.float32)
-    for k in range(t.steps):
-        _act_sense(
-            k,
-            ys,
-            last,
-            states,
-            ring,
-            t.delay,
-            t.params,
-            t.noise,
-            t.jitter,
-            period,
-            keys,
-            alive,
-            t_s,
-            fail_s,
-            sum_abs,
-            n_alive,
-            t.chan,
-            t.n_in,
-            t.model_dt,
-            xs,
-            elapsed,
-            dt,
-            BALANCED_RAD,
-            BALANCED_X_M,
-        )
-        ys = pol.step(xs, elapsed)
+    rows = (
+        last, states, ring, t.delay, t.params, t.noise, t.jitter, 1.0 / t.rate_hz, keys, alive, t_s, fail_s,
+        sum_abs, n_alive, t.chan, t.n_in, t.model_dt, xs, elapsed, dt, BALANCED_RAD, BALANCED_X_M,
+    )  # fmt: skip
+    with lend(t.model, t.model_name, np.float32, r) as pol:
+        pol.reset()
+        if type(pol) is CpuPolicy and not pol._ip[MIXED]:
+            _rollout_ltc(pol, t.steps, rows)
+        else:
+            ys = np.zeros((r, t.n_out), np.float32)
+            for k in range(t.steps):
+                ls.act_sense(k, ys, *rows)
+                ys = pol.step(xs, elapsed)
     return {"success": alive.copy(), "fail_s": fail_s, "sum_abs": sum_abs, "n_alive": n_alive}
+
+
+def _rollout_ltc(pol, steps: int, rows: tuple) -> None:
+    import numba
+
+    from ..runtime.kernels import CHUNK, STATUS_BAD_ELAPSED, STATUS_BAD_INPUT
+
+    r = rows[1].shape[0]
+    fails = np.full(((r + CHUNK - 1) // CHUNK, 3), -1, np.int64)
+    # chunks handed out one at a time: a thread the OS delays holds up one chunk, not a share
+    with numba.parallel_chunksize(1):
+        ls.rollout_ltc(steps, *rows, pol._fp, pol._ip, pol._work2d, pol._bad, pol._scratch, fails)
+    hit = [tuple(int(v) for v in f) for f in fails if f[0] >= 0]
+    if hit:
+        # what the period-by-period loop raises: the first bad period; in it, a bad input
+        # (checked for every row before stepping) before a bad output, then the first row
+        k, b, st = min(hit, key=lambda f: (f[0], f[2] not in (STATUS_BAD_INPUT, STATUS_BAD_ELAPSED), f[1]))
+        xs, elapsed = rows[17], rows[18]  # a failed chunk stopped: its rows hold that period's
+        raise pol._status_error(st, xs[b], elapsed[b], f" (batch row {b})")
 
 
 def sweep_task(t: SweepTask) -> dict[str, Any]:
