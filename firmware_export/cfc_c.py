@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeliquid.model.cfc import CfCModel
 
-from .cgen import CodegenError, banner, c_array, c_float
+from .cgen import RESET_C, CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .float_c import HEADER, SIGMOID_EXACT, SIGMOID_FAST
 
@@ -33,7 +33,8 @@ STEP_DOC = """/* One CfC step ($what): x[${UP}_N_INPUTS] model inputs as above (
  * since the previous step in model time units (ncps: 1.0 per sample), state updated in place,
  * y[${UP}_N_OUTPUTS] written. */"""
 
-SOURCE = Template("""$banner
+SOURCE = Template(
+    """$banner
 #include "$name.h"
 #include <math.h>
 #include <stdint.h>
@@ -58,14 +59,9 @@ static void ${name}_dense(const float *w, const float *b, const float *x, int ro
 $activation
 $cells
 $normalize
-void ${name}_reset(float *state)
-{
-    int i;
-    for (i = 0; i < ${UP}_STATE_SIZE; ++i) {
-        state[i] = 0.0f;
-    }
-}
-
+"""
+    + RESET_C
+    + """
 void ${name}_step(const float *x, float *state, float elapsed, float *y)
 {
     float v[U], hn[U];
@@ -78,7 +74,8 @@ $lstm_body$layers
         state[j] = hn[j];
     }
 $lstm_commit$output}
-""")
+"""
+)
 
 # One CfC sub-cell: in[n_in] (x, or the previous layer's new h), h[n] its old state -> out[n].
 CELL = Template("""

@@ -33,7 +33,7 @@ import numpy as np
 from edgeliquid.model.cfc import CfCModel
 
 from .cfc_c import FIXED_POINT_REFUSAL, STEP_DOC, describe
-from .cgen import CodegenError, banner, c_array, c_float
+from .cgen import RESET_C, CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .float_c import HEADER
 
@@ -366,7 +366,8 @@ def _mixed_memory_reason(model: CfCModel, input_range: float) -> str:
 # ------------------------------------------------------------------------------ C
 
 
-SOURCE = Template("""$banner
+SOURCE = Template(
+    """$banner
 #include "$name.h"
 #include <stdint.h>
 
@@ -454,14 +455,9 @@ static int32_t ${name}_fix(float f, float limit, float one)
 
 #define to_q(f, limit) ${name}_fix((f), (limit), (float)((int32_t)1 << QX))
 $normalize
-void ${name}_reset(float *state)
-{
-    int i;
-    for (i = 0; i < ${UP}_STATE_SIZE; ++i) {
-        state[i] = 0.0f;
-    }
-}
-
+"""
+    + RESET_C
+    + """
 void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq)
 {
     int32_t xs[NI], hs[U], hn[U];
@@ -497,7 +493,8 @@ void ${name}_step(const float *x, float *state, float elapsed, float *y)
         y[i] = (float)yq[i] * $y_scale;
     }
 }
-""")
+"""
+)
 
 FUNCTIONS = {
     "tanh": """

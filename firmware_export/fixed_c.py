@@ -36,7 +36,7 @@ import numpy as np
 
 from edgeliquid.model.guarantees import guarantees
 
-from .cgen import CodegenError, banner, c_array, c_float
+from .cgen import RESET_C, CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .float_c import HEADER, LTC_STEP_DOC, solver_note
 from .layout import FirmwareModel
@@ -262,7 +262,8 @@ RK4_REFUSAL = (
 )
 
 
-SOURCE = Template("""$banner
+SOURCE = Template(
+    """$banner
 #include "$name.h"
 #include <stdint.h>
 
@@ -361,14 +362,9 @@ static int32_t to_q(float f, float limit)
     return (int32_t)(f * (float)QONE + (f >= 0.0f ? 0.5f : -0.5f));
 }
 $normalize
-void ${name}_reset(float *state)
-{
-    int i;
-    for (i = 0; i < ${UP}_STATE_SIZE; ++i) {
-        state[i] = 0.0f;
-    }
-}
-
+"""
+    + RESET_C
+    + """
 void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq)
 {
     int32_t va[U], vb[U], xm[NI], ns[U], gs[U], ks[U];
@@ -412,7 +408,8 @@ void ${name}_step(const float *x, float *state, float elapsed, float *y)
         y[i] = (float)yq[i] / (float)QONE;
     }
 }
-""")
+"""
+)
 
 #: One sub-step vn from v (CSR by destination, like the float variant): n = gleak vleak + the
 #: sensory and recurrent sums of w erev s, g = gleak (+ eps) + those of w s, both Q(QF); k[j] is

@@ -6,7 +6,7 @@ from string import Template
 
 import numpy as np
 
-from .cgen import CodegenError, banner, c_array, c_float
+from .cgen import RESET_C, CodegenError, banner, c_array, c_float
 from .channels import Channels, channels_of, header_doc, normalize_c
 from .fastexp_c import EXP2_N_LIMIT, EXP2_T_LIMIT, LOG2E, exp2_c
 from .fastexp_c import SIGMOID_FAST as FAST_SIGMOID
@@ -44,7 +44,8 @@ $extra_decl
 #endif
 """)
 
-SOURCE = Template("""$banner
+SOURCE = Template(
+    """$banner
 #include "$name.h"
 #include <math.h>
 #include <stdint.h>
@@ -59,14 +60,9 @@ SOURCE = Template("""$banner
 $arrays
 $exp2$sigmoid$act$deriv
 $normalize
-void ${name}_reset(float *state)
-{
-    int i;
-    for (i = 0; i < ${UP}_STATE_SIZE; ++i) {
-        state[i] = 0.0f;
-    }
-}
-
+"""
+    + RESET_C
+    + """
 void ${name}_step(const float *x, float *state, float elapsed, float *y)
 {
 $buffers$lstm_decl$scalars$locals
@@ -80,7 +76,8 @@ $lstm_commit    for (k = 0; k < NM; ++k) {
         y[k] = v[k] * $out_w + $out_b;
     }
 }
-""")
+"""
+)
 
 #: One synapse (``p`` = its {a, b, w, erev}, folded at export: a = -sigma, b = sigma mu, times log2(e)
 #: for the fast exp2) at presynaptic value u: w sigmoid(sigma (u - mu)) = w / (1 + exp(a u + b)).

@@ -47,6 +47,23 @@ def _cpu_wall(fn):
     return out, ((c1.user - c0.user) + (c1.system - c0.system)) / (w1 - w0)
 
 
+def _loop_result(lat_us: np.ndarray, dev: dict, balanced: bool) -> dict:
+    """A comparison loop's row: latencies (µs) and what the device saw."""
+    a = lat_us if lat_us.size else np.array([np.nan])
+    return {
+        "steps": int(lat_us.size),
+        "latency_us": {
+            "p50": float(np.percentile(a, 50)),
+            "p99": float(np.percentile(a, 99)),
+            "max": float(a.max()),
+        },
+        "device_rtt_us": dev.get("rtt_us", {}),
+        "max_abs_angle": dev["max_abs_angle"],
+        "balanced": balanced,
+        "deadline_misses": None,
+    }
+
+
 def naive_loop(rate_hz: float, seconds: float, seed: int = 0) -> dict:
     """What a user without edgeliquid writes: read, unframe, torch step, frame, write."""
     import torch
@@ -99,19 +116,7 @@ def naive_loop(rate_hz: float, seconds: float, seed: int = 0) -> dict:
             lat.append((time.monotonic_ns() - t_ready) / 1000.0)
     ser.close()
     dev = rig.finish()
-    a = np.array(lat) if lat else np.array([np.nan])
-    return {
-        "steps": len(lat),
-        "latency_us": {
-            "p50": float(np.percentile(a, 50)),
-            "p99": float(np.percentile(a, 99)),
-            "max": float(a.max()),
-        },
-        "device_rtt_us": dev.get("rtt_us", {}),
-        "max_abs_angle": dev["max_abs_angle"],
-        "balanced": bool(dev["max_abs_angle"] < 0.2),
-        "deadline_misses": None,
-    }
+    return _loop_result(np.array(lat), dev, balanced=bool(dev["max_abs_angle"] < 0.2))
 
 
 def syscall_floor(rate_hz: float, seconds: float, seed: int = 0, realtime: bool = False) -> dict:
@@ -153,20 +158,8 @@ def syscall_floor(rate_hz: float, seconds: float, seed: int = 0, realtime: bool 
         if realtime:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-    dev = rig.finish()
-    a = lat[:n] / 1000.0 if n else np.array([np.nan])
-    return {
-        "steps": int(n),
-        "latency_us": {
-            "p50": float(np.percentile(a, 50)),
-            "p99": float(np.percentile(a, 99)),
-            "max": float(a.max()),
-        },
-        "device_rtt_us": dev.get("rtt_us", {}),
-        "max_abs_angle": dev["max_abs_angle"],
-        "balanced": False,  # it commands nothing useful: the pole is not its job
-        "deadline_misses": None,
-    }
+    # it commands nothing useful: keeping the pole up is not its job
+    return _loop_result(lat[:n] / 1000.0, rig.finish(), balanced=False)
 
 
 def main() -> int:
