@@ -123,9 +123,14 @@ def test_sim_over_tcp_with_node_on_socket_url(tmp_path):
     p = tmp_path / "tcp.yaml"
     p.write_text(yaml.safe_dump(data))
     node = Node(load_config(p))
-    th = threading.Thread(target=node.run, args=(4.5,), daemon=True)
+    th = threading.Thread(target=node.run, args=(6.0,), daemon=True)
     th.start()
+    # The plant starts once the node is connected, as run_demo does: in a big process the
+    # node's start (its realtime setup runs a full gc pass) can take most of a second, and in
+    # one full test run the pole fell before the first command (312 of 397 frames answered).
+    assert node.ready.wait(30)
     st = dev.run(4.0)
+    node.stop()
     th.join(5)
     dev.port.close()
     assert st.actuations > 300 and st.max_abs_angle < 0.2 and st.max_abs_x < 2.4

@@ -204,7 +204,7 @@ class TcpListenPort:
         return 0
 
     def write(self, data: bytes) -> int:
-        if self._conn is None:
+        if not self._accept(0.0):  # a node waiting in the backlog gets these bytes too
             return 0  # nobody connected yet: the bytes go nowhere, as on an unplugged wire
         try:
             self._conn.sendall(data)
