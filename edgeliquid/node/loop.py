@@ -846,7 +846,7 @@ class Node:
             r = self._kcall(F.OP_TICK, 0, 0, now, self.sup.mode, *self._kargs)
             code = r & 0xFF
             if code == F.R_DONE:  # nothing fresh since the last tick
-                self.stats.ticks_no_sample += 1
+                self.stats.ticks_no_sample += self.sup.mode == P.MODE_RUN
             else:
                 t_ready = int(self._st[F.ST_PEND_NS])
                 if code == F.R_STEP_END:
@@ -861,7 +861,7 @@ class Node:
         if pkt is not None:
             self._on_sample(pkt, self._pending_ns, elapsed=(self._period_ns / 1e9) / self.cfg.model_dt)
         elif not self.fused:
-            self.stats.ticks_no_sample += 1
+            self.stats.ticks_no_sample += self.sup.mode == P.MODE_RUN
 
     def _shutdown(self) -> None:
         """Stop: SAFE with the fail-safe command and STATUS (latched), then close the port."""

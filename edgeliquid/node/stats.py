@@ -28,8 +28,8 @@ class NodeStats:
     ticks_missed: int = 0  # nominal periods without a command in those intervals
     # Fixed mode only: why a tick sent no command. Late: the loop woke (or ran) past the next
     # tick and skipped it, counted exactly as `realtime.probe_wakeups` counts the machine's
-    # floor; no sample: the tick came and no fresh SENSOR frame had arrived since the last one
-    # (the device's timing, e.g. sample jitter, not the node's).
+    # floor; no sample: a tick in RUN found no fresh SENSOR frame since the last one (the
+    # device's timing, e.g. sample jitter, not the node's).
     ticks_late: int = 0
     ticks_no_sample: int = 0
     failsafe_events: int = 0  # transitions to SAFE caused by a fault (not the orderly shutdown)
