@@ -17,8 +17,8 @@ import numpy as np
 from edgeliquid.model.cfc import CfCModel
 
 from .cgen import RESET_C, CodegenError, banner, c_array, c_float
-from .channels import Channels, channels_of, header_doc, normalize_c
-from .float_c import HEADER, SIGMOID_EXACT, SIGMOID_FAST
+from .channels import Channels, channels_of, normalize_c
+from .float_c import SIGMOID_EXACT, SIGMOID_FAST, render_header
 
 # Why pure mode has no fixed-point variant (one line for the CLI; default and no_gate have one,
 # firmware_export.cfc_fixed_c, which raises this).
@@ -299,17 +299,8 @@ def generate_cfc_float(
             f"        y[i] = hn[{cfg.units - cfg.motor_size} + i];\n    }}\n"
         )
     what = f"{name}: CfC policy ({describe(cfg)}), float32{' (fast sigmoid)' if fast_sigmoid else ''}"
-    header = HEADER.substitute(
-        banner=banner(sha, what),
-        UP=up,
-        name=name,
-        n_in=cfg.n_inputs,
-        n_out=cfg.n_outputs,
-        n_state=cfg.n_state,
-        inputs_doc=header_doc(ch, name),
-        extra_decl=norm_decl,
-        step_doc=Template(STEP_DOC).substitute(UP=up, what=describe(cfg)),
-    )
+    step_doc = Template(STEP_DOC).substitute(UP=up, what=describe(cfg))
+    header = render_header(sha, what, up, name, cfg, ch, norm_decl, step_doc)
     source = SOURCE.substitute(
         banner=banner(sha, what),
         name=name,

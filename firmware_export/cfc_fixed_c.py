@@ -34,8 +34,8 @@ from edgeliquid.model.cfc import CfCModel
 
 from .cfc_c import FIXED_POINT_REFUSAL, STEP_DOC, describe
 from .cgen import RESET_C, CodegenError, banner, c_array, c_float
-from .channels import Channels, channels_of, header_doc, normalize_c
-from .float_c import HEADER
+from .channels import Channels, channels_of, normalize_c
+from .float_c import render_header
 
 #: Fraction bits of a table coordinate within an interval.
 UK = 12
@@ -720,18 +720,8 @@ def generate_cfc_fixed(
         f"#define {up}_Q_E_FRAC {plan.fe}\n#define {up}_Q_Y_FRAC {plan.fy}\n"
         f"void {name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq);\n"
     )
-    header = HEADER.substitute(
-        banner=banner(sha, what),
-        UP=up,
-        name=name,
-        n_in=cfg.n_inputs,
-        n_out=cfg.n_outputs,
-        n_state=cfg.n_state,
-        inputs_doc=header_doc(ch, name),
-        extra_decl=decl,
-        step_doc=Template(STEP_DOC).substitute(UP=up, what=describe(cfg) + ", fixed point"),
-    )
-    header = header.replace(f"#define {up}_H\n", f"#define {up}_H\n#include <stdint.h>\n", 1)
+    step_doc = Template(STEP_DOC).substitute(UP=up, what=describe(cfg) + ", fixed point")
+    header = render_header(sha, what, up, name, cfg, ch, decl, step_doc, stdint=True)
     e_max = _float_below(max_elapsed)
     source = SOURCE.substitute(
         banner=banner(sha, what),

@@ -37,8 +37,8 @@ import numpy as np
 from edgeliquid.model.guarantees import guarantees
 
 from .cgen import RESET_C, CodegenError, banner, c_array, c_float
-from .channels import Channels, channels_of, header_doc, normalize_c
-from .float_c import HEADER, LTC_STEP_DOC, solver_note
+from .channels import Channels, channels_of, normalize_c
+from .float_c import LTC_STEP_DOC, render_header, solver_note
 from .layout import FirmwareModel
 
 
@@ -624,18 +624,8 @@ def generate_fixed(
         f"#define {up}_Q_FRAC_BITS {f}\n"
         f"void {name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq);\n"
     )
-    header = HEADER.substitute(
-        banner=banner(sha, what),
-        UP=up,
-        name=name,
-        n_in=cfg.n_inputs,
-        n_out=cfg.n_outputs,
-        n_state=cfg.n_state,
-        inputs_doc=header_doc(ch, name),
-        extra_decl=decl,
-        step_doc=Template(LTC_STEP_DOC).substitute(UP=up),
-    )
-    header = header.replace(f"#define {up}_H\n", f"#define {up}_H\n#include <stdint.h>\n", 1)
+    step_doc = Template(LTC_STEP_DOC).substitute(UP=up)
+    header = render_header(sha, what, up, name, cfg, ch, decl, step_doc, stdint=True)
     source = SOURCE.substitute(
         banner=banner(sha, what),
         name=name,

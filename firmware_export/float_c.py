@@ -44,6 +44,28 @@ $extra_decl
 #endif
 """)
 
+
+def render_header(
+    sha: str, what: str, up: str, name: str, cfg, ch: Channels, decl: str, step_doc: str, stdint: bool = False
+) -> str:
+    """``NAME.h`` for any variant: the shared template filled in; ``stdint``: the fixed-point
+    variants' ``int32_t`` declarations need ``<stdint.h>``."""
+    header = HEADER.substitute(
+        banner=banner(sha, what),
+        UP=up,
+        name=name,
+        n_in=cfg.n_inputs,
+        n_out=cfg.n_outputs,
+        n_state=cfg.n_state,
+        inputs_doc=header_doc(ch, name),
+        extra_decl=decl,
+        step_doc=step_doc,
+    )
+    if stdint:
+        header = header.replace(f"#define {up}_H\n", f"#define {up}_H\n#include <stdint.h>\n", 1)
+    return header
+
+
 SOURCE = Template(
     """$banner
 #include "$name.h"
@@ -502,17 +524,7 @@ def generate_float(
         )
     act += unrolled.pop("defs")
     what = f"{name}: LTC policy, float32{' (fast sigmoid)' if fast_sigmoid else ''}{solver_note(cfg.solver)}"
-    header = HEADER.substitute(
-        banner=banner(sha, what),
-        UP=up,
-        name=name,
-        n_in=cfg.n_inputs,
-        n_out=cfg.n_outputs,
-        n_state=cfg.n_state,
-        inputs_doc=header_doc(ch, name),
-        extra_decl=norm_decl,
-        step_doc=Template(LTC_STEP_DOC).substitute(UP=up),
-    )
+    header = render_header(sha, what, up, name, cfg, ch, norm_decl, Template(LTC_STEP_DOC).substitute(UP=up))
     source = SOURCE.substitute(
         banner=banner(sha, what),
         name=name,
