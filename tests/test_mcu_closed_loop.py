@@ -19,11 +19,35 @@ pytestmark = [
 ]
 
 
+PERIOD_US = 1e6 / 100
+
+
+def _brief(s: dict) -> dict:
+    """What a failed closed-loop run says about itself (the whole summary is too long to read)."""
+    keys = ("balanced", "max_abs_angle", "max_abs_x", "steps", "device_rtt_us", "deadline_misses")
+    keys += ("frame_errors", "frames_lost", "failsafe_events", "policy_errors")
+    return {k: s[k] for k in keys}
+
+
+def _starved(s: dict) -> bool:
+    """The emulated board fell behind the wall clock: over 1 % of the commands came back later
+    than one control period. qemu's UART model takes one byte per guest read (two host thread
+    wake-ups per byte, firmware_export/app/qemu.py), so on a starved host the SENSOR frames queue
+    in the pty and every command arrives late; healthy runs here show p99 2-6 ms. A real UART
+    would overrun instead of queueing, so such a run judges the host, not the policy."""
+    return s["device_rtt_us"]["p99"] > PERIOD_US
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(3))
 def test_shipped_policy_balances_on_the_emulated_board(seed):
-    s = run_demo(seconds=20, seed=seed, noise=0.002, jitter=0.2, live=False, controller="firmware")
-    assert s["balanced"] and s["max_abs_angle"] < 0.2 and s["max_abs_x"] < 2.4, s
+    runs = []
+    for _ in range(3):  # a new run only when the last one fell and the host starved the emulator
+        s = run_demo(seconds=20, seed=seed, noise=0.002, jitter=0.2, live=False, controller="firmware")
+        runs.append(_brief(s))
+        if s["balanced"] or not _starved(s):
+            break
+    assert s["balanced"] and s["max_abs_angle"] < 0.2 and s["max_abs_x"] < 2.4, runs
     assert s["steps"] > 0.9 * 20 * 100 and s["policy_errors"] == 0
     fw = s["firmware"]
     assert fw["app_alive_at_end"] and fw["instructions"]["step_mean"] > 0
