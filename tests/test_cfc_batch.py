@@ -89,3 +89,18 @@ def test_run_batch_refuses_bad_input_before_any_state_change():
     with pytest.raises(InputError):
         pol.run(xs, es)
     np.testing.assert_array_equal(pol.state, before)
+
+
+def test_read_only_inputs_reuse_the_warmed_kernels():
+    """A read-only sequence (np.broadcast_to, np.frombuffer) is a different numba type: run() copies
+    it rather than compile a new kernel signature in the middle of a control or evaluation run."""
+    cfg = CFGS["backbone-proj"]
+    pol = from_model(cfc_model(cfg, seed=3), "cpu", np.float32, batch=B)
+    xs, es = inputs(cfg, 3, seed=5, batch=B)
+    before = {k: len(getattr(cfc_kernels, k).signatures) for k in ("run_batch", "step_batch")}
+    xs_ro, es_ro = xs.astype(np.float32), es.copy()
+    xs_ro.flags.writeable = es_ro.flags.writeable = False
+    ys = pol.run(xs_ro, es_ro)
+    pol.run(xs_ro, np.broadcast_to(es_ro[:, :1], es_ro.shape))
+    assert {k: len(getattr(cfc_kernels, k).signatures) for k in before} == before
+    assert ys.shape == (3, B, cfg.proj_size)

@@ -314,13 +314,18 @@ def _cell(x, elapsed, fp, ip, w):
     return STATUS_OK
 
 
+@njit(**_OPTS)  # not inlined: step, run and the batch kernels share one compiled cell (compile time)
+def _cell_call(x, elapsed, fp, ip, w):
+    return _cell(x, elapsed, fp, ip, w)
+
+
 @njit(**_OPTS)
 def step(x, elapsed, fp, ip, work):
     """One validated step of one instance; y ends up in ``work[ip[W_Y]:]``."""
     status = _check(x, elapsed)
     if status != STATUS_OK:
         return status
-    return _cell(x, elapsed, fp, ip, work)
+    return _cell_call(x, elapsed, fp, ip, work)
 
 
 @njit(**_OPTS)
@@ -336,7 +341,7 @@ def run(xs, elapsed, fp, ip, work, ys):
     m = ip[N_OUT]
     y = ip[W_Y]
     for t in range(xs.shape[0]):
-        status = _cell(xs[t], elapsed[t], fp, ip, work)
+        status = _cell_call(xs[t], elapsed[t], fp, ip, work)
         if status != STATUS_OK:
             return status, t
         for k in range(m):
@@ -587,7 +592,7 @@ def step_batch(xs, elapsed, fp, ip, work, bad, scratch):
             return status, b
     if ip[MIXED]:
         for b in prange(b_count):
-            bad[b] = _cell(xs[b], elapsed[b], fp, ip, work[b])
+            bad[b] = _cell_call(xs[b], elapsed[b], fp, ip, work[b])
     else:
         n_chunks = (b_count + CHUNK - 1) // CHUNK
         for c in prange(n_chunks):
@@ -665,7 +670,7 @@ def run_batch(xs, elapsed, fp, ip, work, ys, bad, scratch):
         for b in prange(b_count):
             bad[b] = STATUS_OK
             for t in range(t_count):
-                s = _cell(xs[t, b], elapsed[t, b], fp, ip, work[b])
+                s = _cell_call(xs[t, b], elapsed[t, b], fp, ip, work[b])
                 if s != STATUS_OK:
                     bad[b] = s
                     break

@@ -39,6 +39,14 @@ BACKENDS: tuple[str, ...] = ()  # filled by register_backend
 _FACTORIES: dict[str, Any] = {}
 
 
+def _kernel_array(a: Any, dtype: Any) -> np.ndarray:
+    """``a`` as a C-contiguous, writable array of ``dtype``. numba types a read-only array
+    (``np.broadcast_to``, ``np.frombuffer``) apart from a writable one: passing one would compile
+    a second signature of the kernel in the middle of a run (22 s for a CfC batch kernel)."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
+
+
 def compiled_entry(dispatcher, args: tuple):
     """Call the numba ``dispatcher(*args)`` once (compiling or loading it) and return the compiled
     entry point for exactly these argument types, or the dispatcher if numba keeps none.
@@ -146,7 +154,7 @@ class Policy:
         )
 
     def _check_sequence(self, xs: Any, elapsed: Any) -> tuple[np.ndarray, np.ndarray]:
-        xs = np.ascontiguousarray(xs, dtype=self.dtype)
+        xs = _kernel_array(xs, self.dtype)
         lead = xs.shape[:-1]
         want = ("T",) + self._xshape
         if xs.ndim != len(want) or xs.shape[1:] != self._xshape:
@@ -155,11 +163,11 @@ class Policy:
             elapsed = 1.0
         e = np.asarray(elapsed, dtype=np.float64)
         try:
-            e = np.ascontiguousarray(
+            e = _kernel_array(
                 np.broadcast_to(
                     e.reshape(e.shape + (1,) * (len(lead) - e.ndim)) if e.ndim < len(lead) else e, lead
                 ),
-                dtype=np.float64,
+                np.float64,
             )
         except ValueError:
             raise InputError(
