@@ -108,7 +108,13 @@ def main() -> None:
             shutil.copy(tmp / "demo.mcap", tmp / "recs" / f"r{i:04d}.mcap")
         res["demo_recording"] = {"steps": s["steps"], "bytes": (tmp / "demo.mcap").stat().st_size}
         replay_job(tmp, a.recordings)  # warm (numba caches)
-        res["replay_inprocess"] = replay_job(tmp, a.recordings)
+        res["replay_inprocess"] = replay_job(tmp, a.recordings)  # one pass, as in earlier entries
+        # one 0.35 s pass swings 210-415 k steps/s on this shared host: also the best and the
+        # median of 5 passes
+        passes = sorted(replay_job(tmp, a.recordings)["steps_per_s"] for _ in range(5))
+        res["replay_inprocess"]["passes_steps_per_s"] = passes
+        res["replay_inprocess"]["best_of_5_steps_per_s"] = passes[-1]
+        res["replay_inprocess"]["median_of_5_steps_per_s"] = passes[2]
         print("replay in-process", res["replay_inprocess"], flush=True)
         grid = tmp / "g.yaml"
         # 4 conditions x 4096 rollouts: 4 tasks of 4096 rows (work for 2 workers)

@@ -675,6 +675,13 @@ class _Scan:
         crc = int.from_bytes(buf[p : p + 4], "little")
         comp, p = _string(buf, p + 4)
         n = int.from_bytes(buf[p : p + 8], "little")
+        if not comp:  # walked in place: no copy of the chunk
+            if p + 8 + n > len(buf):
+                raise ValueError("chunk runs past the file")
+            if crc and zlib.crc32(memoryview(buf)[p + 8 : p + 8 + n]) != crc:
+                raise _Damaged
+            self.region(buf, p + 8, p + 8 + n)
+            return
         records = buf[p + 8 : p + 8 + n]
         if comp == "zstd":
             import zstandard
@@ -731,7 +738,7 @@ class _Scan:
                 log = np.ndarray((take, 8), np.uint8, arr, pos + 15, (r, 1))
                 self.blocks.append((pay.copy(), log.copy().view("<i8").reshape(-1)))
             pos += take * r
-            if take < k or k == 0:
+            if take < k or k == 0 or end - pos < r:
                 return pos
 
 
