@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 
 import pytest
 from fleet_helpers import MODEL, write_recording
@@ -102,6 +103,34 @@ def test_a_task_failing_twice_is_reported_and_a_flaky_one_retried():
 
     out = Engine().map(flaky, ["once", "always"])
     assert out[0] == "once" and out[1] == TaskFailure(1, "RuntimeError: boom always")
+
+
+def test_two_stage_tasks_overlap_keep_order_and_retry_once():
+    """In-process, prepare(task i+1) runs while fn(task i) does: fn(0) returns only once
+    prepare(1) has started. Results stay in task order; a failure in either stage retries the
+    whole task once (both stages), a second failure is a TaskFailure."""
+    started = {i: threading.Event() for i in range(4)}
+    calls = []
+
+    def prepare(t):
+        calls.append(("prepare", t))
+        started[t].set()
+        if t == 2 and calls.count(("prepare", 2)) == 1:
+            raise OSError("prepare 2 once")
+        return t * 10
+
+    def fn(x):
+        t = x // 10
+        calls.append(("fn", t))
+        if t + 1 in started:
+            assert started[t + 1].wait(10), "the next task was not prepared meanwhile"
+        if t == 3:
+            raise RuntimeError("fn 3 always")
+        return x + 1
+
+    out = Engine().map(fn, [0, 1, 2, 3], prepare=prepare)
+    assert out[:3] == [1, 11, 21] and out[3] == TaskFailure(3, "RuntimeError: fn 3 always")
+    assert calls.count(("prepare", 2)) == 2 and calls.count(("fn", 3)) == 2  # one retry each
 
 
 def test_missing_ray_is_one_clear_error(monkeypatch, capsys):

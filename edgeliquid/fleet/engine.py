@@ -5,7 +5,10 @@ A job is a module-level function ``fn(task) -> result`` and a list of tasks of b
 where a task failed twice: it is retried once), so merging never depends on which worker
 finished first: the same job gives the same results in-process and on any number of workers.
 In-process, tasks run one after another on all of numba's threads; on Ray each task runs its
-kernels on as many threads as CPUs Ray assigned it. Ray (``pip install -e '.[fleet]'``) is
+kernels on as many threads as CPUs Ray assigned it. A job may come in two stages,
+``fn(prepare(task))``: in-process, ``prepare`` of the next task (reading files: Python, under
+the GIL) then runs on a helper thread while ``fn`` of this one runs its kernels (which release
+the GIL), one task ahead at most. Ray (``pip install -e '.[fleet]'``) is
 imported only when asked for.
 """
 
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..errors import BackendError
@@ -73,6 +78,11 @@ def _run_task(fn: Callable[[Any], Any], task: Any, i: int) -> Any:
     return r
 
 
+def _staged(fn: Callable[[Any], Any], prepare: Callable[[Any], Any], task: Any) -> Any:
+    """Both stages of a task, one after the other (module level: Ray pickles it by reference)."""
+    return fn(prepare(task))
+
+
 class Engine:
     """In-process (``ray=None``), a local Ray (``ray="local"``, ``workers`` CPUs) or a cluster
     (``ray="ray://host:10001"`` / ``"host:6379"`` / ``"auto"``).
@@ -120,15 +130,19 @@ class Engine:
         fn: Callable[[Any], Any],
         tasks: Sequence[Any],
         on_done: Callable[[int, Any], None] | None = None,
+        prepare: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
-        """``[fn(t) for t in tasks]``, each failed task retried once, then a :class:`TaskFailure`.
+        """``[fn(t) for t in tasks]`` (``[fn(prepare(t)) ...]`` with ``prepare``), each failed
+        task retried once, then a :class:`TaskFailure`.
 
         ``on_done(index, result_or_failure)`` is called as each task finishes (progress).
         """
         on_done = on_done or (lambda i, r: None)
         if self._ray is None:
+            if prepare is not None:
+                return self._map_local_staged(fn, prepare, tasks, on_done)
             return self._map_local(fn, tasks, on_done)
-        return self._map_ray(fn, tasks, on_done)
+        return self._map_ray(fn if prepare is None else partial(_staged, fn, prepare), tasks, on_done)
 
     @staticmethod
     def _map_local(fn, tasks, on_done) -> list[Any]:
@@ -139,6 +153,28 @@ class Engine:
         for i, task in enumerate(tasks):
             out.append(_run_task(fn, task, i))
             on_done(i, out[-1])
+        return out
+
+    @staticmethod
+    def _map_local_staged(fn, prepare, tasks, on_done) -> list[Any]:
+        # prepare(task i+1) on one helper thread while fn(task i) runs here: one task ahead
+        # at most, so at most two tasks' inputs are held. A failure in either stage retries
+        # the whole task once, both stages here.
+        out: list[Any] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="edgeliquid-prepare") as pool:
+            ahead = pool.submit(prepare, tasks[0]) if len(tasks) else None
+            for i, task in enumerate(tasks):
+                current = ahead
+                ahead = pool.submit(prepare, tasks[i + 1]) if i + 1 < len(tasks) else None
+                try:
+                    r = fn(current.result())
+                except Exception:  # the one retry: both stages again, in this thread
+                    try:
+                        r = _staged(fn, prepare, task)
+                    except Exception as exc:
+                        r = TaskFailure(i, _one_line(exc))
+                out.append(r)
+                on_done(i, r)
         return out
 
     def _map_ray(self, fn, tasks, on_done) -> list[Any]:
