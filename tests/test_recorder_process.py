@@ -172,3 +172,58 @@ def test_make_recorder_builds_the_configured_writer(tmp_path):
         cfg = parse_config(data, "robot.yaml", base=DEMO.parent)
         rec = make_recorder(cfg, load(cfg.model))
         assert type(rec) is cls
+
+
+def test_bound_buffers_are_copied_by_the_compiled_call_with_the_same_rows(tmp_path):
+    """The node binds its x, y, u buffers: those steps go through one compiled copy
+    (ringrow.put_row); any other arrays through numpy. Both write the same rows, and a step
+    from other arrays between bound ones is recorded as given."""
+    import numpy as np
+
+    x, y, u = np.zeros(2), np.zeros(1, np.float32), np.zeros(1)
+    got = {}
+    for bound in (False, True):
+        path = tmp_path / f"{bound}.mcap"
+        rec = ProcessRecorder(path, 2, 1, 1, {"dtype": "float64"})
+        if bound:
+            rec.bind(x, y, u)
+            assert rec._put is not None
+        rec.start()
+        for k in range(1, 501):
+            x[:] = 0.001 * k, -0.5 * k
+            y[0], u[0] = k / 8, k / 3
+            if k == 250:  # not the bound arrays: the numpy path
+                rec.record_step(k, k, 9.0, 1, True, [1.0, 2.0], [3.0], [4.0], (1, 2, 3, 4, 5))
+                continue
+            rec.record_step(k, k * 1000, 1.0 + k, k % 3, k == 1, x, y, u, (k, k + 1, k + 2, k + 3, k + 4))
+        rec.close()
+        assert rec.dropped == 0 and rec.written == 500
+        got[bound] = read_recording(path)["steps"]
+    assert got[True] == got[False]
+    by_seq = {s["seq"]: s for s in got[True]}
+    s = by_seq[250]
+    assert (s["x"], s["y"], s["u"], s["elapsed"], s["reset"]) == ([1.0, 2.0], [3.0], [4.0], 9.0, 1)
+    s = by_seq[100]
+    assert (
+        s["x"] == [0.1, -50.0] and s["y"] == [100 / 8] and (s["t_ready_ns"], s["t_written_ns"]) == (100, 104)
+    )
+    with pytest.raises(ValueError, match="do not fit"):
+        ProcessRecorder(tmp_path / "z.mcap", 2, 1, 1).bind(np.zeros(3), y, u)
+
+
+def test_the_node_binds_its_buffers_to_the_recorder(tmp_path):
+    from edgeliquid.hil.sim import PtyMaster
+    from edgeliquid.node.loop import Node
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["telemetry"] = {"path": str(tmp_path / "n.mcap")}
+    cfg = parse_config(data, "robot.yaml", base=DEMO.parent)
+    pty = PtyMaster()
+    cfg.port, cfg.exclusive = pty.node_port, False
+    node = Node(cfg)
+    try:
+        x, y, u = node.recorder._bound
+        assert x is node.maps.xbuf and y is node._yview and u is node.maps.u
+    finally:
+        node.recorder.close()
+        pty.close()
