@@ -86,6 +86,8 @@ def _device_main(conn, shared, kwargs, seconds):
             "max_abs_x": st.max_abs_x,
             "sent": st.sent,
             "actuations": st.actuations,
+            "stalls": st.stalls,
+            "stalled_s": st.stalled_s,
             "rtt_us": {
                 "p50": float(np.nanpercentile(rtt, 50)),
                 "p99": float(np.nanpercentile(rtt, 99)),

@@ -230,6 +230,8 @@ class SimStats:
     angles: list = field(default_factory=list)
     commands: list = field(default_factory=list)
     rx_errors: int = 0
+    stalls: int = 0  # times this process was descheduled for over 3 periods (its world paused)
+    stalled_s: float = 0.0
 
 
 class Device:
@@ -265,6 +267,7 @@ class Device:
         self._sent_at: dict[int, int] = {}
         self._splitter = LineSplitter() if protocol == "text" else P.Packetizer()
         self._stop = threading.Event()
+        self._shift = 0  # ns of host stalls the world skipped (see run)
         self.record = True
 
     def stop(self) -> None:
@@ -286,7 +289,7 @@ class Device:
             self._sent_at.pop(next(iter(self._sent_at)))
 
     def _in_fault(self) -> bool:
-        t = (time.monotonic_ns() - self._t0) / 1e9
+        t = (time.monotonic_ns() - self._shift - self._t0) / 1e9
         return self.fault_at_s <= t < self.fault_at_s + self.fault_len_s
 
     def _receive(self, data: bytes) -> None:
@@ -332,18 +335,32 @@ class Device:
     def run(self, seconds: float) -> SimStats:
         """Real-time loop: integrate, sample, send; read commands in between."""
         period = 1.0 / self.rate_hz
+        period_ns = int(period * 1e9)
         self._t0 = t_prev = time.monotonic_ns()
+        # World time = wall time - _shift. If this process was descheduled for over 3 periods
+        # (a host stall), the simulated world pauses with it: the plant advances one period,
+        # not the stall, and the clock the device sends skips the stall. A robot's physics does
+        # not stop when its simulator's host does; without this, a stall of the test machine
+        # itself (everything paused) would be judged as the controller's failure. Counted.
+        self._shift = 0
+        max_gap = 3 * period_ns
         t_us0 = 0
         self._send(P.HELLO, [self.plant.n_sensors, self.plant.n_actuators, self.rate_hz], t_us0)
         next_sample = self._t0
         t_end = self._t0 + int(seconds * 1e9)
         while not self._stop.is_set():
             now = time.monotonic_ns()
-            if now >= t_end:
+            if now - self._shift >= t_end:
                 break
             if now >= next_sample:
+                if now - t_prev > max_gap:
+                    excess = now - t_prev - period_ns
+                    self._shift += excess
+                    self.stats.stalls += 1
+                    self.stats.stalled_s += excess / 1e9
+                    t_prev = now - period_ns
                 dt = (now - t_prev) / 1e9
-                t_a, t_b = (t_prev - self._t0) / 1e9, (now - self._t0) / 1e9
+                t_a, t_b = (t_prev - self._shift - self._t0) / 1e9, (now - self._shift - self._t0) / 1e9
                 push = sum(p.impulse_over(t_a, t_b) for p in self.pushes) / dt if dt > 0 else 0.0
                 self.push_now = push
                 self.plant.step(self.command[0], dt, push=push)
@@ -352,16 +369,19 @@ class Device:
                 self.stats.max_abs_angle = max(self.stats.max_abs_angle, abs(angle))
                 self.stats.max_abs_x = max(self.stats.max_abs_x, abs(float(self.plant.s[0])))
                 if self.record:
-                    self.stats.angles.append((now, angle))
+                    self.stats.angles.append((now - self._shift, angle))  # world time
                 stalled = self.fault == "stall" and self._in_fault()
                 if not stalled:
                     obs = self.plant.s + self.noise * self.rng.standard_normal(4)
                     if self.fault == "nan" and self._in_fault():
                         obs = obs * np.nan
-                    self._send(P.SENSOR, obs.tolist(), ((now - self._t0) // 1000) & 0xFFFFFFFF)
+                    t_us = ((now - self._shift - self._t0) // 1000) & 0xFFFFFFFF
+                    self._send(P.SENSOR, obs.tolist(), t_us)
                     self.stats.sent += 1
                 jit = self.jitter * period * self.rng.uniform(-1, 1)
-                next_sample += int((period + jit) * 1e9)
+                # A sensor that fell behind (this process was descheduled) samples again one
+                # period from now, as hardware would: no burst of catch-up samples
+                next_sample = max(next_sample, now) + int((period + jit) * 1e9)
             wait = max(0.0, min((next_sample - time.monotonic_ns()) / 1e9, 0.01))
             self.port.timeout = wait
             data = self.port.read(4096)

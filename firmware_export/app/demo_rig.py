@@ -173,7 +173,13 @@ def run_firmware_demo(
             "app_alive_at_end": alive,
             "note": NOTE,
         },
-        "_device": {"statuses": st.statuses, "commands": st.commands, "sent": st.sent},
+        "_device": {
+            "statuses": st.statuses,
+            "commands": st.commands,
+            "sent": st.sent,
+            "stalls": st.stalls,
+            "stalled_s": st.stalled_s,
+        },
     }
 
 
