@@ -41,9 +41,6 @@ def _starts(model: str | None, mode: str, seconds: float) -> tuple[dict, ...]:
         return tuple(ex.map(one, SEEDS))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mode", ["event", "fixed"])
-@pytest.mark.parametrize("seed", SEEDS)
 def _brief(s: dict) -> dict:
     """What a failed start says about itself (the whole summary is too long to read)."""
     keys = ("balanced", "max_abs_angle", "max_abs_x", "steps", "ticks_late", "ticks_no_sample")
@@ -61,6 +58,9 @@ def _kept_up(s: dict, seconds: float) -> None:
     assert s["steps"] > 0.9 * sent and sent > 0.8 * seconds * 100 and s["policy_errors"] == 0, _brief(s)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["event", "fixed"])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_policy_keeps_pole_up(mode, seed):
     _kept_up(_starts(None, mode, 20.0)[seed], 20.0)
 

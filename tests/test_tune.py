@@ -130,7 +130,10 @@ def test_cli_json_plot_and_output_file_on_the_shipped_policy(tmp_path, capsys):
     # the text table names the choice
     assert main([*argv, "--tolerance", "0.6"]) == 0
     text = capsys.readouterr().out
-    assert f"{c['solver']}, {c['unfolds']} unfolds" in text and "Pareto" in text
+    # the choice is timed (fastest within tolerance): a second run on a busy machine may pick
+    # another candidate that fits, so the text must name one of those
+    fits = [f"{d['solver']}, {d['unfolds']} unfolds" for d in rows if d["stable"] and d["rel_err"] <= 0.6]
+    assert any(f in text for f in fits) and "Pareto" in text, text
 
 
 def test_a_converted_file_is_tuned_against_its_trained_integration(tmp_path, capsys):
