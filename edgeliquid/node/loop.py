@@ -240,7 +240,6 @@ class Node:
         self.recorder = None
         if cfg.telemetry:
             self.recorder = make_recorder(cfg, self.policy)
-            self._bind_recorder()
         self._note_stability()
 
     # Shared with the compiled call (framecodec.FrameState.st).
@@ -538,14 +537,6 @@ class Node:
             # Warm on a copy of the state with nothing pending: the call returns at once.
             warm = (F.OP_TICK, 0, 0, 0, P.MODE_SAFE, fs.buf, fs.st.copy(), *self._kargs[2:])
             self._kcall = compiled_entry(F.frame_kernel(self.policy), warm)
-        self._bind_recorder()
-
-    def _bind_recorder(self) -> None:
-        """Give the recorder this policy's y buffer with the loop's x and u (one compiled copy
-        per recorded step; the thread recorder has no such call)."""
-        bind = getattr(getattr(self, "recorder", None), "bind", None)
-        if bind is not None:
-            bind(self.maps.xbuf, self._yview, self.maps.u)
 
     def _text_protocol(self) -> bool:
         return self.cfg.protocol == "text"
