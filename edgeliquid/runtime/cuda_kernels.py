@@ -39,9 +39,11 @@ from .packing import (
     SOLVER_FUSED,
     SOLVER_RK4,
     SSYN,
+    SSYN_COUNT,
     SSYN_DST,
     SSYN_SRC,
     SYN,
+    SYN_COUNT,
     SYN_DST,
     SYN_SRC,
     UNFOLDS,
@@ -61,8 +63,9 @@ def sigm(x):
 
 
 @cuda.jit(device=True)
-def synapses(pre, fp, ip, base, nnz, src_off, dst_off, nums, dens, b):
-    for k in range(nnz):
+def synapses(pre, fp, ip, base, nnz, count, src_off, dst_off, nums, dens, b):
+    """Sums of the ``count`` synapses that exist (``nnz``: the padded block length, the stride)."""
+    for k in range(count):
         a = fp[base + k] * sigm(fp[base + nnz + k] * (pre[ip[src_off + k], b] - fp[base + 2 * nnz + k]))
         j = ip[dst_off + k]
         nums[j, b] += a * fp[base + 3 * nnz + k]
@@ -88,9 +91,9 @@ def explicit(fp, ip, e, v, acc, vs, nums, dens, numr, denr, b):
                 numr[j, b] = 0.0
                 denr[j, b] = 0.0
             if stage == 0:
-                synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
+                synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_COUNT], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
             else:
-                synapses(vs, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
+                synapses(vs, fp, ip, ip[SYN], ip[NNZ], ip[SYN_COUNT], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
             for j in range(u):
                 vj = v[j, b]
                 at = vj if stage == 0 else vs[j, b]
@@ -157,7 +160,7 @@ def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr,
     for j in range(u):
         nums[j, b] = 0.0
         dens[j, b] = 0.0
-    synapses(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_SRC], ip[SSYN_DST], nums, dens, b)
+    synapses(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_COUNT], ip[SSYN_SRC], ip[SSYN_DST], nums, dens, b)
     if solver == SOLVER_FUSED:
         dt = e / ip[UNFOLDS]
         eps = fp[ip[EPS]]
@@ -165,7 +168,7 @@ def one_step(x, t, elapsed, fp, ip, state, y, v, vn, xm, nums, dens, numr, denr,
             for j in range(u):
                 numr[j, b] = 0.0
                 denr[j, b] = 0.0
-            synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
+            synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_COUNT], ip[SYN_SRC], ip[SYN_DST], numr, denr, b)
             for j in range(u):
                 cmt = fp[ip[CM] + j] / dt
                 vn[j, b] = (cmt * v[j, b] + fp[ip[GLEAK_VLEAK] + j] + (numr[j, b] + nums[j, b])) / (

@@ -14,8 +14,11 @@ Measured error over the whole clamped range is at most 2 ulp (``tests/test_faste
 asserts it). Inputs are clamped to [-87.3, 88.3] so ``2^n`` stays normal; exp
 saturates there instead of returning 0 or inf, which the logistic does not notice.
 
-This module must not be compiled with ``fastmath``: reassociation would fold the
-shifter's ``(t + s) - s`` to ``t``. Callers may use fastmath; LLVM keeps the
+This module must not be compiled with full ``fastmath``: reassociation would fold the
+shifter's ``(t + s) - s`` to ``t``. It allows ``contract`` only: the Horner steps and
+the reduction become fused multiply-adds, which halves the dependency chain the SIMD
+loops wait on (the LTC synapse loop: ~1.5x faster) and rounds once per step instead of
+twice (max error 1.19 -> 0.91 ulp). Callers may use fastmath; LLVM keeps the
 per-instruction flags when it inlines, but numba's own ``inline="always"`` would
 recompile the body under the caller's flags, so neither function uses it.
 """
@@ -71,7 +74,7 @@ _BIAS = np.int32(127)
 _SHIFT = np.int32(23)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract"})
 def exp32(x):
     """exp of a float32, vectorisable, <= 2 ulp (see module docstring)."""
     x = min(max(x, _LO), _HI)

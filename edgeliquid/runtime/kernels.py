@@ -55,11 +55,13 @@ from .packing import (
     SOLVER_FUSED,
     SOLVER_RK4,
     SSYN,
+    SSYN_COUNT,
     SSYN_DENSE,
     SSYN_DST,
     SSYN_PTR,
     SSYN_SRC,
     SYN,
+    SYN_COUNT,
     SYN_DENSE,
     SYN_DST,
     SYN_PTR,
@@ -125,7 +127,7 @@ def _sparse_activations(pre, fp, ip, base, nnz, src_off, act, rev):
     # Gather first (scalar), so the exp loop below reads only contiguous arrays
     # and vectorises; with the gather inside it, LLVM left the whole loop scalar.
     for k in range(nnz):
-        act[k] = pre[src[k]]
+        act[k] = pre[np.uint64(src[k])]  # unsigned: no negative-index wraparound code
     for k in range(nnz):
         a = ws[k] * logistic(ss[k] * (act[k] - ms[k]))
         act[k] = a
@@ -148,8 +150,9 @@ def _layer(pre, fp, ip, base, nnz, ptr_off, src_off, dst_off, dense, u, act, rev
             dens[j] = zero
         dst = ip[dst_off : dst_off + nnz]
         for k in range(nnz):
-            nums[dst[k]] += rev[k]
-            dens[dst[k]] += act[k]
+            d = np.uint64(dst[k])
+            nums[d] += rev[k]
+            dens[d] += act[k]
 
 
 @njit(inline="always", **_OPTS)
@@ -327,9 +330,14 @@ def _cell(x, elapsed, fp, ip, w):
         gl = fp[ip[GLEAK] : ip[GLEAK] + u]
         glvl = fp[ip[GLEAK_VLEAK] : ip[GLEAK_VLEAK] + u]
         dt = elapsed / ip[UNFOLDS]
-        for j in range(u):
-            cmt[j] = fp[ip[CM] + j] / dt
         eps = fp[ip[EPS]]
+        # Everything but the recurrent sums and cm/dt * v is constant over the sub-steps:
+        # nums becomes gleak*vleak + sensory numerator, dens cm/dt + gleak + sensory denominator + eps.
+        for j in range(u):
+            c = fp[ip[CM] + j] / dt
+            cmt[j] = c
+            nums[j] = glvl[j] + nums[j]
+            dens[j] = (c + gl[j]) + dens[j] + eps
         for _ in range(ip[UNFOLDS]):
             _layer(
                 v,
@@ -347,12 +355,9 @@ def _cell(x, elapsed, fp, ip, w):
                 numr,
                 denr,
             )
+            # In place: neuron j's update reads only its own v[j] (the sums are already taken).
             for j in range(u):
-                numerator = cmt[j] * v[j] + glvl[j] + (numr[j] + nums[j])
-                denominator = cmt[j] + gl[j] + (denr[j] + dens[j])
-                vnext[j] = numerator / (denominator + eps)
-            for j in range(u):
-                v[j] = vnext[j]
+                v[j] = (cmt[j] * v[j] + (nums[j] + numr[j])) / (dens[j] + denr[j])
     else:
         _explicit(
             v, vnext, w[ip[W_STAGE] : ip[W_STAGE] + u], elapsed, fp, ip, u, act, rev, nums, dens, numr, denr
@@ -419,11 +424,15 @@ def batch_scratch_size(units: int, n_in: int) -> int:
 
 
 @njit(inline="always", **_OPTS)
-def _chunk_synapses(pre, fp, ip, base, nnz, src_off, dst_off, nums, dens, nb):
-    """For every synapse k (src i -> dst j): nums[j, :] += a*erev, dens[j, :] += a, a over lanes."""
+def _chunk_synapses(pre, fp, ip, base, nnz, count, src_off, dst_off, nums, dens, nb):
+    """For every synapse k (src i -> dst j): nums[j, :] += a*erev, dens[j, :] += a, a over lanes.
+
+    Only the ``count`` synapses that exist: the lanes run across instances, so the padding
+    that fills the single-instance kernel's vectors would be work here.
+    """
     src = ip[src_off : src_off + nnz]
     dst = ip[dst_off : dst_off + nnz]
-    for k in range(nnz):
+    for k in range(count):
         w = fp[base + k]
         sg = fp[base + nnz + k]
         mu = fp[base + 2 * nnz + k]
@@ -453,7 +462,9 @@ def _chunk_explicit(v, acc, vs, hs, fp, ip, nums, dens, numr, denr, nb):
                     numr[j, lane] = nums[j, lane]
                     denr[j, lane] = dens[j, lane]
             pre = v if stage == 0 else vs
-            _chunk_synapses(pre, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb)
+            _chunk_synapses(
+                pre, fp, ip, ip[SYN], ip[NNZ], ip[SYN_COUNT], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb
+            )
             # numr/denr start from the sensory sums, as in the fused loop below.
             for j in range(u):
                 g = fp[ip[GLEAK] + j]
@@ -512,7 +523,9 @@ def _chunk_step(xs, elapsed, fp, ip, work, bad, scr, b0, nb):
         for lane in range(nb):
             nums[j, lane] = zero
             dens[j, lane] = zero
-    _chunk_synapses(xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_SRC], ip[SSYN_DST], nums, dens, nb)
+    _chunk_synapses(
+        xm, fp, ip, ip[SSYN], ip[SNNZ], ip[SSYN_COUNT], ip[SSYN_SRC], ip[SSYN_DST], nums, dens, nb
+    )
     if not fused:
         _chunk_explicit(v, vn, scr[8 * rows : 8 * rows + u], cmt[0], fp, ip, nums, dens, numr, denr, nb)
     else:
@@ -522,7 +535,9 @@ def _chunk_step(xs, elapsed, fp, ip, work, bad, scr, b0, nb):
                 for lane in range(nb):
                     numr[j, lane] = nums[j, lane]
                     denr[j, lane] = dens[j, lane]
-            _chunk_synapses(v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb)
+            _chunk_synapses(
+                v, fp, ip, ip[SYN], ip[NNZ], ip[SYN_COUNT], ip[SYN_SRC], ip[SYN_DST], numr, denr, nb
+            )
             for j in range(u):
                 g = fp[ip[GLEAK] + j]
                 gv = fp[ip[GLEAK_VLEAK] + j]

@@ -41,10 +41,16 @@ EXPL_C = 44  # fp offset of [1/ode_unfolds, 1/2, 1/6, 2]: explicit-scheme consta
 # 1: mixed_memory_coupling = input (ncps.keras): the LSTM output is the cell's input (U values,
 # mapped by input_w/input_b into W_XM) and the cell starts from its own state
 MM_INPUT = 45
-HEADER = 46
+# Synapses that exist per layer. NNZ/SNNZ are the padded block lengths (see SYN_PAD): the
+# single-instance kernel runs all of them (whole vectors, padding adds exact zeros), the
+# batch and CUDA kernels only these.
+SYN_COUNT, SSYN_COUNT = 46, 47
+HEADER = 48
 
 #: ``ip[SOLVER]`` per ``edgeliquid.solver`` name.
 SOLVER_FUSED, SOLVER_EULER, SOLVER_RK4 = 0, 1, 2
+#: Synapse blocks are padded to a multiple of this many (one AVX2 float32 vector).
+SYN_PAD = 8
 SOLVER_CODES = {
     "fused_semi_implicit_euler": SOLVER_FUSED,
     "explicit_euler": SOLVER_EULER,
@@ -109,17 +115,33 @@ class Packed:
         ip[OUT_W], ip[OUT_B] = put_f(p["output_w"]), put_f(p["output_b"])
 
         def put_synapses(w, sigma, mu, erev, mask, keys):
-            base, nnz, ptr, src, dense, dst = keys
+            base, nnz, ptr, src, dense, dst, count = keys
             exists = mask.T != 0  # [dest, src]
             ptrs = np.concatenate([[0], np.cumsum(exists.sum(axis=1))])
             dst_idx, src_idx = np.nonzero(exists)
-            ip[nnz] = len(src_idx)
+            if not exists.all():
+                # Sparse: interleave destinations (each neuron's 1st synapse, then each one's 2nd,
+                # ...) so consecutive scatter-adds hit different neurons instead of waiting on one
+                # another's store; each neuron still sums its own synapses in CSR order.
+                rank = np.arange(len(dst_idx)) - ptrs[dst_idx]
+                order = np.lexsort((dst_idx, rank))
+                dst_idx, src_idx = dst_idx[order], src_idx[order]
+            # Padded to whole SIMD vectors with null synapses (w = 0: they add exactly 0 to
+            # the last neuron's sums), so the kernels' synapse loop never runs its scalar tail.
+            pad = -len(src_idx) % SYN_PAD
+            ip[count] = len(src_idx)
+            ip[nnz] = len(src_idx) + pad
+
+            def padded(a):
+                return np.concatenate([a.T[dst_idx, src_idx], np.zeros(pad)])
+
             # Mask folded into w: ncps multiplies by the mask, which is 0/1 (abs of ±1).
-            wm = (w * mask).T[dst_idx, src_idx]
-            ip[base] = put_f(wm)
-            put_f(sigma.T[dst_idx, src_idx])
-            put_f(mu.T[dst_idx, src_idx])
-            put_f(erev.T[dst_idx, src_idx])
+            ip[base] = put_f(padded(w * mask))
+            put_f(padded(sigma))
+            put_f(padded(mu))
+            put_f(padded(erev))
+            src_idx = np.concatenate([src_idx, np.zeros(pad, np.int64)])
+            dst_idx = np.concatenate([dst_idx, np.arange(pad) % mask.shape[1]])
             ip[ptr] = put_i(ptrs)
             ip[src] = put_i(src_idx)
             ip[dst] = put_i(dst_idx)
@@ -131,7 +153,7 @@ class Packed:
             p["mu"],
             p["erev"],
             p["sparsity_mask"],
-            (SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE, SYN_DST),
+            (SYN, NNZ, SYN_PTR, SYN_SRC, SYN_DENSE, SYN_DST, SYN_COUNT),
         )
         put_synapses(
             p["sensory_w"],
@@ -139,7 +161,7 @@ class Packed:
             p["sensory_mu"],
             p["sensory_erev"],
             p["sensory_sparsity_mask"],
-            (SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE, SSYN_DST),
+            (SSYN, SNNZ, SSYN_PTR, SSYN_SRC, SSYN_DENSE, SSYN_DST, SSYN_COUNT),
         )
         if cfg.mixed_memory:
             ip[LSTM_WI] = put_f(p["lstm.input_map.weight"])

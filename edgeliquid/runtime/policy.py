@@ -275,15 +275,17 @@ class CpuPolicy(Policy):
             y [n_outputs] (or [batch, n_outputs]): the policy's buffer, valid until the
             next step.
         """
-        # Anything but an exact-type contiguous aligned array goes through one copy into a
-        # buffer: numba never sees a new signature (a JIT compile in the control loop), and the
-        # compiled entry point (which converts without checking) only ever gets its own types.
-        if type(x) is not np.ndarray or x.dtype is not self.dtype or x.shape != self._xshape:
+        # Anything but an exact-type C-contiguous, aligned, writable array (``flags.carray``: the
+        # three in one lookup) goes through one copy into a buffer: numba never sees a new
+        # signature (a JIT compile in the control loop), and the compiled entry point (which
+        # converts without checking) only ever gets its own types.
+        if (
+            type(x) is not np.ndarray
+            or x.dtype is not self.dtype
+            or x.shape != self._xshape
+            or not x.flags.carray
+        ):
             x = self._coerce_x(x)
-        else:
-            flags = x.flags
-            if not (flags.c_contiguous and flags.aligned):
-                x = self._coerce_x(x)
         if self.batch is None:
             if type(elapsed) is not float:
                 elapsed = float(elapsed)
