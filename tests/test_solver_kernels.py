@@ -240,3 +240,54 @@ def test_kernel_refuses_an_unknown_solver_code(batch):
         status, _ = kernels.step_batch(np.ones((batch, n_in)), e, pol._fp, ip, work, pol._bad, pol._scratch)
     assert status == kernels.STATUS_BAD_SOLVER
     np.testing.assert_array_equal(work, before)
+
+
+@pytest.mark.parametrize("case", ["sparse", "sparse_mixed", "dense"])
+def test_synapse_blocks_are_padded_with_null_synapses(case):
+    """Whole SIMD vectors per block; the padding is w = 0 past the real count; sparse blocks
+    interleave destinations but keep every neuron's own synapses in CSR (source) order."""
+    from edgeliquid.runtime import packing as P
+
+    model = case_model(case, "fused_semi_implicit_euler")
+    pk = Packed(model, np.float64)
+    fp, ip = pk.fp, pk.ip
+    p = model.params
+    for base, nnz, count, src, dst, mask in (
+        (P.SYN, P.NNZ, P.SYN_COUNT, P.SYN_SRC, P.SYN_DST, p["sparsity_mask"]),
+        (P.SSYN, P.SNNZ, P.SSYN_COUNT, P.SSYN_SRC, P.SSYN_DST, p["sensory_sparsity_mask"]),
+    ):
+        n, c = ip[nnz], ip[count]
+        assert c == int(np.count_nonzero(mask)) and n % P.SYN_PAD == 0 and 0 <= n - c < P.SYN_PAD
+        w = fp[ip[base] : ip[base] + n]
+        assert np.all(w[c:] == 0.0)
+        s, d = ip[ip[src] : ip[src] + c], ip[ip[dst] : ip[dst] + c]
+        assert sorted(zip(d, s)) == sorted(zip(*np.nonzero(mask.T != 0)))
+        for j in np.unique(d):
+            assert list(s[d == j]) == sorted(s[d == j])
+        assert np.all(ip[ip[dst] : ip[dst] + n] < model.config.units)
+
+
+def test_padding_changes_no_result_bit():
+    """The same model packed without padding (SYN_PAD = 1) steps to the same bits in float64."""
+    from edgeliquid.runtime import packing as P
+
+    model = case_model("sparse", "fused_semi_implicit_euler")
+    rng = np.random.default_rng(5)
+    xs = rng.normal(size=(20, model.config.n_inputs))
+    el = irregular_elapsed(rng, 20)
+    outs = []
+    for pad in (P.SYN_PAD, 1):
+        old, P.SYN_PAD = P.SYN_PAD, pad
+        try:
+            pk = Packed(model, np.float64)
+        finally:
+            P.SYN_PAD = old
+        work = np.zeros(pk.work_size)
+        ys = []
+        for x, e in zip(xs, el):
+            assert kernels.step(x, float(e), pk.fp, pk.ip, work) == kernels.STATUS_OK
+            ys.append(work[: model.config.units].copy())
+        outs.append(np.array(ys))
+        if pad > 1:
+            assert pk.ip[P.NNZ] > pk.ip[P.SYN_COUNT]  # this model does get padding
+    assert np.array_equal(outs[0], outs[1])
