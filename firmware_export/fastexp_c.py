@@ -3,8 +3,10 @@
 Range reduction ``x = n ln2 + r`` (|r| <= ln2/2) with ``n`` rounded by the 1.5·2^23 shifter,
 ln2 split in two (Cody-Waite) so ``r`` is exact, ``exp(r)`` by its degree-7 Taylor polynomial
 (truncation r^8/8! <= 5.6e-9 relative), ``2^n`` written into the exponent bits. The same
-float32 operations in the same order as the numba kernel, so the C gives the numba kernel's
-bits (<= 2 ulp from exp over the clamped range [-87.3, 88.3], tests/test_fastexp.py). Branch-free
+float32 operations in the same order as the numba kernel; the numba kernel fuses them into
+multiply-adds (``contract``) and C under -std=c99 does not, so the two can differ in the last
+bit, each <= 2 ulp from exp over the clamped range [-87.3, 88.3] (tests/test_fastexp.py,
+tests/test_fastexp_c.py). Branch-free
 apart from the clamp; no libm. Compile without -ffast-math (reassociation would fold the
 shifter's ``(t + s) - s`` to ``t``); FMA contraction is harmless (the products it fuses are exact
 or only gain precision).
