@@ -641,9 +641,6 @@ class Node:
 
     def _sent_fused(self, size: int, t_ready: int, now: int) -> None:
         """The compiled call stepped a RUN cycle and encoded its ACTUATE: write it, count it."""
-        self.sup.on_valid_sample(now)  # RUN: the plain step decision, bookkeeping only
-        if self._event_mode:
-            self._cycle_ns = t_ready
         t_done = time.monotonic_ns()
         view = self.frames.tx(size)
         try:
@@ -652,10 +649,13 @@ class Node:
             k = 0
         if k != size:  # a partial write: the rest through pyserial (it waits)
             self.port.write(bytes(view[k:]))
-        # The command is out: take the time now. What follows is bookkeeping; the recorder's
-        # few reads, timed inside the window, cost +5-6 µs p50 at 1 kHz here (the first Python
-        # after a write that woke the device runs cold on this VM).
+        # The command is out: take the time now. What follows is bookkeeping, kept out of the
+        # frame-readable -> written window: Python between the compiled call and the write runs
+        # cold here (the recorder's few reads there cost +5-6 µs p50 at 1 kHz on this VM).
         t_written = time.monotonic_ns()
+        self.sup.on_valid_sample(now)  # RUN: the plain step decision, bookkeeping only
+        if self._event_mode:
+            self._cycle_ns = t_ready
         if self.recorder is None:
             self._commanded(0, t_ready, t_done, t_done, t_written)
             return
