@@ -126,8 +126,9 @@ class Packed:
                 rank = np.arange(len(dst_idx)) - ptrs[dst_idx]
                 order = np.lexsort((dst_idx, rank))
                 dst_idx, src_idx = dst_idx[order], src_idx[order]
-            # Padded to whole SIMD vectors with null synapses (w = 0: they add exactly 0 to
-            # the last neuron's sums), so the kernels' synapse loop never runs its scalar tail.
+            # Padded to whole SIMD vectors with null synapses (w = 0: each adds exactly 0 to the
+            # sums of the neuron it names, spread over neurons 0, 1, ... so the adds do not chain),
+            # so the single-instance synapse loop never runs its scalar tail.
             pad = -len(src_idx) % SYN_PAD
             ip[count] = len(src_idx)
             ip[nnz] = len(src_idx) + pad
