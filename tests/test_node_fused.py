@@ -9,7 +9,9 @@ import tracemalloc
 import pytest
 from test_node import Dev, _cfg
 
+from edgeliquid.node import framecodec as F
 from edgeliquid.node import protocol as P
+from edgeliquid.node import syscalls
 from edgeliquid.node.config import load_config
 from edgeliquid.node.loop import Node
 
@@ -40,7 +42,8 @@ def test_ten_thousand_frames_take_the_compiled_path_and_keep_no_memory(tmp_path)
 
         drive(0, 2500)  # arm (the first frames go through the supervisor), warm every cache
         assert node.mode == P.MODE_RUN
-        steps, rare = node.stats.steps, node.rare_frames
+        assert node.compiled_io == syscalls.AVAILABLE  # wait, read and write compiled too
+        steps, rare, sent = node.stats.steps, node.rare_frames, int(node._st[F.ST_SENT])
         tracemalloc.start()
         try:
             before = tracemalloc.take_snapshot()
@@ -52,6 +55,8 @@ def test_ten_thousand_frames_take_the_compiled_path_and_keep_no_memory(tmp_path)
             tracemalloc.stop()
         assert node.stats.steps - steps == 10_000
         assert node.rare_frames == rare  # every one of them went through the compiled call
+        if syscalls.AVAILABLE:  # ... and was written by it
+            assert node._st[F.ST_SENT] - sent == 10_000
         assert node.rx.lost == node.rx.duplicates == node.rx.total_errors == 0
         growth = [
             s

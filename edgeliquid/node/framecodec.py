@@ -29,6 +29,7 @@ from numba import njit
 from ..runtime import cfc_kernels, kernels
 from ..runtime.kernels import _OPTS
 from . import protocol as P
+from .syscalls import AVAILABLE, monotonic_ns, poll_in, sys_read, sys_write
 
 # -- buf layout (offsets 16-aligned: float32 payloads are read through views)
 RX_SIZE = 4096
@@ -65,8 +66,14 @@ BUF_SIZE = TX_OFF + 288
     ST_PEND_COUNT,
     ST_PEND_NS,  # when it was read
     ST_N_IN,
+    ST_READ,  # the io call: bytes it read into buf[:RX_SIZE]
+    ST_READY_NS,  # ... when the read returned
+    ST_DONE_NS,  # ... when the ACTUATE was encoded
+    ST_WROTE,  # ... what write() returned for it (-1: failed)
+    ST_WRITTEN_NS,  # ... when write() returned
+    ST_SENT,  # ACTUATE frames the io call wrote (R_SENT returns)
     ST_SIZE,
-) = range(26)
+) = range(32)
 
 # -- fv slots
 FV_DEFAULT_DT, FV_MODEL_DT, FV_MAX_ELAPSED, FV_NOMINAL, FV_ELAPSED = range(5)
@@ -88,6 +95,8 @@ R_PACKET = 4  # a packet for Python (header in st, values in fv[FV_VALS:])
 R_OVERFLOW = 5  # an oversize run without a delimiter (a "length" error)
 R_POLICY = 6  # the policy step failed (status in st[ST_KIND]); nothing sent
 R_TICK_SLOW = 7  # OP_TICK: the pending sample needs the supervisor (header in ST_PEND_*)
+R_SENT = 9  # the io call wrote the ACTUATE (R_STEP_END's case; write's result in st[ST_WROTE])
+R_IO = 10  # the io call's wait or read failed (or read end of file): Python's path diagnoses it
 _R_READY = 8  # internal: a usable sample is in fv[FV_RAW:], step it
 
 _K_CRC, _K_COBS, _K_VERSION, _K_FLAGS, _K_LENGTH, _K_TYPE = (
@@ -401,6 +410,55 @@ def cfc_frame_step(op, pos, n, now, mode, buf, st, fv, chan, xbuf, fp, ip, work)
     return _sent(status, n, now, buf, st, fv, chan, (chan.shape[0] - 1 - 4 * n_in) // 7)
 
 
+@njit(inline="always", **_OPTS)
+def _wait_read(fd, wait_ns, buf, st):
+    """ppoll + read into buf[:RX_SIZE]: bytes read (st[ST_READ], st[ST_READY_NS]), 0 when the
+    wait timed out, -1 when the wait or the read failed or read end of file."""
+    p = poll_in(fd, wait_ns)
+    if p <= 0:
+        return p
+    n = sys_read(fd, buf, 0, RX_SIZE)
+    st[ST_READY_NS] = monotonic_ns()
+    st[ST_READ] = n
+    return n if n > 0 else -1
+
+
+@njit(inline="always", **_OPTS)
+def _write_step(fd, r, buf, st):
+    """R_STEP_END: write the ACTUATE now, return R_SENT (other codes: unchanged)."""
+    if r & 0xFF != R_STEP_END:
+        return r
+    st[ST_DONE_NS] = monotonic_ns()
+    st[ST_WROTE] = sys_write(fd, buf, TX_OFF, r >> 8)
+    st[ST_WRITTEN_NS] = monotonic_ns()
+    st[ST_SENT] += 1
+    return R_SENT | (r & ~0xFF)
+
+
+@njit(**_OPTS)
+def ltc_frame_io(fd, wait_ns, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+    """Wait up to ``wait_ns`` for ``fd``, read, :func:`ltc_frame_step` on what was read, and
+    write the ACTUATE when that was the last frame (R_SENT): "frame readable -> command
+    written" without the interpreter. Other returns as :func:`ltc_frame_step` (the bytes read
+    in st[ST_READ], when in st[ST_READY_NS]), R_DONE on a timeout, R_IO on a failed wait or
+    read. Releases the GIL (nogil) while it waits, as ``select`` does."""
+    n = _wait_read(fd, wait_ns, buf, st)
+    if n <= 0:
+        return R_DONE if n == 0 else R_IO
+    r = ltc_frame_step(op, 0, n, st[ST_READY_NS], mode, buf, st, fv, chan, xbuf, fp, ip, work)
+    return _write_step(fd, r, buf, st)
+
+
+@njit(**_OPTS)
+def cfc_frame_io(fd, wait_ns, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+    """As :func:`ltc_frame_io`, for a CfC policy."""
+    n = _wait_read(fd, wait_ns, buf, st)
+    if n <= 0:
+        return R_DONE if n == 0 else R_IO
+    r = cfc_frame_step(op, 0, n, st[ST_READY_NS], mode, buf, st, fv, chan, xbuf, fp, ip, work)
+    return _write_step(fd, r, buf, st)
+
+
 @njit(**_OPTS)
 def encode_frame_into(buf, ptype, flags, seq, t_us, ref, vals, count):
     """:func:`~.protocol.encode_frame` into buf[TX_OFF:]; its length (for tests and tools)."""
@@ -410,6 +468,14 @@ def encode_frame_into(buf, ptype, flags, seq, t_us, ref, vals, count):
 def frame_kernel(policy):
     """The one-call-per-frame kernel for this policy's cell."""
     return cfc_frame_step if policy.cell == "cfc" else ltc_frame_step
+
+
+def frame_io_kernel(policy):
+    """The wait + read + frame + write kernel for this policy's cell (None where the compiled
+    system calls do not fit the platform: :data:`.syscalls.AVAILABLE`)."""
+    if not AVAILABLE:
+        return None
+    return cfc_frame_io if policy.cell == "cfc" else ltc_frame_io
 
 
 class FrameState:

@@ -201,6 +201,8 @@ class Node:
         self._st = self.frames.st
         self._fd: int | None = None
         self.rare_frames = 0  # frames the compiled call handed to Python (HELLO, not a RUN cycle)
+        self._event_mode = cfg.mode == "event"
+        self._op = F.OP_EVENT if self._event_mode else F.OP_FIXED
         self._bind_policy()
         warm_fused(self.policy, self.maps.chan)
         self.reloader = Reloader(cfg, self.maps.chan)
@@ -212,8 +214,6 @@ class Node:
         self.stats = NodeStats()
         self.port: serial.SerialBase | None = None
         self._text = cfg.protocol == "text"
-        self._event_mode = cfg.mode == "event"
-        self._op = F.OP_EVENT if self._event_mode else F.OP_FIXED
         self._splitter = LineSplitter() if self._text else P.Packetizer()
         self._tx_seq = 0
         self._rx_lines = 0
@@ -252,6 +252,12 @@ class Node:
         """True when frames go through the one compiled call per frame (framecodec): binary
         protocol, cpu policy, a port with a file descriptor."""
         return self._kcall is not None and self._fd is not None
+
+    @property
+    def compiled_io(self) -> bool:
+        """True when the fused path also waits, reads and writes inside the compiled call
+        (framecodec.*_frame_io; 64-bit Linux): no Python between frame readable and written."""
+        return self.fused and self._kio is not None
 
     @property
     def mode(self) -> int:
@@ -530,13 +536,17 @@ class Node:
         self._fast = fast_arrays(self.policy)
         self._fused = fused_kernel(self.policy) if self._fast is not None else None
         self.frames.fv[F.FV_MAX_ELAPSED] = self._max_elapsed
-        self._kcall = None
+        self._kcall = self._kio = None
         if self._fast is not None and not self._text_protocol():
             fs, m = self.frames, self.maps
             self._kargs = (fs.buf, fs.st, fs.fv, m.chan, m.xbuf, *self._fast)
             # Warm on a copy of the state with nothing pending: the call returns at once.
             warm = (F.OP_TICK, 0, 0, 0, P.MODE_SAFE, fs.buf, fs.st.copy(), *self._kargs[2:])
             self._kcall = compiled_entry(F.frame_kernel(self.policy), warm)
+            io = F.frame_io_kernel(self.policy)
+            if io is not None:
+                # Warm on no descriptor (-1: ppoll ignores it) and no wait: returns R_DONE.
+                self._kio = compiled_entry(io, (-1, 0, self._op, P.MODE_SAFE, *warm[5:]))
 
     def _text_protocol(self) -> bool:
         return self.cfg.protocol == "text"
@@ -595,9 +605,26 @@ class Node:
             self._splitter.overflows = 0
 
     def _poll_fused(self, wait_s: float) -> None:
-        """The binary hot path: select, read into the preallocated buffer, one compiled call
-        per frame (framecodec), write the ACTUATE it encoded. Python handles only the rare
-        returns (HELLO, a cycle the supervisor must judge, errors, policy failure)."""
+        """The binary hot path: wait, read into the preallocated buffer, one compiled call per
+        frame (framecodec), write the ACTUATE it encoded. Where the platform allows, the wait,
+        the read and the write are in the compiled call too (``frame_io``): no Python between
+        "readable" and "written". Python handles only the rare returns (HELLO, a cycle the
+        supervisor must judge, errors, policy failure)."""
+        args, op = self._kargs, self._op
+        if self._kio is not None:
+            wait_ns = int(wait_s * 1e9) if wait_s > 0 else 0
+            r = self._kio(self._fd, wait_ns, op, self.sup.mode, *args)
+            code = r & 0xFF
+            if code == F.R_SENT:
+                self._sent_io(r >> 8)
+                return
+            if code == F.R_DONE:
+                return
+            if code != F.R_IO:
+                st = self._st
+                self._rest(r, int(st[F.ST_READ]), int(st[F.ST_READY_NS]))
+                return
+            wait_s = 0.0  # R_IO: the Python path below diagnoses it (EINTR, EAGAIN, a lost port)
         fd = self._fd
         if not select.select(self._rlist, (), (), wait_s if wait_s > 0 else 0.0)[0]:
             return
@@ -608,8 +635,11 @@ class Node:
         if not n:  # readable but empty: the device went away
             raise serial.SerialException("device reports readiness to read but returned no data")
         t_ready = time.monotonic_ns()
+        self._rest(self._kcall(op, 0, n, t_ready, self.sup.mode, *args), n, t_ready)
+
+    def _rest(self, r: int, n: int, t_ready: int) -> None:
+        """Handle the compiled call's return ``r`` and scan the rest of the ``n`` bytes read."""
         call, args, op = self._kcall, self._kargs, self._op
-        r = call(op, 0, n, t_ready, self.sup.mode, *args)
         while True:
             code = r & 0xFF
             if code == F.R_STEP_END:
@@ -639,6 +669,18 @@ class Node:
                 self._cycle_ns = t_ready
             self._finish(int(st[F.ST_KIND]), int(st[F.ST_SEQ]), t_ready, now)
 
+    def _sent_io(self, size: int) -> None:
+        """The io call stepped a RUN cycle and wrote its ACTUATE (all of it, or st[ST_WROTE]
+        bytes: the rest through pyserial, which waits or raises for a lost port)."""
+        st = self._st
+        k, t_ready = int(st[F.ST_WROTE]), int(st[F.ST_READY_NS])
+        if k != size:
+            self.port.write(bytes(self.frames.tx(size)[max(k, 0) :]))
+            t_written = time.monotonic_ns()
+        else:
+            t_written = int(st[F.ST_WRITTEN_NS])
+        self._after_write(t_ready, int(st[F.ST_DONE_NS]), t_written, t_ready)
+
     def _sent_fused(self, size: int, t_ready: int, now: int) -> None:
         """The compiled call stepped a RUN cycle and encoded its ACTUATE: write it, count it."""
         t_done = time.monotonic_ns()
@@ -652,7 +694,10 @@ class Node:
         # The command is out: take the time now. What follows is bookkeeping, kept out of the
         # frame-readable -> written window: Python between the compiled call and the write runs
         # cold here (the recorder's few reads there cost +5-6 µs p50 at 1 kHz on this VM).
-        t_written = time.monotonic_ns()
+        self._after_write(t_ready, t_done, time.monotonic_ns(), now)
+
+    def _after_write(self, t_ready: int, t_done: int, t_written: int, now: int) -> None:
+        """A compiled RUN cycle's ACTUATE is out: the supervisor's bookkeeping, stats, recorder."""
         self.sup.on_valid_sample(now)  # RUN: the plain step decision, bookkeeping only
         if self._event_mode:
             self._cycle_ns = t_ready
