@@ -145,3 +145,62 @@ def test_a_lost_peer_is_r_io_not_a_hang(compiled, pty):
     t0 = time.monotonic()
     assert io(slave, 2_000_000_000, F.OP_EVENT, P.MODE_RUN, *args) == F.R_IO
     assert time.monotonic() - t0 < 1.0  # the hang-up wakes the wait
+
+
+def test_the_tick_call_sleeps_to_the_tick_and_steps_the_newest_frame(compiled, pty):
+    """Fixed mode: frames before the tick are read and kept (the newest fresh one), the tick is
+    taken on time, and what it writes is the per-frame calls' OP_FIXED + OP_TICK on a copy."""
+    cfg, policy = compiled
+    tick, step = F.frame_tick_kernel(policy), F.frame_kernel(policy)
+    master, slave = pty
+    fs, args = _args(cfg, policy)
+    tick(-1, 0, 0, P.MODE_SAFE, *_copy(args))  # compiled (or loaded) before the clock matters
+    rng = np.random.default_rng(3)
+    for i in range(10):
+        frames = [
+            P.encode_frame(P.SENSOR, 2 * i + k + 1, 1000 * (2 * i + k), rng.normal(0, 0.1, 4).tolist())
+            for k in range(2)
+        ]
+        ref = _copy(args)
+        os.write(master, b"".join(frames))
+        t_tick = time.monotonic_ns() + 3_000_000
+        r = tick(slave, t_tick, 200_000, P.MODE_RUN, *args)
+        st = fs.st
+        assert r & 0xFF == F.R_SENT, r & 0xFF
+        # at the tick, not before; the bound only catches a wrong clock (a loaded CI VM is late)
+        assert t_tick <= st[F.ST_TICKED] < t_tick + 500_000_000
+        assert st[F.ST_PEND_NS] == st[F.ST_READY_NS] < t_tick  # read before the tick
+        data = b"".join(frames)
+        ref[0][: len(data)] = np.frombuffer(data, np.uint8)
+        assert step(F.OP_FIXED, 0, len(data), int(st[F.ST_PEND_NS]), P.MODE_RUN, *ref) == F.R_DONE
+        want = step(F.OP_TICK, 0, 0, int(st[F.ST_TICKED]), P.MODE_RUN, *ref)
+        assert want & 0xFF == F.R_STEP_END and want >> 8 == r >> 8
+        wire = _read_all(master)
+        assert wire == bytes(ref[0][F.TX_OFF : F.TX_OFF + (want >> 8)])
+        assert P.decode_frame(wire[:-1]).ref_seq == 2 * i + 2  # the newer of the two
+        np.testing.assert_array_equal(args[1][: F.ST_READ], ref[1][: F.ST_READ])
+        for a, b in zip(args[2:], ref[2:], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_tick_call_returns_before_a_far_tick_and_for_python(compiled, pty):
+    cfg, policy = compiled
+    tick = F.frame_tick_kernel(policy)
+    master, slave = pty
+    fs, args = _args(cfg, policy)
+    tick(-1, 0, 0, P.MODE_SAFE, *_copy(args))
+    # nothing pending, the tick near: taken, R_DONE (a tick without a fresh sample)
+    t_tick = time.monotonic_ns() + 1_000_000
+    assert tick(slave, t_tick, 0, P.MODE_RUN, *args) == F.R_DONE
+    assert fs.st[F.ST_TICKED] >= t_tick
+    # a tick beyond the longest sleep: back after MAX_SLEEP_NS, the tick not taken
+    t0 = time.monotonic_ns()
+    assert tick(slave, t0 + 10**9, 0, P.MODE_RUN, *args) == F.R_DONE
+    took = time.monotonic_ns() - t0
+    assert fs.st[F.ST_TICKED] == 0 and F.MAX_SLEEP_NS <= took < 10**9 // 2
+    # a HELLO before the tick: handed to Python at once, the tick not taken
+    os.write(master, P.encode_frame(P.HELLO, 1, 0, [4.0, 1.0, 100.0]))
+    assert tick(slave, time.monotonic_ns() + 10**9, 0, P.MODE_RUN, *args) == F.R_PACKET
+    assert fs.st[F.ST_TICKED] == 0 and fs.st[F.ST_TYPE] == P.HELLO
+    with pytest.raises(BlockingIOError):
+        os.read(master, 64)

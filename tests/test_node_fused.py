@@ -93,6 +93,8 @@ def test_the_running_node_steps_through_the_compiled_call(tmp_path, mode):
         acts = [p for p in dev.actuations() if p.ref_seq != 0]
         assert len(acts) >= (140 if mode == "event" else 100)
         assert node.rare_frames <= 5  # HELLO and the arming frames; every RUN cycle compiled
+        if syscalls.AVAILABLE:  # ... and written by the compiled call (event: io, fixed: tick)
+            assert node.compiled_io and node._st[F.ST_SENT] >= len(acts) - 5
         assert node.stats.steps >= len(acts)
         # ACTUATE seqs count up by one per frame the node sent (shared with the Python path)
         seqs = [p.seq for p in dev.rx]

@@ -29,7 +29,7 @@ from numba import njit
 from ..runtime import cfc_kernels, kernels
 from ..runtime.kernels import _OPTS
 from . import protocol as P
-from .syscalls import AVAILABLE, monotonic_ns, poll_in, sys_read, sys_write
+from .syscalls import AVAILABLE, monotonic_ns, poll_in, sleep_until, sys_read, sys_write
 
 # -- buf layout (offsets 16-aligned: float32 payloads are read through views)
 RX_SIZE = 4096
@@ -72,8 +72,9 @@ BUF_SIZE = TX_OFF + 288
     ST_WROTE,  # ... what write() returned for it (-1: failed)
     ST_WRITTEN_NS,  # ... when write() returned
     ST_SENT,  # ACTUATE frames the io call wrote (R_SENT returns)
+    ST_TICKED,  # the tick call: when it took the tick (0: it returned before the tick)
     ST_SIZE,
-) = range(32)
+) = range(33)
 
 # -- fv slots
 FV_DEFAULT_DT, FV_MODEL_DT, FV_MAX_ELAPSED, FV_NOMINAL, FV_ELAPSED = range(5)
@@ -459,6 +460,70 @@ def cfc_frame_io(fd, wait_ns, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
     return _write_step(fd, r, buf, st)
 
 
+#: The tick call sleeps at most this long, so that the loop sees signals, stop and timeouts.
+MAX_SLEEP_NS = 50_000_000
+
+
+@njit(inline="always", **_OPTS)
+def _take(fd, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+    """Fixed mode: read what the port has (no wait) and keep the newest fresh SENSOR pending;
+    R_DONE, or the first return Python must handle (R_IO: a failed read)."""
+    while True:
+        n = _wait_read(fd, 0, buf, st)
+        if n == 0:
+            return R_DONE
+        if n < 0:
+            return R_IO
+        r = step_fn(OP_FIXED, 0, n, st[ST_READY_NS], mode, buf, st, fv, chan, xbuf, fp, ip, work)
+        if r != R_DONE:
+            return r
+
+
+@njit(inline="always", **_OPTS)
+def _tick(fd, tick_ns, spin_ns, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+    st[ST_TICKED] = 0
+    r = _take(fd, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work)
+    if r != R_DONE:
+        return r
+    now = monotonic_ns()
+    wake = tick_ns - spin_ns
+    if now < wake:
+        sleep_until(min(wake, now + MAX_SLEEP_NS))
+        now = monotonic_ns()
+        if now < wake:  # the sleep was capped or a signal woke it: back to the loop
+            return _take(fd, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work)
+    while now < tick_ns:  # spin_ns: poll the port while the tick comes
+        r = _take(fd, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work)
+        if r != R_DONE:
+            return r
+        now = monotonic_ns()
+    # what arrived during the sleep (or the spin's last poll) is this tick's
+    r = _take(fd, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work)
+    if r != R_DONE:
+        return r
+    st[ST_TICKED] = now
+    r = step_fn(OP_TICK, 0, 0, now, mode, buf, st, fv, chan, xbuf, fp, ip, work)
+    st[ST_READY_NS] = st[ST_PEND_NS]
+    return _write_step(fd, r, buf, st)
+
+
+@njit(**_OPTS)
+def ltc_frame_tick(fd, tick_ns, spin_ns, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+    """Fixed mode in one compiled call: read what the port has, sleep (clock_nanosleep, absolute,
+    GIL released) until ``spin_ns`` before ``tick_ns`` (at most MAX_SLEEP_NS), read again, spin
+    to the tick polling the port, and step the newest fresh SENSOR on it (OP_TICK), writing
+    the ACTUATE (R_SENT). st[ST_TICKED]: when the tick was taken, 0 if the call returned before
+    it (a capped sleep, a signal, a frame Python must handle: then the code as
+    :func:`ltc_frame_step`, or R_IO). A tick with nothing fresh returns R_DONE, ST_TICKED set."""
+    return _tick(fd, tick_ns, spin_ns, ltc_frame_step, mode, buf, st, fv, chan, xbuf, fp, ip, work)
+
+
+@njit(**_OPTS)
+def cfc_frame_tick(fd, tick_ns, spin_ns, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+    """As :func:`ltc_frame_tick`, for a CfC policy."""
+    return _tick(fd, tick_ns, spin_ns, cfc_frame_step, mode, buf, st, fv, chan, xbuf, fp, ip, work)
+
+
 @njit(**_OPTS)
 def encode_frame_into(buf, ptype, flags, seq, t_us, ref, vals, count):
     """:func:`~.protocol.encode_frame` into buf[TX_OFF:]; its length (for tests and tools)."""
@@ -476,6 +541,14 @@ def frame_io_kernel(policy):
     if not AVAILABLE:
         return None
     return cfc_frame_io if policy.cell == "cfc" else ltc_frame_io
+
+
+def frame_tick_kernel(policy):
+    """Fixed mode's sleep + read + tick + write kernel for this policy's cell (None: as
+    :func:`frame_io_kernel`)."""
+    if not AVAILABLE:
+        return None
+    return cfc_frame_tick if policy.cell == "cfc" else ltc_frame_tick
 
 
 class FrameState:

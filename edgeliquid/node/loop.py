@@ -230,6 +230,7 @@ class Node:
         self._hold_elapsed = (1.0 / cfg.rate_hz) / cfg.model_dt  # a HOLD cycle: one nominal period
         self._timeout_ns = int(cfg.sensor_timeout_ms * 1e6)
         self._spin_s = cfg.spin_us / 1e6
+        self._spin_ns = int(cfg.spin_us * 1000)
         self._held = realtime.Held()
         self._sleeper = realtime.AbsSleep()
         self.ready = threading.Event()  # set once the port is open and the handshake sent
@@ -256,8 +257,9 @@ class Node:
     @property
     def compiled_io(self) -> bool:
         """True when the fused path also waits, reads and writes inside the compiled call
-        (framecodec.*_frame_io; 64-bit Linux): no Python between frame readable and written."""
-        return self.fused and self._kio is not None
+        (framecodec.*_frame_io, fixed mode: *_frame_tick; 64-bit Linux): no Python between
+        "frame readable" (or the tick) and "command written"."""
+        return self.fused and (self._kio is not None or self._ktick is not None)
 
     @property
     def mode(self) -> int:
@@ -536,17 +538,20 @@ class Node:
         self._fast = fast_arrays(self.policy)
         self._fused = fused_kernel(self.policy) if self._fast is not None else None
         self.frames.fv[F.FV_MAX_ELAPSED] = self._max_elapsed
-        self._kcall = self._kio = None
+        self._kcall = self._kio = self._ktick = None
         if self._fast is not None and not self._text_protocol():
             fs, m = self.frames, self.maps
             self._kargs = (fs.buf, fs.st, fs.fv, m.chan, m.xbuf, *self._fast)
             # Warm on a copy of the state with nothing pending: the call returns at once.
             warm = (F.OP_TICK, 0, 0, 0, P.MODE_SAFE, fs.buf, fs.st.copy(), *self._kargs[2:])
             self._kcall = compiled_entry(F.frame_kernel(self.policy), warm)
-            io = F.frame_io_kernel(self.policy)
-            if io is not None:
-                # Warm on no descriptor (-1: ppoll ignores it) and no wait: returns R_DONE.
+            # Warm on no descriptor (-1: ppoll ignores it), no wait, nothing pending: no effect.
+            if self._event_mode and F.frame_io_kernel(self.policy) is not None:
+                io = F.frame_io_kernel(self.policy)
                 self._kio = compiled_entry(io, (-1, 0, self._op, P.MODE_SAFE, *warm[5:]))
+            elif not self._event_mode and F.frame_tick_kernel(self.policy) is not None:
+                tick = F.frame_tick_kernel(self.policy)
+                self._ktick = compiled_entry(tick, (-1, 0, 0, P.MODE_SAFE, *warm[5:]))
 
     def _text_protocol(self) -> bool:
         return self.cfg.protocol == "text"
@@ -669,9 +674,10 @@ class Node:
                 self._cycle_ns = t_ready
             self._finish(int(st[F.ST_KIND]), int(st[F.ST_SEQ]), t_ready, now)
 
-    def _sent_io(self, size: int) -> None:
-        """The io call stepped a RUN cycle and wrote its ACTUATE (all of it, or st[ST_WROTE]
-        bytes: the rest through pyserial, which waits or raises for a lost port)."""
+    def _sent_io(self, size: int, now: int | None = None) -> None:
+        """The io (or tick) call stepped a RUN cycle and wrote its ACTUATE (all of it, or
+        st[ST_WROTE] bytes: the rest through pyserial, which waits or raises for a lost port).
+        ``now``: the cycle's time (default: when the frame was read)."""
         st = self._st
         k, t_ready = int(st[F.ST_WROTE]), int(st[F.ST_READY_NS])
         if k != size:
@@ -679,7 +685,7 @@ class Node:
             t_written = time.monotonic_ns()
         else:
             t_written = int(st[F.ST_WRITTEN_NS])
-        self._after_write(t_ready, int(st[F.ST_DONE_NS]), t_written, t_ready)
+        self._after_write(t_ready, int(st[F.ST_DONE_NS]), t_written, t_ready if now is None else now)
 
     def _sent_fused(self, size: int, t_ready: int, now: int) -> None:
         """The compiled call stepped a RUN cycle and encoded its ACTUATE: write it, count it."""
@@ -846,7 +852,9 @@ class Node:
                     self._reload_done(reloaded)
                 try:
                     now = time.monotonic_ns()
-                    if not self._event_mode:
+                    if not self._event_mode and self._ktick is not None and self.fused:
+                        next_tick = self._tick_io(next_tick)
+                    elif not self._event_mode:
                         # Take what the port has, then sleep (absolute, GIL released) until
                         # spin_us before the tick and poll without sleeping from there: on a VM
                         # an idle vCPU can take milliseconds to wake (halt + reschedule). Frames
@@ -891,24 +899,49 @@ class Node:
             tasks.append(self.recorder.task_id)
         return [t for t in tasks if t]
 
+    def _tick_io(self, next_tick: int) -> int:
+        """Fixed mode, compiled (framecodec.*_frame_tick): read, sleep, spin, tick and write in
+        one call; Python handles the rare returns and counts the tick. The next deadline."""
+        st = self._st
+        r = self._ktick(self._fd, next_tick, self._spin_ns, self.sup.mode, *self._kargs)
+        code, ticked = r & 0xFF, int(st[F.ST_TICKED])
+        if not ticked:  # returned before the tick
+            if code == F.R_IO:
+                self._poll_fused(0.0)  # Python's path diagnoses it
+            elif code != F.R_DONE:
+                self._rest(r, int(st[F.ST_READ]), int(st[F.ST_READY_NS]))
+            return next_tick
+        self._cycle_ns = ticked
+        if code == F.R_SENT:
+            self._sent_io(r >> 8, ticked)
+        else:
+            self._tick_result(code, r, ticked)
+        # Overran: late ticks are skipped, never a burst (as Node.run's Python wait).
+        next_tick, late = realtime.next_tick_after(ticked, next_tick, self._period_ns)
+        self.stats.ticks_late += late
+        return next_tick
+
+    def _tick_result(self, code: int, r: int, now: int) -> None:
+        """The compiled tick's return other than a written ACTUATE."""
+        if code == F.R_DONE:  # nothing fresh since the last tick
+            self.stats.ticks_no_sample += self.sup.mode == P.MODE_RUN
+            return
+        t_ready = int(self._st[F.ST_PEND_NS])
+        if code == F.R_STEP_END:
+            self._sent_fused(r >> 8, t_ready, now)
+        elif code == F.R_TICK_SLOW:
+            self.rare_frames += 1
+            elapsed = (self._period_ns / 1e9) / self.cfg.model_dt
+            self._on_sample(self.frames.pending(), t_ready, elapsed=elapsed)
+        else:
+            self._rare(code, r, t_ready, now)
+
     def _tick(self, now: int) -> None:
         """Fixed mode: one cycle on the newest frame since the last tick."""
         self._cycle_ns = now
         if self.fused:
             r = self._kcall(F.OP_TICK, 0, 0, now, self.sup.mode, *self._kargs)
-            code = r & 0xFF
-            if code == F.R_DONE:  # nothing fresh since the last tick
-                self.stats.ticks_no_sample += self.sup.mode == P.MODE_RUN
-            else:
-                t_ready = int(self._st[F.ST_PEND_NS])
-                if code == F.R_STEP_END:
-                    self._sent_fused(r >> 8, t_ready, now)
-                elif code == F.R_TICK_SLOW:
-                    self.rare_frames += 1
-                    elapsed = (self._period_ns / 1e9) / self.cfg.model_dt
-                    self._on_sample(self.frames.pending(), t_ready, elapsed=elapsed)
-                else:
-                    self._rare(code, r, t_ready, now)
+            self._tick_result(r & 0xFF, r, now)
         pkt, self._pending = self._pending, None
         if pkt is not None:
             self._on_sample(pkt, self._pending_ns, elapsed=(self._period_ns / 1e9) / self.cfg.model_dt)

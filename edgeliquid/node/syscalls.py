@@ -1,7 +1,8 @@
-"""The four system calls of the node's hot path, callable from compiled (numba) code.
+"""The system calls of the node's hot path, callable from compiled (numba) code.
 
-``ppoll``, ``read``, ``write`` and ``clock_gettime(CLOCK_MONOTONIC)`` are declared as external C
-functions in the generated code and bound by name to the process's libc when the code is loaded,
+``ppoll``, ``read``, ``write``, ``clock_gettime`` and ``clock_nanosleep`` (CLOCK_MONOTONIC) are
+declared as external C functions in the generated code and bound by name to the process's libc
+when the code is loaded,
 so the functions that use them stay cacheable (a ctypes function pointer would be a constant
 address, and numba refuses to cache it). With them the node waits, reads, steps and writes in
 one compiled call: nothing of the interpreter runs between "frame readable" and "command
@@ -27,6 +28,7 @@ _LP64 = ctypes.sizeof(ctypes.c_long) == ctypes.sizeof(ctypes.c_void_p) == 8
 AVAILABLE = sys.platform.startswith("linux") and _LP64
 
 _CLOCK_MONOTONIC = 1
+_TIMER_ABSTIME = 1
 _POLLIN = 0x001
 
 _i16, _i32, _i64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -108,3 +110,18 @@ def _io(name: str):
 sys_read = _io("read")
 #: ``write(fd, &buf[offset], count)``: bytes written, or -1 on error.
 sys_write = _io("write")
+
+
+@intrinsic
+def sleep_until(typingctx, t_ns):
+    """``clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME)`` until ``t_ns`` (monotonic_ns): 0, or
+    the error number (EINTR: a signal woke it early; the caller looks at the clock)."""
+
+    def codegen(context, builder, sig, args):
+        ts = _timespec(builder, context.cast(builder, args[0], sig.args[0], types.int64))
+        fn = _extern(builder, "clock_nanosleep", _i32, [_i32, _i32, _ptr, _ptr])
+        null = ir.Constant(_ptr, None)
+        r = builder.call(fn, [_i32(_CLOCK_MONOTONIC), _i32(_TIMER_ABSTIME), builder.bitcast(ts, _ptr), null])
+        return builder.sext(r, _i64)
+
+    return types.int64(t_ns), codegen
