@@ -124,3 +124,24 @@ def test_import_does_not_import_torch():
     code = "import sys, edgeliquid; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_same_array_every_step_reads_its_new_values_and_views_are_checked(path):
+    """step remembers the last array that passed its checks, never its values: a control loop
+    refilling one array steps on the new inputs; a strided view or a changed-dtype array is
+    checked (and copied) again, stepping on the same values as a fresh contiguous copy."""
+    pol, ref = edgeliquid.load(path), edgeliquid.load(path)
+    x = np.zeros(3, np.float32)
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        x[:] = rng.normal(size=3)  # in place: the same object every step
+        np.testing.assert_array_equal(pol.step(x, 0.7), ref.step(x.copy(), 0.7))
+    big = rng.normal(size=6).astype(np.float32)
+    for odd in (big[::2], big[:3].astype(np.float64), big[:3].copy().reshape(1, 3)[0]):
+        np.testing.assert_array_equal(
+            pol.step(odd, 1.3), ref.step(np.ascontiguousarray(odd, np.float32), 1.3)
+        )
+    x.flags.writeable = False  # read-only now: still stepped on its values
+    np.testing.assert_array_equal(pol.step(x, 1.0), ref.step(x.copy(), 1.0))
+    with pytest.raises(InputError, match="expected shape"):
+        pol.step(np.zeros(4, np.float32))
