@@ -20,6 +20,7 @@ def _tree(tmp_path: Path) -> Path:
     (root / "runtime" / "kernels.py").write_text("A = 1\n")
     (root / "runtime" / "packing.py").write_text("HEADER = 45\n")
     (root / "node" / "framecodec.py").write_text("B = 2\n")
+    (root / "node" / "syscalls.py").write_text("B2 = 2\n")
     (root / "node" / "loop.py").write_text("C = 3\n")
     (root / "fleet" / "plant.py").write_text("D = 4\n")
     (root / "model" / "cell.py").write_text("E = 5\n")
@@ -34,7 +35,8 @@ def test_key_changes_with_any_kernel_source_and_only_those(tmp_path):
     (root / "model" / "cell.py").write_text("E = 50\n")
     assert _jitcache.source_key(root) == key
     seen = {key}
-    for rel in ("runtime/packing.py", "runtime/kernels.py", "node/framecodec.py", "fleet/plant.py"):
+    kernels = ("runtime/packing.py", "runtime/kernels.py", "node/framecodec.py", "node/syscalls.py", "fleet/plant.py")
+    for rel in kernels:
         f = root / rel
         f.write_text(f.read_text() + "# edit\n")
         k = _jitcache.source_key(root)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent.parent  # the edgeliquid package
 #: Everything a numba kernel of edgeliquid is compiled from (folders: every ``*.py`` in them).
-KERNEL_SOURCES = ("runtime", "node/framecodec.py", "fleet")
+KERNEL_SOURCES = ("runtime", "node/framecodec.py", "node/syscalls.py", "fleet")
 _PREFIX = "numba-"
 
 
