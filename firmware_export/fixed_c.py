@@ -224,14 +224,8 @@ QINLINE int32_t qdiv(int32_t r, int32_t d)
 
 FIXED_FUSED = {
     "qdiv": QDIV_C,
-    "per_step": """    /* cm / dt once per step (U 32-bit divisions) */
-    dt = elapsed_q / UNFOLDS;
-    for (j = 0; j < U; ++j) {
-        ks[j] = qdiv(cm[j], dt);
-        gs[j] += EPSILON_Q;
-    }
-""",
-    "scalars": "    int32_t dt;\n",
+    "per_step": "",  # _cm_over_dt: needs the model's cm
+    "scalars": "    int32_t dt;\n",  # _cm_over_dt adds its own for F >= 16
     # vn = (cmt v + N) / (cmt + G) = v + (N - G v) / (cmt + G): the 32-bit division's relative
     # error then scales the increment only (docs/firmware.md)
     "update": "v[j] + qdiv(n - qmul_f(g, v[j]), k[j] + g)",
@@ -276,10 +270,11 @@ SOURCE = Template(
 #define X_LIMIT $x_limit
 #define E_MIN $e_min
 #define E_MAX $e_max
-/* logistic table: coordinate u = (A v) >> US + B, UK fraction bits, clamped to [0, UMAX] */
+/* logistic table: coordinate u = (A v) >> US + B, UK fraction bits per interval, LUT_LAST + 1
+ * intervals (the first and last flat: they take every u below and above) */
 #define US $us
 #define UK $uk
-#define UMAX $umax
+#define LUT_LAST $lut_last
 #define UBITS $ubits
 /* W, WE are in Q(QF + 2 - ACC_LOSS) */
 #define ACC_LOSS $acc_loss
@@ -325,26 +320,40 @@ static inline int32_t qmla(int32_t a, int32_t b, int32_t c)
 #define QACC(acc, w, s) ((acc) + (int32_t)(((int64_t)(w) * (s)) >> (32 - ACC_LOSS)))
 #endif
 
-$qdiv/* u clamped to [0, UMAX] (one usat on the M4) */
+$qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (one usat with its
+ * shift on the M4). The end intervals are flat (slope 0), so the line needs no clamped u. */
 #if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
-#define QSAT(u) ((int32_t)__builtin_arm_usat((u), UBITS))
+#define QIDX(u) ((uint32_t)__builtin_arm_usat((u) >> UK, UBITS - UK))
 #else
-#define QSAT(u) ((u) < 0 ? 0 : ((u) > UMAX ? UMAX : (u)))
+#define QIDX(u) ((u) < 0 ? 0u : ((u) >> UK > LUT_LAST ? (uint32_t)LUT_LAST : (uint32_t)((u) >> UK)))
+#endif
+
+/* a = p[k], b = p[k + 1] (k a constant, 4 k <= 1020): one ldrd on a Thumb-2 core with the DSP
+ * extension (Cortex-M4/M7/M33; gcc splits most of them into two ldr; A32 ldrd would need an even
+ * register pair); plain loads elsewhere. Only for the const arrays (the asm reads memory the
+ * compiler does not see it read, so never for the state buffers). */
+#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && defined(__thumb2__)
+#define QLD2(p, k, a, b) __asm__("ldrd %0, %1, [%2, %3]" : "=r"(a), "=r"(b) : "r"(p), "i"(4 * (k)))
+#else
+#define QLD2(p, k, a, b) ((a) = (p)[k], (b) = (p)[(k) + 1])
 #endif
 
 /* w sigmoid and w erev sigmoid of one synapse at presynaptic u, added to *n, *d (Q(QF)): the
  * logistic from a piecewise linear table (minimax per interval, Q30: s = lut[2i] + lut[2i+1] u
- * in uint32 arithmetic), p = {A, B, W, WE} with W, WE in Q(QF + 2) */
-#define SYN(p, u, n, d)                                                       \\
-    do {                                                                      \\
-        int32_t u_ = QARG((p)[0], (u), (p)[1]);                              \\
-        int32_t s_;                                                           \\
-        const uint32_t *e_;                                                   \\
-        u_ = QSAT(u_);                                                        \\
-        e_ = lut + (((uint32_t)u_ >> UK) << 1);                               \\
-        s_ = (int32_t)(e_[0] + e_[1] * (uint32_t)u_);                         \\
-        n = QACC(n, (p)[3], s_);                                              \\
-        d = QACC(d, (p)[2], s_);                                              \\
+ * in uint32 arithmetic), p[o..o+3] = {A, B, W, WE} with W, WE in Q(QF + 2) */
+#define SYN(p, o, u, n, d)                                                    \
+    do {                                                                      \
+        int32_t a_, b_, w_, we_, u_, s_;                                      \
+        uint32_t c_, k_;                                                      \
+        const uint32_t *e_;                                                   \
+        QLD2(p, o, a_, b_);                                                   \
+        u_ = QARG(a_, (u), b_);                                               \
+        e_ = lut + (QIDX(u_) << 1);                                           \
+        QLD2(e_, 0, c_, k_);                                                  \
+        s_ = (int32_t)(c_ + k_ * (uint32_t)u_);                               \
+        QLD2(p, (o) + 2, w_, we_);                                            \
+        n = QACC(n, we_, s_);                                                 \
+        d = QACC(d, w_, s_);                                                  \
     } while (0)
 
 $substep
@@ -367,24 +376,11 @@ $normalize
     + """
 void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq)
 {
-    int32_t va[U], vb[U], xm[NI], ns[U], gs[U], ks[U];
-    int32_t *v = va, *vn = vb, *sw;
-$scalars$locals    for (j = 0; j < U; ++j) {
-        v[j] = sq[j];
-    }
-    for (i = 0; i < NI; ++i) {
+    int32_t xm[NI], ns[U], gs[U], ks[U];
+$buffers$scalars$locals    for (i = 0; i < NI; ++i) {
         xm[i] = qmul(xq[i], in_w[i]) + in_b[i];
     }
-$sensory$per_step    for (t = 0; t < UNFOLDS; ++t) {
-        ${name}_substep(v, vn, ns, gs, ks);
-        sw = v;
-        v = vn;
-        vn = sw;
-    }
-    for (j = 0; j < U; ++j) {
-        sq[j] = v[j];
-    }
-    for (k = 0; k < NM; ++k) {
+$sensory$per_step$substeps    for (k = 0; k < NM; ++k) {
         yq[k] = qmul(v[k], out_w[k]) + out_b[k];
     }
 }
@@ -411,6 +407,23 @@ void ${name}_step(const float *x, float *state, float elapsed, float *y)
 """
 )
 
+#: The sub-steps, by UNFOLDS. Two or more: the first reads the caller's state, the last writes it
+#: and the others alternate between two buffers (no copies in or out); one: a buffer and a copy
+#: (a sub-step's input and output must differ: later neurons still read v[j] after vn[j]).
+SUBSTEPS = """    v = sq;
+    for (t = 0; t < UNFOLDS; ++t) {
+        vn = t == UNFOLDS - 1 ? sq : ((t & 1) ? vb : va);
+        ${name}_substep(v, vn, ns, gs, ks);
+        v = vn;
+    }
+"""
+SUBSTEP_ONE = """    ${name}_substep(sq, va, ns, gs, ks);
+    for (t = 0; t < U; ++t) {
+        sq[t] = va[t];
+    }
+    v = sq;
+"""
+
 #: One sub-step vn from v (CSR by destination, like the float variant): n = gleak vleak + the
 #: sensory and recurrent sums of w erev s, g = gleak (+ eps) + those of w s, both Q(QF); k[j] is
 #: cm/dt (fused) or h/cm (explicit Euler).
@@ -424,7 +437,7 @@ static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, co
     for (j = 0; j < U; ++j) {
         int32_t n = ns[j], g = gs[j];
         for (c = r_cnt[j]; c > 0; --c, p += 4) {
-            SYN(p, v[*src++], n, g);
+            SYN(p, 0, v[*src++], n, g);
         }
         vn[j] = $update;
     }
@@ -437,12 +450,17 @@ SENSORY_LOOP = """    /* sensory synapses (by destination): fixed over the step 
     for (j = 0; j < U; ++j) {
         int32_t n = 0, d = 0;
         for (c = s_cnt[j]; c > 0; --c, p += 4) {
-            SYN(p, xm[*src++], n, d);
+            SYN(p, 0, xm[*src++], n, d);
         }
         ns[j] = gleak_vleak[j] + n;
         gs[j] = gleak[j] + d;
     }
 """
+
+
+#: Unrolled SYN offsets stay below this many words from their base (QLD2's ldrd reaches
+#: p[o + 3] at 4 (o + 2) <= 1020 bytes): the base moves on past it.
+SYN_WINDOW = 252
 
 
 def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
@@ -455,15 +473,19 @@ def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
         fm.sens,
         units,
         "        n = 0;\n        d = 0;\n",
-        "        SYN(p + $o, xm[$s], n, d);\n",
+        "        SYN(p, $r, xm[$s], n, d);\n",
         "        ns[$j] = gleak_vleak[$j] + n;\n        gs[$j] = gleak[$j] + d;\n",
+        SYN_WINDOW,
+        f"        p += $d;\n        {up}_OPAQUE(p);\n",
     )
     rec = csr_pass(
         fm.rec,
         units,
         "    n = ns[$j];\n    g = gs[$j];\n",
-        "    SYN(p + $o, v[$s], n, g);\n",
+        "    SYN(p, $r, v[$s], n, g);\n",
         f"    vn[$j] = {indexed(update)};\n",
+        SYN_WINDOW,
+        f"    p += $d;\n    {up}_OPAQUE(p);\n",
     )
     return {
         "locals": f"    const int32_t *p = s_par;\n    int i, j, k, t;\n    {up}_OPAQUE(p);\n",
@@ -492,8 +514,11 @@ UK = 10
 def sigmoid_table() -> tuple[np.ndarray, float]:
     """(uint32 [2 LUT_N]: per interval i the pair (c_i, slope_i) with s(u) = c_i + slope_i u mod 2^32
     in Q30 for the table coordinate u in interval i, the worst error against the logistic on
-    [-LUT_RANGE, LUT_RANGE] and beyond, sampled). Each interval gets the minimax line: the secant
-    shifted by half its largest gap to the (convex or concave) logistic."""
+    [-LUT_RANGE, LUT_RANGE] and beyond, sampled). Each inner interval gets the minimax line: the
+    secant shifted by half its largest gap to the (convex or concave) logistic. The first and last
+    intervals are flat, at the middle of the logistic's range over them and everything beyond
+    (|x| >= LUT_RANGE - h), so every u below or above the table lands on a flat line and the C
+    needs no clamped u (only its interval is clamped: one usat on the M4)."""
     h = 2 * LUT_RANGE / LUT_N
     step = 2**UK
     out = np.zeros(2 * LUT_N, np.uint64)
@@ -503,16 +528,83 @@ def sigmoid_table() -> tuple[np.ndarray, float]:
         x0 = -LUT_RANGE + i * h
         xs = x0 + h * np.arange(step + 1) / step
         ys = sig(xs)
-        slope = (ys[-1] - ys[0]) / step  # per u unit
-        gap = ys - (ys[0] + slope * np.arange(step + 1))
-        c0 = ys[0] + 0.5 * (gap.max() + gap.min())
-        sq = int(round(slope * 2**30))
-        cq = int(round(c0 * 2**30)) - sq * i * step
+        if i in (0, LUT_N - 1):  # flat: from 0 (resp. 1) to the logistic at the inner edge
+            lo, hi = (0.0, ys[-1]) if i == 0 else (ys[0], 1.0)
+            sq, cq = 0, int(round(0.5 * (lo + hi) * 2**30))
+            worst = max(worst, abs(cq / 2**30 - lo), abs(hi - cq / 2**30))
+        else:
+            slope = (ys[-1] - ys[0]) / step  # per u unit
+            gap = ys - (ys[0] + slope * np.arange(step + 1))
+            c0 = ys[0] + 0.5 * (gap.max() + gap.min())
+            sq = int(round(slope * 2**30))
+            cq = int(round(c0 * 2**30)) - sq * i * step
+            got = (cq + sq * (i * step + np.arange(step + 1))) / 2**30
+            worst = max(worst, float(np.abs(got - ys).max()))
         out[2 * i], out[2 * i + 1] = cq % 2**32, sq % 2**32
-        got = (cq + sq * (i * step + np.arange(step + 1))) / 2**30
-        worst = max(worst, float(np.abs(got - ys).max()))
-    worst = max(worst, float(sig(-LUT_RANGE)))  # the clamp's tail
     return out, worst
+
+
+def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int) -> str:
+    """The fused step's cm / dt, once per step: qdiv(cm[j], dt)'s bits with dt cut to 15 significant
+    bits once. qdiv divides cm[j] << m (m = QF - b) where that fits, i.e. where cm[j]'s headroom
+    zr[j] >= m, else cm[j] << zr[j] and shifts the quotient up by m - zr[j]. Most elapsed times
+    put every neuron on the same side, so each side is a plain division per neuron (with its shift
+    a constant when ``unrolled``); between them (some neurons on each side) qdiv. Q formats with
+    fewer than 16 fraction bits (qdiv's other branch) keep the qdiv loop."""
+    general = "    for (j = 0; j < U; ++j) {\n        ks[j] = qdiv(cm[j], dt);\n    }\n"
+    if frac < 16:
+        return (
+            "    /* cm / dt once per step (U 32-bit divisions) */\n    dt = elapsed_q / UNFOLDS;\n" + general
+        )
+    if unrolled:
+        fast = "".join(
+            f"        ks[{j}] = (int32_t)((uint32_t)cm[{j}] << m) / dtn;\n" for j in range(len(zr))
+        )
+        slow = "".join(
+            f"        ks[{j}] = (int32_t)((uint32_t)(cm_n[{j}] / dtn) << (m - {int(z)}));\n"
+            for j, z in enumerate(zr)
+        )
+    else:
+        fast = (
+            "        for (j = 0; j < U; ++j) {\n"
+            "            ks[j] = (int32_t)((uint32_t)cm[j] << m) / dtn;\n        }\n"
+        )
+        slow = (
+            "        for (j = 0; j < U; ++j) {\n"
+            "            ks[j] = (int32_t)((uint32_t)(cm_n[j] / dtn) << (m - cm_zr[j]));\n        }\n"
+        )
+    return f"""    /* cm / dt once per step (U 32-bit divisions; fixed_c._cm_over_dt) */
+    dt = elapsed_q / UNFOLDS;
+    b = 17 - QCLZ((uint32_t)dt);
+    b = b < 0 ? 0 : b;
+    m = QF - b;
+    dtn = dt >> b;
+    if (m <= CM_ZR_MIN) {{ /* every cm[j] << m fits: the division at the result's scale */
+{fast}    }} else if (m > CM_ZR_MAX) {{ /* none fits: cm_n[j] = cm[j] << cm_zr[j], quotient shifted up */
+{slow}    }} else {{
+    {general.replace(chr(10) + "    ", chr(10) + "        ")}    }}
+"""
+
+
+def _cm_headroom(cm: np.ndarray) -> np.ndarray:
+    """Each cm's headroom as qdiv computes it: clz - 1 (0 for cm = 0, which every path divides to 0)."""
+    if np.any(cm < 0):
+        raise CodegenError("fixed point: a membrane capacitance cm is negative")
+    return np.array([31 - int(c).bit_length() if c else 0 for c in cm], np.int64)
+
+
+def _cm_shifts(cm: np.ndarray, unrolled: bool, frac: int) -> list[str]:
+    """C for :func:`_cm_over_dt`: ``cm`` (Q F), ``cm_n`` = cm << its headroom, the headrooms'
+    extremes CM_ZR_MIN/MAX and (loops) the headrooms ``cm_zr``; for F < 16 ``cm`` only."""
+    zr = _cm_headroom(cm)
+    if frac < 16:
+        return [c_array("int32_t", "cm", cm)]
+    return [
+        f"#define CM_ZR_MIN {int(zr.min())}\n#define CM_ZR_MAX {int(zr.max())}\n",
+        c_array("int32_t", "cm", cm),
+        c_array("int32_t", "cm_n", cm << zr),
+        *([] if unrolled else [c_array("uint8_t", "cm_zr", zr)]),
+    ]
 
 
 def _syn_params(syn, frac: int, us: int, acc_shift: int) -> np.ndarray:
@@ -576,17 +668,24 @@ def generate_fixed(
         f"{LUT_N} intervals on [-{LUT_RANGE:g}, {LUT_RANGE:g}], minimax line each, Q30 (uint32 pairs)"
     )
     info["sigmoid_error_bound"] = float(lut_err + 0.25 * 2 * LUT_RANGE / LUT_N / 2**UK)
+    gleak_q = _q(p["gleak"], f)
     if cfg.solver == "fused_semi_implicit_euler":
+        cm_q = _q(p["cm"], f)
+        pieces["per_step"] = _cm_over_dt(_cm_headroom(cm_q), unroll != "none", f)
+        if f >= 16:
+            pieces["scalars"] += "    int32_t dtn;\n    int b, m;\n"
+        eps_q = max(1, int(round(cfg.epsilon * (1 << f))))
+        gleak_q = gleak_q + eps_q  # the fused denominator's epsilon, folded in at export
         ode_consts = [
-            f"#define EPSILON_Q ((int32_t){max(1, int(round(cfg.epsilon * (1 << f))))})\n",
-            c_array("int32_t", "cm", _q(p["cm"], f)),
+            f"/* gleak below is gleak + epsilon (Q F: {eps_q}), the fused update's denominator term */\n",
+            *_cm_shifts(cm_q, unroll != "none", f),
         ]
     else:  # 1/(cm UNFOLDS) at export: the step multiplies instead of dividing
         ode_consts = [c_array("int32_t", "inv_cm_u", _q(1.0 / (p["cm"] * cfg.ode_unfolds), f))]
     arrays = [
         *ode_consts,
         c_array("uint32_t", "lut", lut, per_line=8),
-        c_array("int32_t", "gleak", _q(p["gleak"], f)),
+        c_array("int32_t", "gleak", gleak_q),
         c_array("int32_t", "gleak_vleak", _q(p["gleak"] * p["vleak"], f)),
         c_array("int32_t", "in_w", _q(p["input_w"], f)),
         c_array("int32_t", "in_b", _q(p["input_b"], f)),
@@ -634,12 +733,18 @@ def generate_fixed(
         n_in=cfg.n_inputs,
         n_out=cfg.n_outputs,
         unfolds=cfg.ode_unfolds,
+        buffers=(
+            "    int32_t va[U], vb[U], *vn;\n    const int32_t *v;\n"
+            if cfg.ode_unfolds > 1
+            else "    int32_t va[U];\n    const int32_t *v;\n"
+        ),
+        substeps=Template(SUBSTEPS if cfg.ode_unfolds > 1 else SUBSTEP_ONE).substitute(name=name),
         frac=f,
         normalize=norm_def,
         arrays="\n".join(arrays),
         us=us,
         uk=UK,
-        umax=f"{LUT_N * 2**UK - 1}",
+        lut_last=LUT_N - 1,
         ubits=int(math.log2(LUT_N)) + UK,
         acc_loss=2 - acc,
         idx=idx,
