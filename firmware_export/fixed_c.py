@@ -192,33 +192,49 @@ static int QCLZ(uint32_t x)
 #define QINLINE static
 #endif
 
-/* r 2^QF / d for d > 0 with one 32-bit division, d cut to at most 15 significant bits (d >> b).
- * Where r 2^(QF - b) fits 31 bits (small increments, the usual case) the division is at the
- * result's scale: error <= 1 unit + 2^-14 relative. Otherwise r is shifted up to its headroom
- * (zr), the quotient (>= 15 bits) shifted up by QF - zr - b >= 1: relative error <= 2^-13. */
+/* r 2^QF / d for d > 0 with one 32-bit division, d cut to at most 15 significant bits (d >> b,
+ * b = 17 - clz(d), at least 0; qdiv_b takes b). Where r 2^(QF - b) fits 31 bits (small increments,
+ * the usual case) the division is at the result's scale: error <= 1 unit + 2^-14 relative.
+ * Otherwise r is shifted up to its headroom (zr), the quotient (>= 15 bits) shifted up by
+ * QF - zr - b >= 1: relative error <= 2^-13. */
+#if QF >= 16 /* d > 0 has b <= 16 <= QF */
+QINLINE int32_t qdiv_b(int32_t r, int32_t d, int b)
+{
+    /* r << (QF - b) fits exactly where shifting it back gives r (qdiv's range test; one
+     * instruction fewer than testing |r| >> (31 - QF + b), and the shifted r is needed anyway) */
+    int32_t t = (int32_t)((uint32_t)r << (QF - b));
+    int zr;
+    if (QLIKELY(t >> (QF - b) == r)) {
+        return t / (d >> b);
+    }
+    zr = QCLZ((uint32_t)(r ^ (r >> 31))) - 1; /* |r|, or |r| - 1 for r < 0: >= 2^(31 - QF + b) here */
+    return (int32_t)((uint32_t)((int32_t)((uint32_t)r << zr) / (d >> b)) << (QF - zr - b));
+}
+#else
+QINLINE int32_t qdiv_b(int32_t r, int32_t d, int b)
+{
+    int c, zr;
+    int32_t q;
+    zr = QCLZ((uint32_t)(r ^ (r >> 31)) | 1u) - 1;
+    c = QF - zr - b;
+    q = (int32_t)((uint32_t)r << zr) / (d >> b);
+    return c >= 0 ? (int32_t)((uint32_t)q << c) : q >> -c;
+}
+#endif
+
 QINLINE int32_t qdiv(int32_t r, int32_t d)
 {
-    uint32_t ra = (uint32_t)(r ^ (r >> 31)); /* |r|, or |r| - 1 for r < 0 */
     int b = 17 - QCLZ((uint32_t)d);
-    int zr;
-    b = b < 0 ? 0 : b;
-#if QF >= 16 /* d > 0 has b <= 16 <= QF */
-    if (QLIKELY(!(ra >> (31 - QF + b)))) {
-        return (int32_t)((uint32_t)r << (QF - b)) / (d >> b);
-    }
-    zr = QCLZ(ra) - 1;
-    return (int32_t)((uint32_t)((int32_t)((uint32_t)r << zr) / (d >> b)) << (QF - zr - b));
-#else
-    {
-        int c;
-        int32_t q;
-        zr = QCLZ(ra | 1u) - 1;
-        c = QF - zr - b;
-        q = (int32_t)((uint32_t)r << zr) / (d >> b);
-        return c >= 0 ? (int32_t)((uint32_t)q << c) : q >> -c;
-    }
-#endif
+    return qdiv_b(r, d, b < 0 ? 0 : b);
 }
+
+/* the update's division: its d = cm/dt + gleak + eps + sum w s is at least gleak + eps (w, s >= 0),
+ * and where that is >= 2^15 units for every neuron (QD_GE_2_15, checked at export) b needs no clamp */
+#if QD_GE_2_15
+#define QDIV_UPDATE(r, d) qdiv_b((r), (d), 17 - QCLZ((uint32_t)(d)))
+#else
+#define QDIV_UPDATE(r, d) qdiv((r), (d))
+#endif
 
 """
 
@@ -228,7 +244,7 @@ FIXED_FUSED = {
     "scalars": "    int32_t dt;\n",  # _cm_over_dt adds its own for F >= 16
     # vn = (cmt v + N) / (cmt + G) = v + (N - G v) / (cmt + G): the 32-bit division's relative
     # error then scales the increment only (docs/firmware.md)
-    "update": "v[j] + qdiv(n - qmul_f(g, v[j]), k[j] + g)",
+    "update": "v[j] + QDIV_UPDATE(n - qmul_f(g, v[j]), k[j] + g)",
 }
 
 # Explicit Euler without a division: hc = h / cm = elapsed_q * inv_cm_u (inv_cm_u = 1/(cm UNFOLDS),
@@ -261,6 +277,13 @@ SOURCE = Template(
 #include "$name.h"
 #include <stdint.h>
 
+/* gcc's first scheduling pass (on at -O2, off at -Os) hoists the unrolled synapses' loads far
+ * ahead of their use and runs out of registers: the spills cost more than the scheduling gains
+ * (#17: the driving NCP's step 4 % fewer M4 instructions without it). The same bits either way. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-schedule-insns")
+#endif
+
 #define U $units
 #define NI $n_in
 #define NM $n_out
@@ -278,6 +301,8 @@ SOURCE = Template(
 #define UBITS $ubits
 /* W, WE are in Q(QF + 2 - ACC_LOSS) */
 #define ACC_LOSS $acc_loss
+/* 1 where the fused update's denominator is >= 2^15 units whatever the state (fixed_c._divisor_big) */
+#define QD_GE_2_15 $qd_big
 
 $arrays
 static int32_t qmul(int32_t a, int32_t b)
@@ -586,6 +611,22 @@ def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int) -> str:
 """
 
 
+def _divisor_big(fm: FirmwareModel, gleak_q: np.ndarray, lut: np.ndarray) -> bool:
+    """Whether the fused update's d = cm/dt + gleak + eps + sum (W s >> 32) is >= 2^15 units for any
+    state and elapsed (qdiv's b = 17 - clz(d) then needs no clamp at 0): every W >= 0, every table
+    line >= 0 on its interval (so each floored product is >= 0), cm/dt >= 0, and gleak + eps
+    (``gleak_q``, Q F) >= 2^15 for every neuron."""
+    ws = [s.w for s in (fm.rec, fm.sens) if s.count]
+    if any(np.any(w < 0) for w in ws) or np.any(fm.p["cm"] < 0):
+        return False
+    c, slope = (lut[0::2].astype(object), lut[1::2].astype(object))  # exact integers
+    ends = []
+    for i in range(len(c)):  # a line's extremes are its interval's ends, in the C's uint32 arithmetic
+        for u in (i * 2**UK, (i + 1) * 2**UK - 1):
+            ends.append((c[i] + slope[i] * u) % 2**32)
+    return bool(max(ends) < 2**31 and gleak_q.min() >= 2**15)
+
+
 def _cm_headroom(cm: np.ndarray) -> np.ndarray:
     """Each cm's headroom as qdiv computes it: clz - 1 (0 for cm = 0, which every path divides to 0)."""
     if np.any(cm < 0):
@@ -747,6 +788,7 @@ def generate_fixed(
         lut_last=LUT_N - 1,
         ubits=int(math.log2(LUT_N)) + UK,
         acc_loss=2 - acc,
+        qd_big=int(cfg.solver == "fused_semi_implicit_euler" and _divisor_big(fm, gleak_q, lut)),
         idx=idx,
         **loops,
         x_limit=f"{input_range:.1f}f",
