@@ -364,24 +364,36 @@ $qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (on
  * compiler does not see it read, so never for the state buffers). */
 #if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && defined(__thumb2__)
 #define QLD2(p, k, a, b) __asm__("ldrd %0, %1, [%2, %3]" : "=r"(a), "=r"(b) : "r"(p), "i"(4 * (k)))
+/* a synapse's {A, B, W, WE} = p[0..3] into SYN's a_, b_, w_, we_, p advanced past them: one
+ * ldmia instead of two ldrd. ldm loads ascending registers, so those four are fixed (QREGS); SYN
+ * uses them directly (copies cost moves) */
+#define QREGS                                                                                     \
+    register int32_t a_ __asm__("r4");                                                           \
+    register int32_t b_ __asm__("r5");                                                           \
+    register int32_t w_ __asm__("r6");                                                           \
+    register int32_t we_ __asm__("r8")
+#define QLD4(p) __asm__("ldmia %0!, {r4, r5, r6, r8}" : "+r"(p), "=r"(a_), "=r"(b_), "=r"(w_), "=r"(we_))
 #else
 #define QLD2(p, k, a, b) ((a) = (p)[k], (b) = (p)[(k) + 1])
+#define QREGS int32_t a_, b_, w_, we_
+#define QLD4(p) (a_ = (p)[0], b_ = (p)[1], w_ = (p)[2], we_ = (p)[3], (p) += 4)
 #endif
 
-/* w sigmoid and w erev sigmoid of one synapse at presynaptic u, added to *n, *d (Q(QF)): the
- * logistic from a piecewise linear table (minimax per interval, Q30: s = lut[2i] + lut[2i+1] u
- * in uint32 arithmetic), p[o..o+3] = {A, B, W, WE} with W, WE in Q(QF + 2) */
-#define SYN(p, o, u, n, d)                                                    \
+/* w sigmoid and w erev sigmoid of the synapse at p (p advanced past it) at presynaptic u, added
+ * to n, d (Q(QF)): the logistic from a piecewise linear table (minimax per interval, Q30:
+ * s = lut[2i] + lut[2i+1] u in uint32 arithmetic), p[0..3] = {A, B, W, WE} with W, WE in
+ * Q(QF + 2) */
+#define SYN(p, u, n, d)                                                       \
     do {                                                                      \
-        int32_t a_, b_, w_, we_, u_, s_;                                      \
+        QREGS;                                                                \
+        int32_t u_, s_;                                                       \
         uint32_t c_, k_;                                                      \
         const uint32_t *e_;                                                   \
-        QLD2(p, o, a_, b_);                                                   \
+        QLD4(p);                                                              \
         u_ = QARG(a_, (u), b_);                                               \
         e_ = lut + (QIDX(u_) << 1);                                           \
         QLD2(e_, 0, c_, k_);                                                  \
         s_ = (int32_t)(c_ + k_ * (uint32_t)u_);                               \
-        QLD2(p, (o) + 2, w_, we_);                                            \
         n = QACC(n, we_, s_);                                                 \
         d = QACC(d, w_, s_);                                                  \
     } while (0)
@@ -499,8 +511,8 @@ static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, co
     int j, c;
     for (j = 0; j < U; ++j) {
         int32_t n = ns[j], g = gs[j];
-        for (c = r_cnt[j]; c > 0; --c, p += 4) {
-            SYN(p, 0, v[*src++], n, g);
+        for (c = r_cnt[j]; c > 0; --c) {
+            SYN(p, v[*src++], n, g);
         }
         vn[j] = $update;
     }
@@ -512,8 +524,8 @@ LOCALS_LOOP = "    const int32_t *p = s_par;\n    const $idx *src = s_src;\n    
 SENSORY_LOOP = """    /* sensory synapses (by destination): fixed over the step */
     for (j = 0; j < U; ++j) {
         int32_t n = gleak_vleak[j], d = gleak[j]; /* the sums start there: no constant added after */
-        for (c = s_cnt[j]; c > 0; --c, p += 4) {
-            SYN(p, 0, xm[*src++], n, d);
+        for (c = s_cnt[j]; c > 0; --c) {
+            SYN(p, xm[*src++], n, d);
         }
         ns[j] = n;
         gs[j] = d;
@@ -521,14 +533,9 @@ SENSORY_LOOP = """    /* sensory synapses (by destination): fixed over the step 
 """
 
 
-#: Unrolled SYN offsets stay below this many words from their base (QLD2's ldrd reaches
-#: p[o + 3] at 4 (o + 2) <= 1020 bytes): the base moves on past it.
-SYN_WINDOW = 252
-
-
 def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
     """``locals``, ``sensory`` and ``substep`` with one SYN per synapse (firmware_export/unroll_c.py):
-    the loops' operations in their order, sources and parameter offsets as constants."""
+    the loops' operations in their order, sources as constants, the parameters read in order."""
     from .unroll_c import OPAQUE, csr_pass, indexed
 
     up, units = name.upper(), fm.cfg.units
@@ -536,19 +543,15 @@ def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
         fm.sens,
         units,
         "        n = gleak_vleak[$j];\n        d = gleak[$j];\n",
-        "        SYN(p, $r, xm[$s], n, d);\n",
+        "        SYN(p, xm[$s], n, d);\n",
         "        ns[$j] = n;\n        gs[$j] = d;\n",
-        SYN_WINDOW,
-        f"        p += $d;\n        {up}_OPAQUE(p);\n",
     )
     rec = csr_pass(
         fm.rec,
         units,
         "    n = ns[$j];\n    g = gs[$j];\n",
-        "    SYN(p, $r, v[$s], n, g);\n",
+        "    SYN(p, v[$s], n, g);\n",
         f"    vn[$j] = {indexed(update)};\n",
-        SYN_WINDOW,
-        f"    p += $d;\n    {up}_OPAQUE(p);\n",
     )
     return {
         "locals": f"    const int32_t *p = s_par;\n    int i, j, k, t;\n    {up}_OPAQUE(p);\n",

@@ -27,27 +27,20 @@ OPAQUE = Template("""#ifdef __GNUC__
 """)
 
 
-def csr_pass(
-    syn: Synapses, units: int, head: str, body: str, tail: str, window: int = 0, rebase: str = ""
-) -> str:
+def csr_pass(syn: Synapses, units: int, head: str, body: str, tail: str) -> str:
     """C statements of one pass over ``syn`` (sorted by destination): per destination ``head``,
     then ``body`` per synapse, then ``tail``. Template fields: ``$j`` the destination, ``$s`` the
     synapse's source, ``$o`` the offset of its 4 parameters, ``$o1`` to ``$o3`` the offsets of
-    the 2nd to 4th. With ``window`` > 0, ``$r`` is the offset from a base that moves on (``rebase``
-    emitted before the synapse, its ``$d`` the words to advance) once ``$r`` would reach ``window``:
-    for instructions whose immediate offset is short (the M4's ldrd: 1020 bytes)."""
+    the 2nd to 4th."""
     counts = np.bincount(syn.dst, minlength=units)
-    h, b, t, rb = Template(head), Template(body), Template(tail), Template(rebase)
+    h, b, t = Template(head), Template(body), Template(tail)
     out = []
-    k = base = 0
+    k = 0
     for j in range(units):
         out.append(h.substitute(j=j))
         for _ in range(int(counts[j])):
             o = 4 * k
-            if window and o - base >= window:
-                out.append(rb.substitute(d=o - base))
-                base = o
-            out.append(b.substitute(j=j, s=int(syn.src[k]), o=o, o1=o + 1, o2=o + 2, o3=o + 3, r=o - base))
+            out.append(b.substitute(j=j, s=int(syn.src[k]), o=o, o1=o + 1, o2=o + 2, o3=o + 3))
             k += 1
         out.append(t.substitute(j=j))
     return "".join(out)
