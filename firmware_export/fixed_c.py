@@ -240,8 +240,9 @@ QINLINE int32_t qdiv(int32_t r, int32_t d)
 
 FIXED_FUSED = {
     "qdiv": QDIV_C,
-    "per_step": "",  # _cm_over_dt: needs the model's cm
-    "scalars": "    int32_t dt;\n",  # _cm_over_dt adds its own for F >= 16
+    "per_step": "    ${name}_cm_over_dt(elapsed_q, ks);\n",
+    "helpers": "",  # _cm_over_dt: needs the model's cm
+    "scalars": "",
     # vn = (cmt v + N) / (cmt + G) = v + (N - G v) / (cmt + G): the 32-bit division's relative
     # error then scales the increment only (docs/firmware.md)
     "update": "v[j] + QDIV_UPDATE(n - qmul_f(g, v[j]), k[j] + g)",
@@ -253,11 +254,12 @@ FIXED_FUSED = {
 # choose_q checks for the whole elapsed range: Theorem 2's state bound then holds.
 FIXED_EXPLICIT_EULER = {
     "per_step": """    /* h / cm = elapsed / (cm UNFOLDS): a multiply by a constant, no division */
-    for (j = 0; j < U; ++j) {
-        ks[j] = qmul(elapsed_q, inv_cm_u[j]);
+    for (t = 0; t < U; ++t) {
+        ks[t] = qmul(elapsed_q, inv_cm_u[t]);
     }
 """,
     "qdiv": "",
+    "helpers": "",
     "scalars": "",
     "update": "v[j] + qmul(k[j], n - qmul_f(g, v[j]))",
 }
@@ -448,7 +450,7 @@ static inline float from_q(int32_t q)
 $normalize
 """
     + RESET_C
-    + """
+    + """$helpers
 void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq)
 {
     int32_t xm[NI], ns[U], gs[U], ks[U];
@@ -554,7 +556,7 @@ def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
         f"    vn[$j] = {indexed(update)};\n",
     )
     return {
-        "locals": f"    const int32_t *p = s_par;\n    int i, j, k, t;\n    {up}_OPAQUE(p);\n",
+        "locals": f"    const int32_t *p = s_par;\n    int i, k, t;\n    {up}_OPAQUE(p);\n",
         "sensory": "    /* sensory synapses (by destination): fixed over the step; unrolled */\n"
         f"    {{\n        int32_t n, d;\n{sensory}    }}\n",
         "substep": OPAQUE.substitute(UP=up)
@@ -610,18 +612,23 @@ def sigmoid_table() -> tuple[np.ndarray, float]:
     return out, worst
 
 
-def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int) -> str:
-    """The fused step's cm / dt, once per step: qdiv(cm[j], dt)'s bits with dt cut to 15 significant
-    bits once. qdiv divides cm[j] << m (m = QF - b) where that fits, i.e. where cm[j]'s headroom
-    zr[j] >= m, else cm[j] << zr[j] and shifts the quotient up by m - zr[j]. Most elapsed times
-    put every neuron on the same side, so each side is a plain division per neuron (with its shift
-    a constant when ``unrolled``); between them (some neurons on each side) qdiv. Q formats with
-    fewer than 16 fraction bits (qdiv's other branch) keep the qdiv loop."""
+def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int, name: str) -> str:
+    """``NAME_cm_over_dt(elapsed_q, ks)``, the fused step's cm / dt once per step: qdiv(cm[j], dt)'s
+    bits with dt cut to 15 significant bits once. qdiv divides cm[j] << m (m = QF - b) where that
+    fits, i.e. where cm[j]'s headroom zr[j] >= m, else cm[j] << zr[j] and shifts the quotient up by
+    m - zr[j]. Most elapsed times put every neuron on the same side, so each side is a plain
+    division per neuron (with its shift a constant when ``unrolled``); between them (some neurons
+    on each side) qdiv. Q formats with fewer than 16 fraction bits (qdiv's other branch) keep the
+    qdiv loop. A function of its own so that a test can compare it with qdiv (inlined: one call)."""
     general = "    for (j = 0; j < U; ++j) {\n        ks[j] = qdiv(cm[j], dt);\n    }\n"
+    head = f"""/* cm / dt, once per step (U 32-bit divisions; fixed_c._cm_over_dt) */
+static void {name}_cm_over_dt(int32_t elapsed_q, int32_t *ks)
+{{
+    int32_t dt = elapsed_q / UNFOLDS;
+    int j;
+"""
     if frac < 16:
-        return (
-            "    /* cm / dt once per step (U 32-bit divisions) */\n    dt = elapsed_q / UNFOLDS;\n" + general
-        )
+        return head + general + "}\n"
     if unrolled:
         fast = "".join(
             f"        ks[{j}] = (int32_t)((uint32_t)cm[{j}] << m) / dtn;\n" for j in range(len(zr))
@@ -639,9 +646,8 @@ def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int) -> str:
             "        for (j = 0; j < U; ++j) {\n"
             "            ks[j] = (int32_t)((uint32_t)(cm_n[j] / dtn) << (m - cm_zr[j]));\n        }\n"
         )
-    return f"""    /* cm / dt once per step (U 32-bit divisions; fixed_c._cm_over_dt) */
-    dt = elapsed_q / UNFOLDS;
-    b = 17 - QCLZ((uint32_t)dt);
+    return f"""{head}    int b = 17 - QCLZ((uint32_t)dt), m;
+    int32_t dtn;
     b = b < 0 ? 0 : b;
     m = QF - b;
     dtn = dt >> b;
@@ -649,6 +655,8 @@ def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int) -> str:
 {fast}    }} else if (m > CM_ZR_MAX) {{ /* none fits: cm_n[j] = cm[j] << cm_zr[j], quotient shifted up */
 {slow}    }} else {{
     {general.replace(chr(10) + "    ", chr(10) + "        ")}    }}
+    (void)j;
+}}
 """
 
 
@@ -758,9 +766,7 @@ def generate_fixed(
     gleak_q = _q(p["gleak"], f)
     if cfg.solver == "fused_semi_implicit_euler":
         cm_q = _q(p["cm"], f)
-        pieces["per_step"] = _cm_over_dt(_cm_headroom(cm_q), unroll != "none", f)
-        if f >= 16:
-            pieces["scalars"] += "    int32_t dtn;\n    int b, m;\n"
+        pieces["helpers"] = _cm_over_dt(_cm_headroom(cm_q), unroll != "none", f, name)
         eps_q = max(1, int(round(cfg.epsilon * (1 << f))))
         gleak_q = gleak_q + eps_q  # the fused denominator's epsilon, folded in at export
         ode_consts = [
