@@ -289,6 +289,14 @@ SOURCE = Template(
 #define QUNROLL
 #endif
 
+/* The Cortex-M paths below (inline assembly, ARM builtins) give the portable C's bits;
+ * -DEDGELIQUID_PORTABLE_C selects the portable C everywhere (the tests compare the two on the M4). */
+#if defined(__GNUC__) && !defined(EDGELIQUID_PORTABLE_C)
+#define QARM 1
+#else
+#define QARM 0
+#endif
+
 #define U $units
 #define NI $n_in
 #define NM $n_out
@@ -326,7 +334,7 @@ static inline int32_t qmul_f(int32_t a, int32_t b)
 
 /* a + the high word of b c (the 64-bit product >> 32, rounded down): one smmla where the core
  * has the DSP extension (Cortex-M4/M7), the same bits as the C */
-#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+#if QARM && defined(__ARM_FEATURE_DSP)
 static inline int32_t qmla(int32_t a, int32_t b, int32_t c)
 {
     int32_t r;
@@ -354,7 +362,7 @@ static inline int32_t qmla(int32_t a, int32_t b, int32_t c)
 
 $qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (one usat with its
  * shift on the M4). The end intervals are flat (slope 0), so the line needs no clamped u. */
-#if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
+#if QARM && defined(__ARM_FEATURE_SAT)
 #define QIDX(u) ((uint32_t)__builtin_arm_usat((u) >> UK, UBITS - UK))
 #else
 #define QIDX(u) ((u) < 0 ? 0u : ((u) >> UK > LUT_LAST ? (uint32_t)LUT_LAST : (uint32_t)((u) >> UK)))
@@ -364,7 +372,7 @@ $qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (on
  * extension (Cortex-M4/M7/M33; gcc splits most of them into two ldr; A32 ldrd would need an even
  * register pair); plain loads elsewhere. Only for the const arrays (the asm reads memory the
  * compiler does not see it read, so never for the state buffers). */
-#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__) && defined(__thumb2__)
+#if QARM && defined(__ARM_FEATURE_DSP) && defined(__thumb2__)
 #define QLD2(p, k, a, b) __asm__("ldrd %0, %1, [%2, %3]" : "=r"(a), "=r"(b) : "r"(p), "i"(4 * (k)))
 /* a synapse's {A, B, W, WE} = p[0..3] into SYN's a_, b_, w_, we_, p advanced past them: one
  * ldmia instead of two ldrd. ldm loads ascending registers, so those four are fixed (QREGS); SYN
@@ -420,7 +428,7 @@ static int32_t to_q(float f, float limit)
  * scaling is exact, so the one rounding is to_q's f 2^QF +- 0.5, symmetric in the sign; NaN gives
  * 0, too large saturates), capped at X_LIMIT_Q = to_q(X_LIMIT, X_LIMIT), then f's sign applied.
  * The same bits as to_q wherever to_q is defined (|f| 2^QF < 2^31; a state beyond that saturates). */
-#if defined(__GNUC__) && defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4)
+#if QARM && defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4)
 static inline int32_t to_q_fpu(float f, int32_t cap)
 {
     float a = __builtin_fabsf(f) + QHALF;
