@@ -240,12 +240,12 @@ QINLINE int32_t qdiv(int32_t r, int32_t d)
 
 FIXED_FUSED = {
     "qdiv": QDIV_C,
-    "per_step": "    ${name}_cm_over_dt(elapsed_q, ks);\n",
+    "per_step": "    ${name}_cm_over_dt(elapsed_q, ngk + 2);\n",
     "helpers": "",  # _cm_over_dt: needs the model's cm
     "scalars": "",
     # vn = (cmt v + N) / (cmt + G) = v + (N - G v) / (cmt + G): the 32-bit division's relative
     # error then scales the increment only (docs/firmware.md)
-    "update": "v[j] + QDIV_UPDATE(n - qmul_f(g, v[j]), k[j] + g)",
+    "update": "v[j] + QDIV_UPDATE(n - qmul_f(g, v[j]), kj + g)",
 }
 
 # Explicit Euler without a division: hc = h / cm = elapsed_q * inv_cm_u (inv_cm_u = 1/(cm UNFOLDS),
@@ -255,13 +255,13 @@ FIXED_FUSED = {
 FIXED_EXPLICIT_EULER = {
     "per_step": """    /* h / cm = elapsed / (cm UNFOLDS): a multiply by a constant, no division */
     for (t = 0; t < U; ++t) {
-        ks[t] = qmul(elapsed_q, inv_cm_u[t]);
+        ngk[3 * t + 2] = qmul(elapsed_q, inv_cm_u[t]);
     }
 """,
     "qdiv": "",
     "helpers": "",
     "scalars": "",
-    "update": "v[j] + qmul(k[j], n - qmul_f(g, v[j]))",
+    "update": "v[j] + qmul(kj, n - qmul_f(g, v[j]))",
 }
 
 FIXED_SOLVERS = {"fused_semi_implicit_euler": FIXED_FUSED, "explicit_euler": FIXED_EXPLICIT_EULER}
@@ -295,6 +295,13 @@ SOURCE = Template(
 #define QARM 1
 #else
 #define QARM 0
+#endif
+/* a core that divides in hardware (or not an ARM core): cm/dt takes its shortcuts (a Cortex-M0
+ * calls a division routine per neuron either way and keeps the smaller qdiv loop) */
+#if !defined(__arm__) || defined(__ARM_FEATURE_IDIV)
+#define QHWDIV 1
+#else
+#define QHWDIV 0
 #endif
 
 #define U $units
@@ -383,7 +390,19 @@ $qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (on
     register int32_t w_ __asm__("r6");                                                           \
     register int32_t we_ __asm__("r8")
 #define QLD4(p) __asm__("ldmia %0!, {r4, r5, r6, r8}" : "+r"(p), "=r"(a_), "=r"(b_), "=r"(w_), "=r"(we_))
+#endif
+/* n, g = ngk[3 j], ngk[3 j + 1] (the step's per-neuron sums): one ldrd (its offset reaches 1020
+ * bytes: U <= 85); the "m" operand tells the compiler that the asm reads them (they are written
+ * earlier in the same step) */
+#if QARM && defined(__ARM_FEATURE_DSP) && defined(__thumb2__) && U <= 85
+#define QNG(ngk, j)                                                                               \
+    __asm__("ldrd %0, %1, [%2, %3]"                                                              \
+            : "=r"(n), "=r"(g)                                                                    \
+            : "r"(ngk), "i"(12 * (j)), "m"(*(const int32_t(*)[2])((ngk) + 3 * (j))))
 #else
+#define QNG(ngk, j) (n = (ngk)[3 * (j)], g = (ngk)[3 * (j) + 1])
+#endif
+#if !(QARM && defined(__ARM_FEATURE_DSP) && defined(__thumb2__))
 #define QLD2(p, k, a, b) ((a) = (p)[k], (b) = (p)[(k) + 1])
 #define QREGS int32_t a_, b_, w_, we_
 #define QLD4(p) (a_ = (p)[0], b_ = (p)[1], w_ = (p)[2], we_ = (p)[3], (p) += 4)
@@ -461,7 +480,7 @@ $normalize
     + """$helpers
 void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq)
 {
-    int32_t xm[NI], ns[U], gs[U], ks[U];
+    int32_t xm[NI], ngk[3 * U]; /* per neuron: n, g (sensory sums + leak) and k (cm/dt or h/cm) */
 $buffers$scalars$locals    for (i = 0; i < NI; ++i) {
         xm[i] = qmul(xq[i], in_w[i]) + in_b[i];
     }
@@ -498,11 +517,11 @@ $unroll_io    for (i = 0; i < NM; ++i) {
 SUBSTEPS = """    v = sq;
     for (t = 0; t < UNFOLDS; ++t) {
         vn = t == UNFOLDS - 1 ? sq : ((t & 1) ? vb : va);
-        ${name}_substep(v, vn, ns, gs, ks);
+        ${name}_substep(v, vn, ngk);
         v = vn;
     }
 """
-SUBSTEP_ONE = """    ${name}_substep(sq, va, ns, gs, ks);
+SUBSTEP_ONE = """    ${name}_substep(sq, va, ngk);
     for (t = 0; t < U; ++t) {
         sq[t] = va[t];
     }
@@ -510,17 +529,17 @@ SUBSTEP_ONE = """    ${name}_substep(sq, va, ns, gs, ks);
 """
 
 #: One sub-step vn from v (CSR by destination, like the float variant): n = gleak vleak + the
-#: sensory and recurrent sums of w erev s, g = gleak (+ eps) + those of w s, both Q(QF); k[j] is
-#: cm/dt (fused) or h/cm (explicit Euler).
+#: sensory and recurrent sums of w erev s, g = gleak (+ eps) + those of w s, both Q(QF); kj is
+#: cm/dt (fused) or h/cm (explicit Euler). ngk holds the sensory n, g and k of each neuron side by
+#: side (one ldrd for n and g on the M4).
 SUBSTEP = Template("""/* one sub-step: vn[j] = $update */
-static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, const int32_t *gs,
-                            const int32_t *k)
+static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ngk)
 {
     const int32_t *p = r_par;
     const $idx *src = r_src;
     int j, c;
     for (j = 0; j < U; ++j) {
-        int32_t n = ns[j], g = gs[j];
+        int32_t n = ngk[3 * j], g = ngk[3 * j + 1], kj = ngk[3 * j + 2];
         for (c = r_cnt[j]; c > 0; --c) {
             SYN(p, v[*src++], n, g);
         }
@@ -537,8 +556,8 @@ SENSORY_LOOP = """    /* sensory synapses (by destination): fixed over the step 
         for (c = s_cnt[j]; c > 0; --c) {
             SYN(p, xm[*src++], n, d);
         }
-        ns[j] = n;
-        gs[j] = d;
+        ngk[3 * j] = n;
+        ngk[3 * j + 1] = d;
     }
 """
 
@@ -554,12 +573,12 @@ def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
         units,
         "        n = gleak_vleak[$j];\n        d = gleak[$j];\n",
         "        SYN(p, xm[$s], n, d);\n",
-        "        ns[$j] = n;\n        gs[$j] = d;\n",
+        "        ngk[3 * $j] = n;\n        ngk[3 * $j + 1] = d;\n",
     )
     rec = csr_pass(
         fm.rec,
         units,
-        "    n = ns[$j];\n    g = gs[$j];\n",
+        "    QNG(ngk, $j);\n    kj = ngk[3 * $j + 2];\n",
         "    SYN(p, v[$s], n, g);\n",
         f"    vn[$j] = {indexed(update)};\n",
     )
@@ -570,11 +589,10 @@ def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
         "substep": OPAQUE.substitute(UP=up)
         + f"""
 /* one sub-step: vn[j] = {update}; unrolled */
-static void {name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, const int32_t *gs,
-                            const int32_t *k)
+static void {name}_substep(const int32_t *v, int32_t *vn, const int32_t *ngk)
 {{
     const int32_t *p = r_par;
-    int32_t n, g;
+    int32_t n, g, kj;
     {up}_OPAQUE(p);
 {rec}}}
 """,
@@ -628,8 +646,8 @@ def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int, name: str) -> str:
     division per neuron (with its shift a constant when ``unrolled``); between them (some neurons
     on each side) qdiv. Q formats with fewer than 16 fraction bits (qdiv's other branch) keep the
     qdiv loop. A function of its own so that a test can compare it with qdiv (inlined: one call)."""
-    general = "    for (j = 0; j < U; ++j) {\n        ks[j] = qdiv(cm[j], dt);\n    }\n"
-    head = f"""/* cm / dt, once per step (U 32-bit divisions; fixed_c._cm_over_dt) */
+    general = "    for (j = 0; j < U; ++j) {\n        ks[3 * j] = qdiv(cm[j], dt);\n    }\n"
+    head = f"""/* cm / dt, once per step (U 32-bit divisions; fixed_c._cm_over_dt), into ks[3 j] */
 static void {name}_cm_over_dt(int32_t elapsed_q, int32_t *ks)
 {{
     int32_t dt = elapsed_q / UNFOLDS;
@@ -637,24 +655,25 @@ static void {name}_cm_over_dt(int32_t elapsed_q, int32_t *ks)
 """
     if frac < 16:
         return head + general + "}\n"
+    general_only = f"#if !QHWDIV\n{general}#else\n"
     if unrolled:
         fast = "".join(
-            f"        ks[{j}] = (int32_t)((uint32_t)cm[{j}] << m) / dtn;\n" for j in range(len(zr))
+            f"        ks[{3 * j}] = (int32_t)((uint32_t)cm[{j}] << m) / dtn;\n" for j in range(len(zr))
         )
         slow = "".join(
-            f"        ks[{j}] = (int32_t)((uint32_t)(cm_n[{j}] / dtn) << (m - {int(z)}));\n"
+            f"        ks[{3 * j}] = (int32_t)((uint32_t)(cm_n[{j}] / dtn) << (m - {int(z)}));\n"
             for j, z in enumerate(zr)
         )
     else:
         fast = (
             "        for (j = 0; j < U; ++j) {\n"
-            "            ks[j] = (int32_t)((uint32_t)cm[j] << m) / dtn;\n        }\n"
+            "            ks[3 * j] = (int32_t)((uint32_t)cm[j] << m) / dtn;\n        }\n"
         )
         slow = (
             "        for (j = 0; j < U; ++j) {\n"
-            "            ks[j] = (int32_t)((uint32_t)(cm_n[j] / dtn) << (m - cm_zr[j]));\n        }\n"
+            "            ks[3 * j] = (int32_t)((uint32_t)(cm_n[j] / dtn) << (m - cm_zr[j]));\n        }\n"
         )
-    return f"""{head}    int b = 17 - QCLZ((uint32_t)dt), m;
+    return f"""{head}{general_only}    int b = 17 - QCLZ((uint32_t)dt), m;
     int32_t dtn;
     b = b < 0 ? 0 : b;
     m = QF - b;
@@ -664,6 +683,7 @@ static void {name}_cm_over_dt(int32_t elapsed_q, int32_t *ks)
 {slow}    }} else {{
     {general.replace(chr(10) + "    ", chr(10) + "        ")}    }}
     (void)j;
+#endif
 }}
 """
 
@@ -705,8 +725,10 @@ def _cm_shifts(cm: np.ndarray, unrolled: bool, frac: int) -> list[str]:
     return [
         f"#define CM_ZR_MIN {int(zr.min())}\n#define CM_ZR_MAX {int(zr.max())}\n",
         c_array("int32_t", "cm", cm),
+        "#if QHWDIV\n",
         c_array("int32_t", "cm_n", cm << zr),
         *([] if unrolled else [c_array("uint8_t", "cm_zr", zr)]),
+        "#endif\n",
     ]
 
 

@@ -511,7 +511,7 @@ def _run_include(out: Path, target: str, monkeypatch=None, flags: tuple[str, ...
 CM_OVER_DT_MAIN = r"""
 int main(void)
 {
-    int32_t ks[U], e, dt;
+    int32_t ks[3 * U], e, dt; /* the step's per-neuron triples: cm/dt at ks[3 j] */
     long bad = 0, seen[3] = {0, 0, 0};
     int j, b, m;
     for (e = (int32_t)(E_MIN * (float)QONE); e < 2000000000 - e / 32; e += e / 32 + 1) {
@@ -521,7 +521,7 @@ int main(void)
         seen[m <= CM_ZR_MIN ? 0 : (m > CM_ZR_MAX ? 1 : 2)] += 1;
         NAME_cm_over_dt(e, ks);
         for (j = 0; j < U; ++j) {
-            bad += ks[j] != qdiv(cm[j], dt);
+            bad += ks[3 * j] != qdiv(cm[j], dt);
         }
     }
     printf("%ld %ld %ld %ld\n", bad, seen[0], seen[1], seen[2]);
