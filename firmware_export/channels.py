@@ -195,7 +195,7 @@ void ${name}_normalize_q(const float *raw, int32_t *xq)
     int i;
     ${name}_normalize(raw, x);
     for (i = 0; i < NI; ++i) {
-        xq[i] = TO_Q_X(x[i]);
+        xq[i] = to_q(x[i], X_LIMIT);
     }
 }
 """)

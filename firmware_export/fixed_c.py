@@ -21,10 +21,15 @@ residual of the update. With M the largest magnitude, F = 30 - ceil(log2(M + 1))
 saturated to the range at conversion.
 
 The logistic is piecewise linear on LUT_N intervals of [-LUT_RANGE, LUT_RANGE], the
-minimax line on each (:func:`sigmoid_table`), evaluated without a branch: the table
-coordinate u = (A v) >> US + B is saturated (usat) and the line is c_i + s_i u in uint32
-arithmetic (Q30). The worst output error measured against the float64 reference is
-in docs/firmware.md (tests/test_firmware.py asserts 1e-3 of the output scale).
+minimax line on each (:func:`sigmoid_table`), evaluated without a branch: the interval of the
+table coordinate u = (A v) >> US + B is saturated (one usat) and the line is c_i + s_i u in uint32
+arithmetic (Q30; the end intervals are flat, so u needs no clamp). The worst output error
+measured against the float64 reference is in docs/firmware.md (tests/test_firmware.py asserts
+1e-3 of the output scale).
+
+On a Cortex-M4 (gcc, DSP extension, FPU) the C takes the paths docs/firmware.md calls "Cortex-M
+paths" (ldmia/ldrd/usat/smmla by inline assembly or builtins, vcvt for the float conversions),
+each with the portable C's bits; -DEDGELIQUID_PORTABLE_C selects the portable C.
 """
 
 from __future__ import annotations
