@@ -795,7 +795,8 @@ def generate_fixed(
     while acc > 0 and wmax * 2.0 ** (f + acc) >= 2**31 - 1:
         acc -= 1
     info["sigmoid_table"] = (
-        f"{LUT_N} intervals on [-{LUT_RANGE:g}, {LUT_RANGE:g}], minimax line each, Q30 (uint32 pairs)"
+        f"{LUT_N} intervals on [-{LUT_RANGE:g}, {LUT_RANGE:g}], minimax line each (the first and last "
+        "flat), Q30 (uint32 pairs)"
     )
     info["sigmoid_error_bound"] = float(lut_err + 0.25 * 2 * LUT_RANGE / LUT_N / 2**UK)
     gleak_q = _q(p["gleak"], f)
