@@ -395,6 +395,7 @@ $qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (on
     register int32_t w_ __asm__("r6");                                                           \
     register int32_t we_ __asm__("r8")
 #define QLD4(p) __asm__("ldmia %0!, {r4, r5, r6, r8}" : "+r"(p), "=r"(a_), "=r"(b_), "=r"(w_), "=r"(we_))
+#define QLDW(p) ((void)0)
 #endif
 /* n, g = ngk[3 j], ngk[3 j + 1] (the step's per-neuron sums): one ldrd (its offset reaches 1020
  * bytes: U <= 85); the "m" operand tells the compiler that the asm reads them (they are written
@@ -410,7 +411,9 @@ $qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (on
 #if !(QARM && defined(__ARM_FEATURE_DSP) && defined(__thumb2__))
 #define QLD2(p, k, a, b) ((a) = (p)[k], (b) = (p)[(k) + 1])
 #define QREGS int32_t a_, b_, w_, we_
-#define QLD4(p) (a_ = (p)[0], b_ = (p)[1], w_ = (p)[2], we_ = (p)[3], (p) += 4)
+/* W, WE read where they are used (a core with eight low registers spills otherwise) */
+#define QLD4(p) (a_ = (p)[0], b_ = (p)[1])
+#define QLDW(p) (w_ = (p)[2], we_ = (p)[3], (p) += 4)
 #endif
 
 /* w sigmoid and w erev sigmoid of the synapse at p (p advanced past it) at presynaptic u, added
@@ -428,6 +431,7 @@ $qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (on
         e_ = lut + (QIDX(u_) << 1);                                           \
         QLD2(e_, 0, c_, k_);                                                  \
         s_ = (int32_t)(c_ + k_ * (uint32_t)u_);                               \
+        QLDW(p);                                                              \
         n = QACC(n, we_, s_);                                                 \
         d = QACC(d, w_, s_);                                                  \
     } while (0)
