@@ -21,10 +21,15 @@ residual of the update. With M the largest magnitude, F = 30 - ceil(log2(M + 1))
 saturated to the range at conversion.
 
 The logistic is piecewise linear on LUT_N intervals of [-LUT_RANGE, LUT_RANGE], the
-minimax line on each (:func:`sigmoid_table`), evaluated without a branch: the table
-coordinate u = (A v) >> US + B is saturated (usat) and the line is c_i + s_i u in uint32
-arithmetic (Q30). The worst output error measured against the float64 reference is
-in docs/firmware.md (tests/test_firmware.py asserts 1e-3 of the output scale).
+minimax line on each (:func:`sigmoid_table`), evaluated without a branch: the interval of the
+table coordinate u = (A v) >> US + B is saturated (one usat) and the line is c_i + s_i u in uint32
+arithmetic (Q30; the end intervals are flat, so u needs no clamp). The worst output error
+measured against the float64 reference is in docs/firmware.md (tests/test_firmware.py asserts
+1e-3 of the output scale).
+
+On a Cortex-M4 (gcc, DSP extension, FPU) the C takes the paths docs/firmware.md calls "Cortex-M
+paths" (ldmia/ldrd/usat/smmla by inline assembly or builtins, vcvt for the float conversions),
+each with the portable C's bits; -DEDGELIQUID_PORTABLE_C selects the portable C.
 """
 
 from __future__ import annotations
@@ -192,49 +197,60 @@ static int QCLZ(uint32_t x)
 #define QINLINE static
 #endif
 
-/* r 2^QF / d for d > 0 with one 32-bit division, d cut to at most 15 significant bits (d >> b).
- * Where r 2^(QF - b) fits 31 bits (small increments, the usual case) the division is at the
- * result's scale: error <= 1 unit + 2^-14 relative. Otherwise r is shifted up to its headroom
- * (zr), the quotient (>= 15 bits) shifted up by QF - zr - b >= 1: relative error <= 2^-13. */
+/* r 2^QF / d for d > 0 with one 32-bit division, d cut to at most 15 significant bits (d >> b,
+ * b = 17 - clz(d), at least 0; qdiv_b takes b). Where r 2^(QF - b) fits 31 bits (small increments,
+ * the usual case) the division is at the result's scale: error <= 1 unit + 2^-14 relative.
+ * Otherwise r is shifted up to its headroom (zr), the quotient (>= 15 bits) shifted up by
+ * QF - zr - b >= 1: relative error <= 2^-13. */
+#if QF >= 16 /* d > 0 has b <= 16 <= QF */
+QINLINE int32_t qdiv_b(int32_t r, int32_t d, int b)
+{
+    /* r << (QF - b) fits exactly where shifting it back gives r (qdiv's range test; one
+     * instruction fewer than testing |r| >> (31 - QF + b), and the shifted r is needed anyway) */
+    int32_t t = (int32_t)((uint32_t)r << (QF - b));
+    int zr;
+    if (QLIKELY(t >> (QF - b) == r)) {
+        return t / (d >> b);
+    }
+    zr = QCLZ((uint32_t)(r ^ (r >> 31))) - 1; /* |r|, or |r| - 1 for r < 0: >= 2^(31 - QF + b) here */
+    return (int32_t)((uint32_t)((int32_t)((uint32_t)r << zr) / (d >> b)) << (QF - zr - b));
+}
+#else
+QINLINE int32_t qdiv_b(int32_t r, int32_t d, int b)
+{
+    int c, zr;
+    int32_t q;
+    zr = QCLZ((uint32_t)(r ^ (r >> 31)) | 1u) - 1;
+    c = QF - zr - b;
+    q = (int32_t)((uint32_t)r << zr) / (d >> b);
+    return c >= 0 ? (int32_t)((uint32_t)q << c) : q >> -c;
+}
+#endif
+
 QINLINE int32_t qdiv(int32_t r, int32_t d)
 {
-    uint32_t ra = (uint32_t)(r ^ (r >> 31)); /* |r|, or |r| - 1 for r < 0 */
     int b = 17 - QCLZ((uint32_t)d);
-    int zr;
-    b = b < 0 ? 0 : b;
-#if QF >= 16 /* d > 0 has b <= 16 <= QF */
-    if (QLIKELY(!(ra >> (31 - QF + b)))) {
-        return (int32_t)((uint32_t)r << (QF - b)) / (d >> b);
-    }
-    zr = QCLZ(ra) - 1;
-    return (int32_t)((uint32_t)((int32_t)((uint32_t)r << zr) / (d >> b)) << (QF - zr - b));
-#else
-    {
-        int c;
-        int32_t q;
-        zr = QCLZ(ra | 1u) - 1;
-        c = QF - zr - b;
-        q = (int32_t)((uint32_t)r << zr) / (d >> b);
-        return c >= 0 ? (int32_t)((uint32_t)q << c) : q >> -c;
-    }
-#endif
+    return qdiv_b(r, d, b < 0 ? 0 : b);
 }
+
+/* the update's division: its d = cm/dt + gleak + eps + sum w s is at least gleak + eps (w, s >= 0),
+ * and where that is >= 2^15 units for every neuron (QD_GE_2_15, checked at export) b needs no clamp */
+#if QD_GE_2_15
+#define QDIV_UPDATE(r, d) qdiv_b((r), (d), 17 - QCLZ((uint32_t)(d)))
+#else
+#define QDIV_UPDATE(r, d) qdiv((r), (d))
+#endif
 
 """
 
 FIXED_FUSED = {
     "qdiv": QDIV_C,
-    "per_step": """    /* cm / dt once per step (U 32-bit divisions) */
-    dt = elapsed_q / UNFOLDS;
-    for (j = 0; j < U; ++j) {
-        ks[j] = qdiv(cm[j], dt);
-        gs[j] += EPSILON_Q;
-    }
-""",
-    "scalars": "    int32_t dt;\n",
+    "per_step": "    ${name}_cm_over_dt(elapsed_q, ngk + 2);\n",
+    "helpers": "",  # _cm_over_dt: needs the model's cm
+    "scalars": "",
     # vn = (cmt v + N) / (cmt + G) = v + (N - G v) / (cmt + G): the 32-bit division's relative
     # error then scales the increment only (docs/firmware.md)
-    "update": "v[j] + qdiv(n - qmul_f(g, v[j]), k[j] + g)",
+    "update": "v[j] + QDIV_UPDATE(n - qmul_f(g, v[j]), kj + g)",
 }
 
 # Explicit Euler without a division: hc = h / cm = elapsed_q * inv_cm_u (inv_cm_u = 1/(cm UNFOLDS),
@@ -243,13 +259,14 @@ FIXED_FUSED = {
 # choose_q checks for the whole elapsed range: Theorem 2's state bound then holds.
 FIXED_EXPLICIT_EULER = {
     "per_step": """    /* h / cm = elapsed / (cm UNFOLDS): a multiply by a constant, no division */
-    for (j = 0; j < U; ++j) {
-        ks[j] = qmul(elapsed_q, inv_cm_u[j]);
+    for (t = 0; t < U; ++t) {
+        ngk[3 * t + 2] = qmul(elapsed_q, inv_cm_u[t]);
     }
 """,
     "qdiv": "",
+    "helpers": "",
     "scalars": "",
-    "update": "v[j] + qmul(k[j], n - qmul_f(g, v[j]))",
+    "update": "v[j] + qmul(kj, n - qmul_f(g, v[j]))",
 }
 
 FIXED_SOLVERS = {"fused_semi_implicit_euler": FIXED_FUSED, "explicit_euler": FIXED_EXPLICIT_EULER}
@@ -267,6 +284,31 @@ SOURCE = Template(
 #include "$name.h"
 #include <stdint.h>
 
+/* gcc's first scheduling pass (on at -O2, off at -Os) hoists the unrolled synapses' loads far
+ * ahead of their use and runs out of registers: the spills cost more than the scheduling gains
+ * (#17: the driving NCP's step 4 % fewer M4 instructions without it). The same bits either way. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-schedule-insns")
+#define QUNROLL _Pragma("GCC unroll 64")
+#else
+#define QUNROLL
+#endif
+
+/* The Cortex-M paths below (inline assembly, ARM builtins) give the portable C's bits;
+ * -DEDGELIQUID_PORTABLE_C selects the portable C everywhere (the tests compare the two on the M4). */
+#if defined(__GNUC__) && !defined(EDGELIQUID_PORTABLE_C)
+#define QARM 1
+#else
+#define QARM 0
+#endif
+/* a core that divides in hardware (or not an ARM core): cm/dt takes its shortcuts (a Cortex-M0
+ * calls a division routine per neuron either way and keeps the smaller qdiv loop) */
+#if !defined(__arm__) || defined(__ARM_FEATURE_IDIV)
+#define QHWDIV 1
+#else
+#define QHWDIV 0
+#endif
+
 #define U $units
 #define NI $n_in
 #define NM $n_out
@@ -274,15 +316,20 @@ SOURCE = Template(
 #define QF $frac
 #define QONE ((int32_t)1 << QF)
 #define X_LIMIT $x_limit
+#define X_LIMIT_Q $x_limit_q /* to_q(X_LIMIT, X_LIMIT) */
+#define QHALF $qhalf /* 2^-(QF+1) */
 #define E_MIN $e_min
 #define E_MAX $e_max
-/* logistic table: coordinate u = (A v) >> US + B, UK fraction bits, clamped to [0, UMAX] */
+/* logistic table: coordinate u = (A v) >> US + B, UK fraction bits per interval, LUT_LAST + 1
+ * intervals (the first and last flat: they take every u below and above) */
 #define US $us
 #define UK $uk
-#define UMAX $umax
+#define LUT_LAST $lut_last
 #define UBITS $ubits
 /* W, WE are in Q(QF + 2 - ACC_LOSS) */
 #define ACC_LOSS $acc_loss
+/* 1 where the fused update's denominator is >= 2^15 units whatever the state (fixed_c._divisor_big) */
+#define QD_GE_2_15 $qd_big
 
 $arrays
 static int32_t qmul(int32_t a, int32_t b)
@@ -299,7 +346,7 @@ static inline int32_t qmul_f(int32_t a, int32_t b)
 
 /* a + the high word of b c (the 64-bit product >> 32, rounded down): one smmla where the core
  * has the DSP extension (Cortex-M4/M7), the same bits as the C */
-#if defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+#if QARM && defined(__ARM_FEATURE_DSP)
 static inline int32_t qmla(int32_t a, int32_t b, int32_t c)
 {
     int32_t r;
@@ -325,26 +372,68 @@ static inline int32_t qmla(int32_t a, int32_t b, int32_t c)
 #define QACC(acc, w, s) ((acc) + (int32_t)(((int64_t)(w) * (s)) >> (32 - ACC_LOSS)))
 #endif
 
-$qdiv/* u clamped to [0, UMAX] (one usat on the M4) */
-#if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
-#define QSAT(u) ((int32_t)__builtin_arm_usat((u), UBITS))
+$qdiv/* the table interval of coordinate u: u >> UK clamped to [0, LUT_LAST] (one usat with its
+ * shift on the M4). The end intervals are flat (slope 0), so the line needs no clamped u. */
+#if QARM && defined(__ARM_FEATURE_SAT)
+#define QIDX(u) ((uint32_t)__builtin_arm_usat((u) >> UK, UBITS - UK))
 #else
-#define QSAT(u) ((u) < 0 ? 0 : ((u) > UMAX ? UMAX : (u)))
+#define QIDX(u) ((u) < 0 ? 0u : ((u) >> UK > LUT_LAST ? (uint32_t)LUT_LAST : (uint32_t)((u) >> UK)))
 #endif
 
-/* w sigmoid and w erev sigmoid of one synapse at presynaptic u, added to *n, *d (Q(QF)): the
- * logistic from a piecewise linear table (minimax per interval, Q30: s = lut[2i] + lut[2i+1] u
- * in uint32 arithmetic), p = {A, B, W, WE} with W, WE in Q(QF + 2) */
-#define SYN(p, u, n, d)                                                       \\
-    do {                                                                      \\
-        int32_t u_ = QARG((p)[0], (u), (p)[1]);                              \\
-        int32_t s_;                                                           \\
-        const uint32_t *e_;                                                   \\
-        u_ = QSAT(u_);                                                        \\
-        e_ = lut + (((uint32_t)u_ >> UK) << 1);                               \\
-        s_ = (int32_t)(e_[0] + e_[1] * (uint32_t)u_);                         \\
-        n = QACC(n, (p)[3], s_);                                              \\
-        d = QACC(d, (p)[2], s_);                                              \\
+/* a = p[k], b = p[k + 1] (k a constant, 4 k <= 1020): one ldrd on a Thumb-2 core with the DSP
+ * extension (Cortex-M4/M7/M33; gcc splits most of them into two ldr; A32 ldrd would need an even
+ * register pair); plain loads elsewhere. Only for the const arrays (the asm reads memory the
+ * compiler does not see it read, so never for the state buffers). */
+#if QARM && defined(__ARM_FEATURE_DSP) && defined(__thumb2__)
+#define QLD2(p, k, a, b) __asm__("ldrd %0, %1, [%2, %3]" : "=r"(a), "=r"(b) : "r"(p), "i"(4 * (k)))
+/* a synapse's {A, B, W, WE} = p[0..3] into SYN's a_, b_, w_, we_, p advanced past them: one
+ * ldmia instead of two ldrd. ldm loads ascending registers, so those four are fixed (QREGS); SYN
+ * uses them directly (copies cost moves) */
+#define QREGS                                                                                     \
+    register int32_t a_ __asm__("r4");                                                           \
+    register int32_t b_ __asm__("r5");                                                           \
+    register int32_t w_ __asm__("r6");                                                           \
+    register int32_t we_ __asm__("r8")
+#define QLD4(p) __asm__("ldmia %0!, {r4, r5, r6, r8}" : "+r"(p), "=r"(a_), "=r"(b_), "=r"(w_), "=r"(we_))
+#define QLDW(p) ((void)0)
+#endif
+/* n, g = ngk[3 j], ngk[3 j + 1] (the step's per-neuron sums): one ldrd (its offset reaches 1020
+ * bytes: U <= 85); the "m" operand tells the compiler that the asm reads them (they are written
+ * earlier in the same step) */
+#if QARM && defined(__ARM_FEATURE_DSP) && defined(__thumb2__) && U <= 85
+#define QNG(ngk, j)                                                                               \
+    __asm__("ldrd %0, %1, [%2, %3]"                                                              \
+            : "=r"(n), "=r"(g)                                                                    \
+            : "r"(ngk), "i"(12 * (j)), "m"(*(const int32_t(*)[2])((ngk) + 3 * (j))))
+#else
+#define QNG(ngk, j) (n = (ngk)[3 * (j)], g = (ngk)[3 * (j) + 1])
+#endif
+#if !(QARM && defined(__ARM_FEATURE_DSP) && defined(__thumb2__))
+#define QLD2(p, k, a, b) ((a) = (p)[k], (b) = (p)[(k) + 1])
+#define QREGS int32_t a_, b_, w_, we_
+/* W, WE read where they are used (a core with eight low registers spills otherwise) */
+#define QLD4(p) (a_ = (p)[0], b_ = (p)[1])
+#define QLDW(p) (w_ = (p)[2], we_ = (p)[3], (p) += 4)
+#endif
+
+/* w sigmoid and w erev sigmoid of the synapse at p (p advanced past it) at presynaptic u, added
+ * to n, d (Q(QF)): the logistic from a piecewise linear table (minimax per interval, Q30:
+ * s = lut[2i] + lut[2i+1] u in uint32 arithmetic), p[0..3] = {A, B, W, WE} with W, WE in
+ * Q(QF + 2) */
+#define SYN(p, u, n, d)                                                       \
+    do {                                                                      \
+        QREGS;                                                                \
+        int32_t u_, s_;                                                       \
+        uint32_t c_, k_;                                                      \
+        const uint32_t *e_;                                                   \
+        QLD4(p);                                                              \
+        u_ = QARG(a_, (u), b_);                                               \
+        e_ = lut + (QIDX(u_) << 1);                                           \
+        QLD2(e_, 0, c_, k_);                                                  \
+        s_ = (int32_t)(c_ + k_ * (uint32_t)u_);                               \
+        QLDW(p);                                                              \
+        n = QACC(n, we_, s_);                                                 \
+        d = QACC(d, w_, s_);                                                  \
     } while (0)
 
 $substep
@@ -361,30 +450,50 @@ static int32_t to_q(float f, float limit)
     }
     return (int32_t)(f * (float)QONE + (f >= 0.0f ? 0.5f : -0.5f));
 }
+
+/* to_q(f, X_LIMIT) and to_q(f, 1e6f) for the state, in ~10 instead of ~20 M4 instructions where the
+ * core has a single-precision FPU: trunc((|f| + 2^-(QF+1)) 2^QF) by one vcvt to fixed point (the
+ * scaling is exact, so the one rounding is to_q's f 2^QF +- 0.5, symmetric in the sign; NaN gives
+ * 0, too large saturates), capped at X_LIMIT_Q = to_q(X_LIMIT, X_LIMIT), then f's sign applied.
+ * The same bits as to_q wherever to_q is defined (|f| 2^QF < 2^31; a state beyond that saturates). */
+#if QARM && defined(__thumb2__) && defined(__ARM_FP) && (__ARM_FP & 4)
+static inline int32_t to_q_fpu(float f, int32_t cap)
+{
+    float a = __builtin_fabsf(f) + QHALF;
+    int32_t u, m;
+    union { float f; int32_t i; } b;
+    __asm__("vcvt.s32.f32 %1, %1, %2\\n\\tvmov %0, %1" : "=r"(u), "+t"(a) : "i"(QF));
+    b.f = f;
+    m = b.i >> 31;
+    u = u > cap ? cap : u;
+    return (u ^ m) - m;
+}
+#define TO_Q_X(f) to_q_fpu((f), X_LIMIT_Q)
+#define TO_Q_S(f) to_q_fpu((f), INT32_MAX)
+/* (float)q / QONE: one vcvt from fixed point (the same single rounding) */
+static inline float from_q(int32_t q)
+{
+    union { int32_t i; float f; } b;
+    b.i = q;
+    __asm__("vcvt.f32.s32 %0, %0, %1" : "+t"(b.f) : "i"(QF));
+    return b.f;
+}
+#else
+#define TO_Q_X(f) to_q((f), X_LIMIT)
+#define TO_Q_S(f) to_q((f), 1.0e6f)
+#define from_q(q) ((float)(q) / (float)QONE)
+#endif
 $normalize
 """
     + RESET_C
-    + """
+    + """$helpers
 void ${name}_step_q(const int32_t *xq, int32_t *sq, int32_t elapsed_q, int32_t *yq)
 {
-    int32_t va[U], vb[U], xm[NI], ns[U], gs[U], ks[U];
-    int32_t *v = va, *vn = vb, *sw;
-$scalars$locals    for (j = 0; j < U; ++j) {
-        v[j] = sq[j];
-    }
-    for (i = 0; i < NI; ++i) {
+    int32_t xm[NI], ngk[3 * U]; /* per neuron: n, g (sensory sums + leak) and k (cm/dt or h/cm) */
+$buffers$scalars$locals    for (i = 0; i < NI; ++i) {
         xm[i] = qmul(xq[i], in_w[i]) + in_b[i];
     }
-$sensory$per_step    for (t = 0; t < UNFOLDS; ++t) {
-        ${name}_substep(v, vn, ns, gs, ks);
-        sw = v;
-        v = vn;
-        vn = sw;
-    }
-    for (j = 0; j < U; ++j) {
-        sq[j] = v[j];
-    }
-    for (k = 0; k < NM; ++k) {
+$sensory$per_step$substeps    for (k = 0; k < NM; ++k) {
         yq[k] = qmul(v[k], out_w[k]) + out_b[k];
     }
 }
@@ -394,36 +503,53 @@ void ${name}_step(const float *x, float *state, float elapsed, float *y)
     int32_t xq[NI], sq[U], yq[NM];
     int i;
     float e = elapsed < E_MIN ? E_MIN : (elapsed > E_MAX ? E_MAX : elapsed);
-    for (i = 0; i < NI; ++i) {
-        xq[i] = to_q(x[i], X_LIMIT);
+$unroll_io    for (i = 0; i < NI; ++i) {
+        xq[i] = TO_Q_X(x[i]);
     }
-    for (i = 0; i < U; ++i) {
-        sq[i] = to_q(state[i], 1.0e6f);
+$unroll_io    for (i = 0; i < U; ++i) {
+        sq[i] = TO_Q_S(state[i]);
     }
     ${name}_step_q(xq, sq, to_q(e, E_MAX), yq);
-    for (i = 0; i < U; ++i) {
-        state[i] = (float)sq[i] / (float)QONE;
+$unroll_io    for (i = 0; i < U; ++i) {
+        state[i] = from_q(sq[i]);
     }
-    for (i = 0; i < NM; ++i) {
-        y[i] = (float)yq[i] / (float)QONE;
+$unroll_io    for (i = 0; i < NM; ++i) {
+        y[i] = from_q(yq[i]);
     }
 }
 """
 )
 
+#: The sub-steps, by UNFOLDS. Two or more: the first reads the caller's state, the last writes it
+#: and the others alternate between two buffers (no copies in or out); one: a buffer and a copy
+#: (a sub-step's input and output must differ: later neurons still read v[j] after vn[j]).
+SUBSTEPS = """    v = sq;
+    for (t = 0; t < UNFOLDS; ++t) {
+        vn = t == UNFOLDS - 1 ? sq : ((t & 1) ? vb : va);
+        ${name}_substep(v, vn, ngk);
+        v = vn;
+    }
+"""
+SUBSTEP_ONE = """    ${name}_substep(sq, va, ngk);
+    for (t = 0; t < U; ++t) {
+        sq[t] = va[t];
+    }
+    v = sq;
+"""
+
 #: One sub-step vn from v (CSR by destination, like the float variant): n = gleak vleak + the
-#: sensory and recurrent sums of w erev s, g = gleak (+ eps) + those of w s, both Q(QF); k[j] is
-#: cm/dt (fused) or h/cm (explicit Euler).
+#: sensory and recurrent sums of w erev s, g = gleak (+ eps) + those of w s, both Q(QF); kj is
+#: cm/dt (fused) or h/cm (explicit Euler). ngk holds the sensory n, g and k of each neuron side by
+#: side (one ldrd for n and g on the M4).
 SUBSTEP = Template("""/* one sub-step: vn[j] = $update */
-static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, const int32_t *gs,
-                            const int32_t *k)
+static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ngk)
 {
     const int32_t *p = r_par;
     const $idx *src = r_src;
     int j, c;
     for (j = 0; j < U; ++j) {
-        int32_t n = ns[j], g = gs[j];
-        for (c = r_cnt[j]; c > 0; --c, p += 4) {
+        int32_t n = ngk[3 * j], g = ngk[3 * j + 1], kj = ngk[3 * j + 2];
+        for (c = r_cnt[j]; c > 0; --c) {
             SYN(p, v[*src++], n, g);
         }
         vn[j] = $update;
@@ -435,48 +561,47 @@ static void ${name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, co
 LOCALS_LOOP = "    const int32_t *p = s_par;\n    const $idx *src = s_src;\n    int i, j, k, t, c;\n"
 SENSORY_LOOP = """    /* sensory synapses (by destination): fixed over the step */
     for (j = 0; j < U; ++j) {
-        int32_t n = 0, d = 0;
-        for (c = s_cnt[j]; c > 0; --c, p += 4) {
+        int32_t n = gleak_vleak[j], d = gleak[j]; /* the sums start there: no constant added after */
+        for (c = s_cnt[j]; c > 0; --c) {
             SYN(p, xm[*src++], n, d);
         }
-        ns[j] = gleak_vleak[j] + n;
-        gs[j] = gleak[j] + d;
+        ngk[3 * j] = n;
+        ngk[3 * j + 1] = d;
     }
 """
 
 
 def _unrolled(fm: FirmwareModel, name: str, update: str) -> dict[str, str]:
     """``locals``, ``sensory`` and ``substep`` with one SYN per synapse (firmware_export/unroll_c.py):
-    the loops' operations in their order, sources and parameter offsets as constants."""
+    the loops' operations in their order, sources as constants, the parameters read in order."""
     from .unroll_c import OPAQUE, csr_pass, indexed
 
     up, units = name.upper(), fm.cfg.units
     sensory = csr_pass(
         fm.sens,
         units,
-        "        n = 0;\n        d = 0;\n",
-        "        SYN(p + $o, xm[$s], n, d);\n",
-        "        ns[$j] = gleak_vleak[$j] + n;\n        gs[$j] = gleak[$j] + d;\n",
+        "        n = gleak_vleak[$j];\n        d = gleak[$j];\n",
+        "        SYN(p, xm[$s], n, d);\n",
+        "        ngk[3 * $j] = n;\n        ngk[3 * $j + 1] = d;\n",
     )
     rec = csr_pass(
         fm.rec,
         units,
-        "    n = ns[$j];\n    g = gs[$j];\n",
-        "    SYN(p + $o, v[$s], n, g);\n",
+        "    QNG(ngk, $j);\n    kj = ngk[3 * $j + 2];\n",
+        "    SYN(p, v[$s], n, g);\n",
         f"    vn[$j] = {indexed(update)};\n",
     )
     return {
-        "locals": f"    const int32_t *p = s_par;\n    int i, j, k, t;\n    {up}_OPAQUE(p);\n",
+        "locals": f"    const int32_t *p = s_par;\n    int i, k, t;\n    {up}_OPAQUE(p);\n",
         "sensory": "    /* sensory synapses (by destination): fixed over the step; unrolled */\n"
         f"    {{\n        int32_t n, d;\n{sensory}    }}\n",
         "substep": OPAQUE.substitute(UP=up)
         + f"""
 /* one sub-step: vn[j] = {update}; unrolled */
-static void {name}_substep(const int32_t *v, int32_t *vn, const int32_t *ns, const int32_t *gs,
-                            const int32_t *k)
+static void {name}_substep(const int32_t *v, int32_t *vn, const int32_t *ngk)
 {{
     const int32_t *p = r_par;
-    int32_t n, g;
+    int32_t n, g, kj;
     {up}_OPAQUE(p);
 {rec}}}
 """,
@@ -492,8 +617,11 @@ UK = 10
 def sigmoid_table() -> tuple[np.ndarray, float]:
     """(uint32 [2 LUT_N]: per interval i the pair (c_i, slope_i) with s(u) = c_i + slope_i u mod 2^32
     in Q30 for the table coordinate u in interval i, the worst error against the logistic on
-    [-LUT_RANGE, LUT_RANGE] and beyond, sampled). Each interval gets the minimax line: the secant
-    shifted by half its largest gap to the (convex or concave) logistic."""
+    [-LUT_RANGE, LUT_RANGE] and beyond, sampled). Each inner interval gets the minimax line: the
+    secant shifted by half its largest gap to the (convex or concave) logistic. The first and last
+    intervals are flat, at the middle of the logistic's range over them and everything beyond
+    (|x| >= LUT_RANGE - h), so every u below or above the table lands on a flat line and the C
+    needs no clamped u (only its interval is clamped: one usat on the M4)."""
     h = 2 * LUT_RANGE / LUT_N
     step = 2**UK
     out = np.zeros(2 * LUT_N, np.uint64)
@@ -503,16 +631,114 @@ def sigmoid_table() -> tuple[np.ndarray, float]:
         x0 = -LUT_RANGE + i * h
         xs = x0 + h * np.arange(step + 1) / step
         ys = sig(xs)
-        slope = (ys[-1] - ys[0]) / step  # per u unit
-        gap = ys - (ys[0] + slope * np.arange(step + 1))
-        c0 = ys[0] + 0.5 * (gap.max() + gap.min())
-        sq = int(round(slope * 2**30))
-        cq = int(round(c0 * 2**30)) - sq * i * step
+        if i in (0, LUT_N - 1):  # flat: from 0 (resp. 1) to the logistic at the inner edge
+            lo, hi = (0.0, ys[-1]) if i == 0 else (ys[0], 1.0)
+            sq, cq = 0, int(round(0.5 * (lo + hi) * 2**30))
+            worst = max(worst, abs(cq / 2**30 - lo), abs(hi - cq / 2**30))
+        else:
+            slope = (ys[-1] - ys[0]) / step  # per u unit
+            gap = ys - (ys[0] + slope * np.arange(step + 1))
+            c0 = ys[0] + 0.5 * (gap.max() + gap.min())
+            sq = int(round(slope * 2**30))
+            cq = int(round(c0 * 2**30)) - sq * i * step
+            got = (cq + sq * (i * step + np.arange(step + 1))) / 2**30
+            worst = max(worst, float(np.abs(got - ys).max()))
         out[2 * i], out[2 * i + 1] = cq % 2**32, sq % 2**32
-        got = (cq + sq * (i * step + np.arange(step + 1))) / 2**30
-        worst = max(worst, float(np.abs(got - ys).max()))
-    worst = max(worst, float(sig(-LUT_RANGE)))  # the clamp's tail
     return out, worst
+
+
+def _cm_over_dt(zr: np.ndarray, unrolled: bool, frac: int, name: str) -> str:
+    """``NAME_cm_over_dt(elapsed_q, ks)``, the fused step's cm / dt once per step: qdiv(cm[j], dt)'s
+    bits with dt cut to 15 significant bits once. qdiv divides cm[j] << m (m = QF - b) where that
+    fits, i.e. where cm[j]'s headroom zr[j] >= m, else cm[j] << zr[j] and shifts the quotient up by
+    m - zr[j]. Most elapsed times put every neuron on the same side, so each side is a plain
+    division per neuron (with its shift a constant when ``unrolled``); between them (some neurons
+    on each side) qdiv. Q formats with fewer than 16 fraction bits (qdiv's other branch) keep the
+    qdiv loop. A function of its own so that a test can compare it with qdiv (inlined: one call)."""
+    general = "    for (j = 0; j < U; ++j) {\n        ks[3 * j] = qdiv(cm[j], dt);\n    }\n"
+    head = f"""/* cm / dt, once per step (U 32-bit divisions; fixed_c._cm_over_dt), into ks[3 j] */
+static void {name}_cm_over_dt(int32_t elapsed_q, int32_t *ks)
+{{
+    int32_t dt = elapsed_q / UNFOLDS;
+    int j;
+"""
+    if frac < 16:
+        return head + general + "}\n"
+    general_only = f"#if !QHWDIV\n{general}#else\n"
+    if unrolled:
+        fast = "".join(
+            f"        ks[{3 * j}] = (int32_t)((uint32_t)cm[{j}] << m) / dtn;\n" for j in range(len(zr))
+        )
+        slow = "".join(
+            f"        ks[{3 * j}] = (int32_t)((uint32_t)(cm_n[{j}] / dtn) << (m - {int(z)}));\n"
+            for j, z in enumerate(zr)
+        )
+    else:
+        fast = (
+            "        for (j = 0; j < U; ++j) {\n"
+            "            ks[3 * j] = (int32_t)((uint32_t)cm[j] << m) / dtn;\n        }\n"
+        )
+        slow = (
+            "        for (j = 0; j < U; ++j) {\n"
+            "            ks[3 * j] = (int32_t)((uint32_t)(cm_n[j] / dtn) << (m - cm_zr[j]));\n        }\n"
+        )
+    return f"""{head}{general_only}    int b = 17 - QCLZ((uint32_t)dt), m;
+    int32_t dtn;
+    b = b < 0 ? 0 : b;
+    m = QF - b;
+    dtn = dt >> b;
+    if (m <= CM_ZR_MIN) {{ /* every cm[j] << m fits: the division at the result's scale */
+{fast}    }} else if (m > CM_ZR_MAX) {{ /* none fits: cm_n[j] = cm[j] << cm_zr[j], quotient shifted up */
+{slow}    }} else {{
+    {general.replace(chr(10) + "    ", chr(10) + "        ")}    }}
+    (void)j;
+#endif
+}}
+"""
+
+
+def _divisor_big(fm: FirmwareModel, gleak_q: np.ndarray, lut: np.ndarray) -> bool:
+    """Whether the fused update's d = cm/dt + gleak + eps + sum (W s >> 32) is >= 2^15 units for any
+    state and elapsed (qdiv's b = 17 - clz(d) then needs no clamp at 0): every W >= 0, every table
+    line >= 0 on its interval (so each floored product is >= 0), cm/dt >= 0, and gleak + eps
+    (``gleak_q``, Q F) >= 2^15 for every neuron."""
+    ws = [s.w for s in (fm.rec, fm.sens) if s.count]
+    if any(np.any(w < 0) for w in ws) or np.any(fm.p["cm"] < 0):
+        return False
+    c, slope = (lut[0::2].astype(object), lut[1::2].astype(object))  # exact integers
+    ends = []
+    for i in range(len(c)):  # a line's extremes are its interval's ends, in the C's uint32 arithmetic
+        for u in (i * 2**UK, (i + 1) * 2**UK - 1):
+            ends.append((c[i] + slope[i] * u) % 2**32)
+    return bool(max(ends) < 2**31 and gleak_q.min() >= 2**15)
+
+
+def _to_q32(x: float, frac: int) -> int:
+    """The C's to_q(x, x) for x >= 0 in float32: trunc(x 2^frac + 0.5), each step rounded to float32."""
+    return int(np.trunc(np.float32(np.float32(x) * np.float32(2.0**frac)) + np.float32(0.5)))
+
+
+def _cm_headroom(cm: np.ndarray) -> np.ndarray:
+    """Each cm's headroom as qdiv computes it: clz - 1 (0 for cm = 0, which every path divides to 0)."""
+    if np.any(cm < 0):
+        raise CodegenError("fixed point: a membrane capacitance cm is negative")
+    return np.array([31 - int(c).bit_length() if c else 0 for c in cm], np.int64)
+
+
+def _cm_shifts(cm: np.ndarray, unrolled: bool, frac: int) -> list[str]:
+    """C for :func:`_cm_over_dt`: ``cm`` (Q F), ``cm_n`` = cm << its headroom, the headrooms'
+    extremes CM_ZR_MIN/MAX and (loops) the headrooms ``cm_zr``; for F < 16 ``cm`` only."""
+    zr = _cm_headroom(cm)
+    if frac < 16:
+        return [c_array("int32_t", "cm", cm)]
+    return [
+        f"#define CM_ZR_MIN {int(zr.min())}\n#define CM_ZR_MAX {int(zr.max())}\n",
+        c_array("int32_t", "cm", cm),
+        "#if QHWDIV\n",
+        c_array("int32_t", "cm_n", cm << zr),
+        *([] if unrolled else [c_array("uint8_t", "cm_zr", zr)]),
+        "#endif\n",
+    ]
 
 
 def _syn_params(syn, frac: int, us: int, acc_shift: int) -> np.ndarray:
@@ -573,20 +799,26 @@ def generate_fixed(
     while acc > 0 and wmax * 2.0 ** (f + acc) >= 2**31 - 1:
         acc -= 1
     info["sigmoid_table"] = (
-        f"{LUT_N} intervals on [-{LUT_RANGE:g}, {LUT_RANGE:g}], minimax line each, Q30 (uint32 pairs)"
+        f"{LUT_N} intervals on [-{LUT_RANGE:g}, {LUT_RANGE:g}], minimax line each (the first and last "
+        "flat), Q30 (uint32 pairs)"
     )
     info["sigmoid_error_bound"] = float(lut_err + 0.25 * 2 * LUT_RANGE / LUT_N / 2**UK)
+    gleak_q = _q(p["gleak"], f)
     if cfg.solver == "fused_semi_implicit_euler":
+        cm_q = _q(p["cm"], f)
+        pieces["helpers"] = _cm_over_dt(_cm_headroom(cm_q), unroll != "none", f, name)
+        eps_q = max(1, int(round(cfg.epsilon * (1 << f))))
+        gleak_q = gleak_q + eps_q  # the fused denominator's epsilon, folded in at export
         ode_consts = [
-            f"#define EPSILON_Q ((int32_t){max(1, int(round(cfg.epsilon * (1 << f))))})\n",
-            c_array("int32_t", "cm", _q(p["cm"], f)),
+            f"/* gleak below is gleak + epsilon (Q F: {eps_q}), the fused update's denominator term */\n",
+            *_cm_shifts(cm_q, unroll != "none", f),
         ]
     else:  # 1/(cm UNFOLDS) at export: the step multiplies instead of dividing
         ode_consts = [c_array("int32_t", "inv_cm_u", _q(1.0 / (p["cm"] * cfg.ode_unfolds), f))]
     arrays = [
         *ode_consts,
         c_array("uint32_t", "lut", lut, per_line=8),
-        c_array("int32_t", "gleak", _q(p["gleak"], f)),
+        c_array("int32_t", "gleak", gleak_q),
         c_array("int32_t", "gleak_vleak", _q(p["gleak"] * p["vleak"], f)),
         c_array("int32_t", "in_w", _q(p["input_w"], f)),
         c_array("int32_t", "in_b", _q(p["input_b"], f)),
@@ -634,17 +866,28 @@ def generate_fixed(
         n_in=cfg.n_inputs,
         n_out=cfg.n_outputs,
         unfolds=cfg.ode_unfolds,
+        buffers=(
+            "    int32_t va[U], vb[U], *vn;\n    const int32_t *v;\n"
+            if cfg.ode_unfolds > 1
+            else "    int32_t va[U];\n    const int32_t *v;\n"
+        ),
+        substeps=Template(SUBSTEPS if cfg.ode_unfolds > 1 else SUBSTEP_ONE).substitute(name=name),
         frac=f,
         normalize=norm_def,
         arrays="\n".join(arrays),
         us=us,
         uk=UK,
-        umax=f"{LUT_N * 2**UK - 1}",
+        lut_last=LUT_N - 1,
         ubits=int(math.log2(LUT_N)) + UK,
         acc_loss=2 - acc,
+        qd_big=int(cfg.solver == "fused_semi_implicit_euler" and _divisor_big(fm, gleak_q, lut)),
         idx=idx,
         **loops,
         x_limit=f"{input_range:.1f}f",
+        x_limit_q=_to_q32(float(f"{input_range:.1f}"), f),
+        qhalf=c_float(2.0 ** -(f + 1)),
+        # straight-line conversions in the float wrapper where the synapses are unrolled too
+        unroll_io="" if unroll == "none" else "    QUNROLL\n",
         e_min=f"{min_elapsed!r}f",
         e_max=_e_max_literal(cfg.solver, max_elapsed),
         **pieces,

@@ -483,3 +483,251 @@ def test_channel_names_cannot_break_the_comment(tmp_path):
     )
     man = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert man["inputs"][0]["name"] == "a*/ int x;"  # the manifest keeps the text (JSON escapes it)
+
+
+# ------------------------------------- fixed point: the Cortex-M4 paths (#17, round 4)
+# The generated fixed-point C has Cortex-M paths (ldm/ldrd, usat, smmla, vcvt to and from fixed
+# point) beside portable C; -DEDGELIQUID_PORTABLE_C selects the portable C everywhere. These tests
+# hold the M4 paths to the portable C's bits on the M4 itself and on the host, and the per-step
+# shortcuts (cm/dt, the update's division) to qdiv.
+
+
+def _include_driver(out: Path, name: str, body: str) -> None:
+    """``inc.c``: the generated C included whole (its static helpers in reach) and ``body`` as
+    main; ``stub.c`` stands in for the policy file in the harness's build commands."""
+    (out / "inc.c").write_text(f'#include "{name}.c"\n#include <stdio.h>\n{body}')
+    (out / "stub.c").write_text("typedef int stub_unused;\n")
+
+
+def _run_include(out: Path, target: str, monkeypatch=None, flags: tuple[str, ...] = ()) -> str:
+    if target == "host":
+        exe = H.build_host(out, "stub", extra=list(flags), exe="inc_host", driver="inc.c")
+        return subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    if flags:
+        monkeypatch.setattr(H, "M4_FLAGS", [*H.M4_FLAGS, *flags])
+    return H.run_qemu(H.build_m4(out, "stub", driver="inc.c", elf_name="inc.elf", opt="-O2"))
+
+
+CM_OVER_DT_MAIN = r"""
+int main(void)
+{
+    int32_t ks[3 * U], e, dt; /* the step's per-neuron triples: cm/dt at ks[3 j] */
+    long bad = 0, seen[3] = {0, 0, 0};
+    int j, b, m;
+    for (e = (int32_t)(E_MIN * (float)QONE); e < 2000000000 - e / 32; e += e / 32 + 1) {
+        dt = e / UNFOLDS;
+        b = 17 - QCLZ((uint32_t)dt);
+        m = QF - (b < 0 ? 0 : b);
+        seen[m <= CM_ZR_MIN ? 0 : (m > CM_ZR_MAX ? 1 : 2)] += 1;
+        NAME_cm_over_dt(e, ks);
+        for (j = 0; j < U; ++j) {
+            bad += ks[3 * j] != qdiv(cm[j], dt);
+        }
+    }
+    printf("%ld %ld %ld %ld\n", bad, seen[0], seen[1], seen[2]);
+    return 0;
+}
+"""
+
+
+@needs_gcc
+@pytest.mark.parametrize("unroll", ["none", "all"])
+def test_fixed_cm_over_dt_gives_qdivs_bits(tmp_path, monkeypatch, unroll):
+    """NAME_cm_over_dt (one division per neuron, the shift per side) against qdiv(cm[j], dt) for
+    elapsed from --min-elapsed to 2^31 / 2^F: the same ks. The shipped policy (cm from 0.012 to 4.9)
+    takes the all-fast side and the mixed band, a random model (cm in a narrow range, like ncps'
+    initialisation) the all-fast and all-shifted sides: every branch is compared."""
+    targets = ["host"]
+    if shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"):
+        targets.append("m4")
+    seen = np.zeros(3, int)
+    for k, path in enumerate((DEMO, _unfolds_model(tmp_path, 6))):
+        out = tmp_path / f"o{k}"
+        man = export_firmware(path, out, "cp", fixed_point=True, unroll=unroll)
+        assert man["fixed_point"]["frac_bits"] >= 16  # the split exists from 16 fraction bits
+        _include_driver(out, "cp", CM_OVER_DT_MAIN.replace("NAME_", "cp_"))
+        for target in targets:
+            bad, *n = (int(w) for w in _run_include(out, target, monkeypatch).split())
+            assert bad == 0, (path, target, bad)
+            seen += n
+    assert np.all(seen > 0), seen  # all fast, all shifted, the mixed band
+
+
+def _to_q_patterns(frac: int) -> np.ndarray:
+    """float32 bit patterns for the conversions: specials, ties of f 2^F +- 0.5, the cap and its
+    neighbours, the float32 rounding of f 2^F + 0.5 above 2^23, a random spread."""
+    f = np.float32
+    vals = [0.0, -0.0, 1e-45, -1e-45, 1e-30, 10.0, -10.0, 9.999999, 10.000001, -10.000001, 1e9, -1e9, 3e38]
+    for k in range(8):  # ties: (k + 1/2) 2^-F
+        vals += [(k + 0.5) * 2.0**-frac, -(k + 0.5) * 2.0**-frac]
+    for k in (1, 2, 3, 5):  # where f 2^F + 0.5 rounds in float32 (f 2^F >= 2^23)
+        vals += [(2**23 + k) * 2.0**-frac, -(2**23 + k) * 2.0**-frac]
+    rng = np.random.default_rng(11)
+    vals += list(rng.normal(0, 3, 200)) + list(rng.uniform(-(2 ** (31 - frac)), 2 ** (31 - frac), 50))
+    bits = np.array([f(v) for v in vals], np.float32).view(np.uint32)
+    specials = [0x7FC00000, 0xFFC00001, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0x00800000]
+    return np.concatenate([bits, np.array(specials, np.uint32)])
+
+
+TO_Q_MAIN = r"""
+#include <string.h>
+int main(void)
+{
+    int i;
+    for (i = 0; i < N_PATTERNS; ++i) {
+        float f;
+        uint32_t u = patterns[i];
+        memcpy(&f, &u, sizeof f);
+        printf("x %ld %ld\n", (long)TO_Q_X(f), (long)to_q(f, X_LIMIT));
+        if (!(f != f) && f > -(float)(1L << (31 - QF)) && f < (float)(1L << (31 - QF))) {
+            printf("s %ld %ld\n", (long)TO_Q_S(f), (long)to_q(f, 1.0e6f));
+        }
+        {
+            int32_t q = (int32_t)(u ^ 0x5A5A5A5Au);
+            float a = from_q(q), b = (float)q / (float)QONE;
+            uint32_t ua, ub;
+            memcpy(&ua, &a, sizeof ua);
+            memcpy(&ub, &b, sizeof ub);
+            printf("y %08lx %08lx\n", (unsigned long)ua, (unsigned long)ub);
+        }
+    }
+    return 0;
+}
+"""
+
+
+@needs_gcc
+def test_fixed_float_conversions_match_to_q(tmp_path, monkeypatch):
+    """The wrapper's conversions (one vcvt to or from fixed point on the M4F) give to_q's bits and
+    (float)q / 2^F's, specials and ties included; the host (portable C) prints the same lines."""
+    out = tmp_path / "o"
+    man = export_firmware(DEMO, out, "cp", fixed_point=True)
+    pats = _to_q_patterns(man["fixed_point"]["frac_bits"])
+    _include_driver(
+        out, "cp", c_array_u32("patterns", pats) + TO_Q_MAIN.replace("N_PATTERNS", str(len(pats)))
+    )
+    runs = {"host": _run_include(out, "host")}
+    if shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"):
+        runs["m4"] = _run_include(out, "m4", monkeypatch)
+    for target, text in runs.items():
+        rows = [line.split() for line in text.splitlines()]
+        assert len(rows) > 2 * len(pats), target
+        for kind, a, b in rows:
+            assert a == b, (target, kind, a, b)
+    assert len({r.split()[1] for r in runs["host"].splitlines() if r.startswith("x")}) > 100
+    if "m4" in runs:
+        assert runs["m4"] == runs["host"]
+
+
+def c_array_u32(name: str, vals: np.ndarray) -> str:
+    return (
+        f"static const uint32_t {name}[{len(vals)}] = {{"
+        + ", ".join(f"0x{int(v):08X}u" for v in vals)
+        + "};\n"
+    )
+
+
+@needs_arm
+@needs_qemu
+@pytest.mark.parametrize("unroll", ["none", "all"])
+def test_fixed_m4_paths_give_the_portable_bits(tmp_path, monkeypatch, unroll):
+    """The Cortex-M4 build (ldmia, ldrd, usat, smmla, vcvt) and the same file with
+    -DEDGELIQUID_PORTABLE_C, both on the M4, and the host: the same output bits over 300 steps with
+    inputs beyond the Q range, a reset and irregular elapsed; the M4 paths take fewer instructions."""
+    from edgeliquid.model.file import read
+
+    model = read(DEMO)
+    xs, el, s0, reset_at = _vectors(np.random.default_rng(5), 4, model.config.n_state, 300)
+    xs[::7] *= 30.0  # beyond the +-10 the Q format saturates inputs at
+    bits, insn = {}, {}
+    for variant, flags in (("m4", []), ("portable", ["-DEDGELIQUID_PORTABLE_C"])):
+        out = tmp_path / variant
+        export_firmware(DEMO, out, "pol", fixed_point=True, unroll=unroll)
+        H.write_vectors(out, xs, el, s0, reset_at)
+        H.write_driver(out, "pol")
+        monkeypatch.setattr(H, "M4_FLAGS", [*H.M4_FLAGS[:4], "-Os", *flags])
+        bits[variant] = H.run_qemu(H.build_m4(out, "pol", opt="-O2"))
+        insn[variant] = _m4_step_insn(out)
+    monkeypatch.undo()
+    host = subprocess.run(
+        [str(H.build_host(tmp_path / "m4", "pol"))], capture_output=True, text=True, check=True
+    )
+    assert len(set(bits["m4"].split())) > 50  # real outputs
+    assert bits["m4"] == bits["portable"] == host.stdout
+    assert insn["m4"] < 0.9 * insn["portable"], insn
+
+
+def _m4_step_insn(out: Path) -> float:
+    """M4 instructions per pol_step at -O2 (qemu single-step, (21 steps - 1 step) / 20)."""
+    counts = []
+    for steps in (1, 21):
+        (out / "count_main.c").write_text(
+            '#include "pol.h"\nint main(void){float s[POL_STATE_SIZE], x[POL_N_INPUTS], y[POL_N_OUTPUTS];'
+            "int i, t; pol_reset(s); for (i = 0; i < POL_N_INPUTS; ++i) x[i] = 0.1f * (float)(i + 1);"
+            f"for (t = 0; t < {steps}; ++t) {{ x[0] = (float)(t & 7) * 0.05f; pol_step(x, s, 1.0f, y); }}"
+            "return y[0] > 1e30f;}\n"
+        )
+        elf = H.build_m4(out, "pol", driver="count_main.c", elf_name=f"count{steps}.elf", opt="-O2")
+        log = out / f"exec{steps}.log"
+        subprocess.run(
+            H.qemu_cmd(elf, "-singlestep", "-d", "exec,nochain", "-D", str(log)),
+            capture_output=True,
+            timeout=300,
+            check=True,
+        )
+        counts.append(log.read_bytes().count(b"Trace "))
+        log.unlink()
+    return (counts[1] - counts[0]) / 20
+
+
+def _unfolds_model(tmp: Path, unfolds: int, gleak_scale: float = 1.0) -> Path:
+    from edgeliquid.model.cell import LTCModel
+
+    m = random_model(np.random.default_rng(12), units=10, n_in=4, motors=2, density=0.4, unfolds=unfolds)
+    params = dict(m.params)
+    if gleak_scale != 1.0:  # gleak is stored before softplus: set the positive value directly
+        g = np.log1p(np.exp(params["gleak"])) * gleak_scale
+        params["gleak"] = np.log(np.expm1(g))
+    m = LTCModel(m.config, params, m.roles, m.info, m.source)
+    p = tmp / f"u{unfolds}_{gleak_scale:g}.onnx"
+    save(m, p)
+    return p
+
+
+@needs_gcc
+@pytest.mark.parametrize("unfolds", [1, 2])
+def test_fixed_point_few_unfolds_within_bound(tmp_path, unfolds):
+    """The sub-steps read the caller's state and write it back in place (two buffers between): one
+    and two unfolds, the edge cases of that schedule, against the reference."""
+    err, err_state, out = _run_host(tmp_path, _unfolds_model(tmp_path, unfolds), "q", 2000, fixed_point=True)
+    assert err.max() <= 1e-3, err.max()
+    assert err_state <= 1e-3
+    assert ("va[U]" in (out / "q.c").read_text()) and (
+        ("vb[U]" in (out / "q.c").read_text()) == (unfolds > 1)
+    )
+
+
+@needs_gcc
+def test_fixed_point_update_division_clamp_where_gleak_is_small(tmp_path):
+    """The update's division skips qdiv's b >= 0 clamp only where gleak + eps >= 2^15 units (d >= that
+    for any state): the shipped policy does; a model with gleak / 1000 keeps the clamp and its
+    results stay within the bound."""
+    export_firmware(DEMO, tmp_path / "d", "cp", fixed_point=True)
+    assert "#define QD_GE_2_15 1" in (tmp_path / "d" / "cp.c").read_text()
+    err, _, out = _run_host(tmp_path, _unfolds_model(tmp_path, 6, 1e-3), "q", 2000, fixed_point=True)
+    assert "#define QD_GE_2_15 0" in (out / "q.c").read_text()
+    assert err.max() <= 1e-3, err.max()
+
+
+def test_fixed_sigmoid_table_flat_ends():
+    """The first and last table intervals are flat (the C clamps only the interval, not u), every
+    line is >= 0 on its interval, and the sampled error stays at the documented 5.3e-5."""
+    from firmware_export.fixed_c import LUT_N, UK, sigmoid_table
+
+    lut, err = sigmoid_table()
+    assert lut[1] == 0 and lut[2 * LUT_N - 1] == 0 and np.all(lut[3 : 2 * LUT_N - 2 : 2] > 0)
+    i = np.arange(LUT_N, dtype=object)
+    lo = (lut[0::2].astype(object) + lut[1::2].astype(object) * i * 2**UK) % 2**32
+    hi = (lut[0::2].astype(object) + lut[1::2].astype(object) * ((i + 1) * 2**UK - 1)) % 2**32
+    assert max(lo) < 2**30 + 2**10 and max(hi) < 2**30 + 2**10  # in [0, 1]: no wrap below 0
+    assert err <= 5.3e-5

@@ -36,6 +36,7 @@ KINDS = {
     "mixed": (3, 0.3, True, "fused_semi_implicit_euler", 4),
     "ee": (4, 0.3, False, "explicit_euler", 6),
     "rk4": (5, 0.5, True, "rk4", 2),
+    "one": (6, 0.3, False, "fused_semi_implicit_euler", 1),  # fixed point: no buffers between
 }
 # case: (kind, export options, initial state scale, unroll level). A state scale of 3 starts
 # outside the fast sweep's bound (|v| <= max |vleak|, |E|): the clamping fallback runs until the reset.
@@ -50,6 +51,7 @@ CASES = {
     "rk4_exact": ("rk4", {}, 0.5, "substeps"),
     "demo_fixed": ("demo", {"fixed_point": True}, 0.5, "all"),
     "dense_fixed": ("dense", {"fixed_point": True}, 0.5, "substeps"),
+    "one_fixed": ("one", {"fixed_point": True}, 0.5, "all"),
 }
 
 

@@ -5,7 +5,8 @@ Models: driving-size NCP (AutoNCP 19 units, 8 inputs, 1 output) and FullyConnect
 (32 inputs); variants float32, float32 with the fast exp2 (``--fast-sigmoid``, the app's) and
 fixed point, and for the driving NCP also the fast float and fixed point with ``--unroll
 substeps`` and ``--unroll all`` (fc-64's 6144 synapses would unroll to ~0.5 MB of code); M4
-instructions at -Os and at -O2 (the app's default). Needs gcc, arm-none-eabi-gcc,
+instructions at -Os and at -O2 (the app's default), for the fixed point also of ``NAME_step_q``
+(Q inputs and state: no float conversions). Needs gcc, arm-none-eabi-gcc,
 qemu-system-arm and the export extra (torch, ncps).
 
     python tools/bench_firmware.py [--json out.json] [--model driving-ncp-19] [--no-host]
@@ -65,10 +66,35 @@ int main(int argc, char **argv)
 """
 
 
-def insn_per_step(out: Path, name: str, opt: str | None = None) -> float:
+#: The fixed-point variant's integer entry point, for a caller with Q inputs (no float conversions):
+#: the same inputs as BENCH_MAIN, quantised once before the loop, elapsed 1.0 in Q.
+BENCH_MAIN_Q = """#include "{name}.h"
+#include <stdint.h>
+int main(int argc, char **argv)
+{{
+    int32_t s[{UP}_STATE_SIZE], x[{UP}_N_INPUTS], y[{UP}_N_OUTPUTS];
+    long n = {steps}, t;
+    int i;
+    (void)argv;
+    for (i = 0; i < {UP}_STATE_SIZE; ++i) s[i] = 0;
+    for (i = 0; i < {UP}_N_INPUTS; ++i) {{
+        x[i] = (int32_t)(0.1f * (float)(i + argc) * (float)(1L << {UP}_Q_FRAC_BITS));
+    }}
+    for (t = 0; t < n; ++t) {{
+        x[0] = (int32_t)((t & 7) * (1L << {UP}_Q_FRAC_BITS) / 20);
+        {name}_step_q(x, s, (int32_t)1 << {UP}_Q_FRAC_BITS, y);
+    }}
+    return y[0] > 0x7fffffff - 1;
+}}
+"""
+
+
+def insn_per_step(out: Path, name: str, opt: str | None = None, main: str = BENCH_MAIN) -> float:
+    """M4 instructions per step: (21 steps - 1 step) / 20 under qemu's single-step trace; ``main``
+    BENCH_MAIN_Q for NAME_step_q."""
     counts = []
     for steps in (1, 21):
-        (out / "bench_main.c").write_text(BENCH_MAIN.format(name=name, UP=name.upper(), steps=steps))
+        (out / "bench_main.c").write_text(main.format(name=name, UP=name.upper(), steps=steps))
         elf = H.build_m4(out, name, driver="bench_main.c", elf_name=f"insn{steps}.elf", opt=opt)
         log = out / f"exec{steps}.log"
         subprocess.run(
@@ -173,6 +199,9 @@ def main() -> int:
                     "m4_insn_per_step": insn_per_step(out, "pol"),
                     "m4_insn_per_step_O2": insn_per_step(out, "pol", "-O2"),
                 }
+                if variant.startswith("fixed"):  # the Q entry point (no float conversions)
+                    row["m4_insn_per_step_q"] = insn_per_step(out, "pol", None, BENCH_MAIN_Q)
+                    row["m4_insn_per_step_q_O2"] = insn_per_step(out, "pol", "-O2", BENCH_MAIN_Q)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print(
@@ -189,6 +218,11 @@ def main() -> int:
             f"{r['m0_flash']:9d} {r['m4f_ram']:4d} {r['state_bytes']:7d} {r['stack_bytes_estimate']:7d} "
             f"{ns(r['host_ns_step']):>8} {ns(r['numba_ns_step']):>9} {r['m4_insn_per_step']:11.0f} "
             f"{r['m4_insn_per_step_O2']:7.0f}"
+            + (
+                f"   NAME_step_q: -Os {r['m4_insn_per_step_q']:.0f}, -O2 {r['m4_insn_per_step_q_O2']:.0f}"
+                if "m4_insn_per_step_q" in r
+                else ""
+            )
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
