@@ -244,6 +244,23 @@ def qemu_cmd(elf: Path, *extra: str) -> list[str]:
     ]
 
 
+def count_instructions(elf: Path, timeout: float = 600) -> int:
+    """Instructions an MPS2 AN386 image executes from reset to exit: qemu single-steps with
+    ``-d exec,nochain`` (one ``Trace`` line per instruction), the log read in chunks."""
+    log = elf.with_suffix(".exec.log")
+    try:
+        subprocess.run(
+            qemu_cmd(elf, "-singlestep", "-d", "exec,nochain", "-D", str(log)),
+            capture_output=True,
+            timeout=timeout,
+            check=True,
+        )
+        with open(log, "rb") as f:
+            return sum(chunk.count(b"Trace ") for chunk in iter(lambda: f.read(1 << 20), b""))
+    finally:
+        log.unlink(missing_ok=True)
+
+
 def run_qemu(elf: Path, timeout: float = 300) -> str:
     cmd = qemu_cmd(elf)
     r = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)

@@ -4,35 +4,28 @@ writes nothing, a packet for Python is handed back with the bytes it read, a los
 
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from test_framecodec import CFG, ROOT, _state
 
 import edgeliquid
 from edgeliquid.node import framecodec as F
 from edgeliquid.node import protocol as P
 from edgeliquid.node import syscalls
-from edgeliquid.node.channels import ChannelMaps
 from edgeliquid.node.config import load_config
 from edgeliquid.node.fastpath import fast_arrays
 
 pytestmark = pytest.mark.skipif(not syscalls.AVAILABLE, reason="compiled system calls: 64-bit Linux only")
 
-ROOT = Path(__file__).resolve().parents[1]
-CFG = ROOT / "configs" / "cartpole_demo.yaml"
-
 
 @pytest.fixture(scope="module", params=["cartpole_ncp", "cartpole_cfc"])
-def compiled(request):
-    cfg = load_config(CFG)
-    policy = edgeliquid.load(ROOT / "edgeliquid" / "data" / f"{request.param}.onnx")
-    return cfg, policy
+def policy_cfg(request):
+    return load_config(CFG), edgeliquid.load(ROOT / "edgeliquid" / "data" / f"{request.param}.onnx")
 
 
 def _args(cfg, policy):
-    maps = ChannelMaps(cfg.inputs, cfg.outputs, policy.dtype)
-    fs = F.FrameState(len(cfg.inputs), cfg.rate_hz, cfg.model_dt, maps.ranges, policy.max_elapsed)
+    fs, maps = _state(cfg, policy)
     return fs, [fs.buf, fs.st, fs.fv, maps.chan, maps.xbuf, *fast_arrays(policy)]
 
 
@@ -67,10 +60,21 @@ def _read_all(fd, timeout=1.0):
     return out
 
 
-def test_a_run_cycle_writes_what_the_frame_call_encodes(compiled, pty):
+def _sent_as_reference(master, args, ref, want) -> P.Packet:
+    """The wire carries the reference call's frame, and the state (but the io call's own
+    slots), maps and policy hold the same bits: the packet sent."""
+    wire = _read_all(master)
+    assert wire == bytes(ref[0][F.TX_OFF : F.TX_OFF + (want >> 8)])
+    np.testing.assert_array_equal(args[1][: F.ST_READ], ref[1][: F.ST_READ])
+    for a, b in zip(args[2:], ref[2:], strict=True):
+        np.testing.assert_array_equal(a, b)
+    return P.decode_frame(wire[:-1])
+
+
+def test_a_run_cycle_writes_what_the_frame_call_encodes(policy_cfg, pty):
     """RUN, one SENSOR at a time: R_SENT, the whole frame written, byte for byte what
     ltc/cfc_frame_step encodes on a copy of the same state at the same clock."""
-    cfg, policy = compiled
+    cfg, policy = policy_cfg
     io, step = F.frame_io_kernel(policy), F.frame_kernel(policy)
     master, slave = pty
     fs, args = _args(cfg, policy)
@@ -93,18 +97,12 @@ def test_a_run_cycle_writes_what_the_frame_call_encodes(compiled, pty):
         ref[0][: len(fr)] = np.frombuffer(fr, np.uint8)
         want = step(F.OP_EVENT, 0, len(fr), int(st[F.ST_READY_NS]), P.MODE_RUN, *ref)
         assert want & 0xFF == F.R_STEP_END and want >> 8 == r >> 8
-        wire = _read_all(master)
-        assert wire == bytes(ref[0][F.TX_OFF : F.TX_OFF + (want >> 8)])
-        pkt = P.decode_frame(wire[:-1])
+        pkt = _sent_as_reference(master, args, ref, want)
         assert (pkt.type, pkt.seq, pkt.ref_seq) == (P.ACTUATE, i + 1, i + 1)
-        # the state (but the io call's own slots), maps, policy: the same bits
-        np.testing.assert_array_equal(args[1][: F.ST_READ], ref[1][: F.ST_READ])
-        for a, b in zip(args[2:], ref[2:], strict=True):
-            np.testing.assert_array_equal(a, b)
 
 
-def test_a_timeout_reads_and_writes_nothing(compiled, pty):
-    cfg, policy = compiled
+def test_a_timeout_reads_and_writes_nothing(policy_cfg, pty):
+    cfg, policy = policy_cfg
     io = F.frame_io_kernel(policy)
     master, slave = pty
     fs, args = _args(cfg, policy)
@@ -118,9 +116,9 @@ def test_a_timeout_reads_and_writes_nothing(compiled, pty):
         os.read(master, 64)
 
 
-def test_what_python_must_judge_is_handed_back(compiled, pty):
+def test_what_python_must_judge_is_handed_back(policy_cfg, pty):
     """HELLO (and a SENSOR outside RUN): the packet code, the bytes read, nothing written."""
-    cfg, policy = compiled
+    cfg, policy = policy_cfg
     io = F.frame_io_kernel(policy)
     master, slave = pty
     fs, args = _args(cfg, policy)
@@ -136,8 +134,8 @@ def test_what_python_must_judge_is_handed_back(compiled, pty):
         os.read(master, 64)
 
 
-def test_a_lost_peer_is_r_io_not_a_hang(compiled, pty):
-    cfg, policy = compiled
+def test_a_lost_peer_is_r_io_not_a_hang(policy_cfg, pty):
+    cfg, policy = policy_cfg
     io = F.frame_io_kernel(policy)
     master, slave = pty
     _, args = _args(cfg, policy)
@@ -147,10 +145,10 @@ def test_a_lost_peer_is_r_io_not_a_hang(compiled, pty):
     assert time.monotonic() - t0 < 1.0  # the hang-up wakes the wait
 
 
-def test_the_tick_call_sleeps_to_the_tick_and_steps_the_newest_frame(compiled, pty):
+def test_the_tick_call_sleeps_to_the_tick_and_steps_the_newest_frame(policy_cfg, pty):
     """Fixed mode: frames before the tick are read and kept (the newest fresh one), the tick is
     taken on time, and what it writes is the per-frame calls' OP_FIXED + OP_TICK on a copy."""
-    cfg, policy = compiled
+    cfg, policy = policy_cfg
     tick, step = F.frame_tick_kernel(policy), F.frame_kernel(policy)
     master, slave = pty
     fs, args = _args(cfg, policy)
@@ -175,16 +173,11 @@ def test_the_tick_call_sleeps_to_the_tick_and_steps_the_newest_frame(compiled, p
         assert step(F.OP_FIXED, 0, len(data), int(st[F.ST_PEND_NS]), P.MODE_RUN, *ref) == F.R_DONE
         want = step(F.OP_TICK, 0, 0, int(st[F.ST_TICKED]), P.MODE_RUN, *ref)
         assert want & 0xFF == F.R_STEP_END and want >> 8 == r >> 8
-        wire = _read_all(master)
-        assert wire == bytes(ref[0][F.TX_OFF : F.TX_OFF + (want >> 8)])
-        assert P.decode_frame(wire[:-1]).ref_seq == 2 * i + 2  # the newer of the two
-        np.testing.assert_array_equal(args[1][: F.ST_READ], ref[1][: F.ST_READ])
-        for a, b in zip(args[2:], ref[2:], strict=True):
-            np.testing.assert_array_equal(a, b)
+        assert _sent_as_reference(master, args, ref, want).ref_seq == 2 * i + 2  # the newer of the two
 
 
-def test_the_tick_call_returns_before_a_far_tick_and_for_python(compiled, pty):
-    cfg, policy = compiled
+def test_the_tick_call_returns_before_a_far_tick_and_for_python(policy_cfg, pty):
+    cfg, policy = policy_cfg
     tick = F.frame_tick_kernel(policy)
     master, slave = pty
     fs, args = _args(cfg, policy)
