@@ -35,7 +35,13 @@ def test_key_changes_with_any_kernel_source_and_only_those(tmp_path):
     (root / "model" / "cell.py").write_text("E = 50\n")
     assert _jitcache.source_key(root) == key
     seen = {key}
-    kernels = ("runtime/packing.py", "runtime/kernels.py", "node/framecodec.py", "node/syscalls.py", "fleet/plant.py")
+    kernels = (
+        "runtime/packing.py",
+        "runtime/kernels.py",
+        "node/framecodec.py",
+        "node/syscalls.py",
+        "fleet/plant.py",
+    )
     for rel in kernels:
         f = root / rel
         f.write_text(f.read_text() + "# edit\n")
