@@ -86,7 +86,7 @@ def test_a_run_cycle_writes_what_the_frame_call_encodes(policy_cfg, pty):
         ref = _copy(args)
         os.write(master, fr)
         before = time.monotonic_ns()
-        r = io(slave, 1_000_000_000, F.OP_EVENT, P.MODE_RUN, *args)
+        r = io(slave, 1_000_000_000, False, F.OP_EVENT, P.MODE_RUN, *args)
         after = time.monotonic_ns()
         assert r & 0xFF == F.R_SENT, r & 0xFF
         st = fs.st
@@ -108,10 +108,10 @@ def test_a_timeout_reads_and_writes_nothing(policy_cfg, pty):
     fs, args = _args(cfg, policy)
     st0 = fs.st.copy()
     t0 = time.monotonic()
-    assert io(slave, 30_000_000, F.OP_EVENT, P.MODE_RUN, *args) == F.R_DONE
+    assert io(slave, 30_000_000, False, F.OP_EVENT, P.MODE_RUN, *args) == F.R_DONE
     assert time.monotonic() - t0 >= 0.029  # it waited (ppoll's timeout), released nothing early
     np.testing.assert_array_equal(fs.st, st0)
-    assert io(slave, 0, F.OP_EVENT, P.MODE_RUN, *args) == F.R_DONE  # no wait: returns at once
+    assert io(slave, 0, False, F.OP_EVENT, P.MODE_RUN, *args) == F.R_DONE  # no wait: returns at once
     with pytest.raises(BlockingIOError):
         os.read(master, 64)
 
@@ -124,11 +124,11 @@ def test_what_python_must_judge_is_handed_back(policy_cfg, pty):
     fs, args = _args(cfg, policy)
     hello = P.encode_frame(P.HELLO, 1, 0, [4.0, 1.0, 100.0])
     os.write(master, hello)
-    assert io(slave, 1_000_000_000, F.OP_EVENT, P.MODE_RUN, *args) == F.R_PACKET
+    assert io(slave, 1_000_000_000, False, F.OP_EVENT, P.MODE_RUN, *args) == F.R_PACKET
     assert fs.st[F.ST_READ] == len(hello) and fs.st[F.ST_TYPE] == P.HELLO
     sensor = P.encode_frame(P.SENSOR, 2, 10, [0.0] * 4)
     os.write(master, sensor)
-    assert io(slave, 1_000_000_000, F.OP_EVENT, P.MODE_SAFE, *args) == F.R_PACKET
+    assert io(slave, 1_000_000_000, False, F.OP_EVENT, P.MODE_SAFE, *args) == F.R_PACKET
     assert fs.st[F.ST_SEQ] == 2 and fs.st[F.ST_LAST_SEQ] == -1  # decoded, nothing committed
     with pytest.raises(BlockingIOError):
         os.read(master, 64)
@@ -141,7 +141,7 @@ def test_a_lost_peer_is_r_io_not_a_hang(policy_cfg, pty):
     _, args = _args(cfg, policy)
     os.close(master)
     t0 = time.monotonic()
-    assert io(slave, 2_000_000_000, F.OP_EVENT, P.MODE_RUN, *args) == F.R_IO
+    assert io(slave, 2_000_000_000, False, F.OP_EVENT, P.MODE_RUN, *args) == F.R_IO
     assert time.monotonic() - t0 < 1.0  # the hang-up wakes the wait
 
 
@@ -197,3 +197,21 @@ def test_the_tick_call_returns_before_a_far_tick_and_for_python(policy_cfg, pty)
     assert fs.st[F.ST_TICKED] == 0 and fs.st[F.ST_TYPE] == P.HELLO
     with pytest.raises(BlockingIOError):
         os.read(master, 64)
+
+
+def test_spin_polls_without_sleeping_and_still_steps(policy_cfg, pty):
+    """spin (event mode with spin_us): the wait burns CPU instead of sleeping, for as long as
+    asked; a frame that is there is stepped and written as without spin."""
+    cfg, policy = policy_cfg
+    io = F.frame_io_kernel(policy)
+    master, slave = pty
+    fs, args = _args(cfg, policy)
+    io(-1, 0, True, F.OP_EVENT, P.MODE_SAFE, *_copy(args))  # compiled before the clocks matter
+    wall, cpu = time.monotonic(), time.thread_time()
+    assert io(slave, 30_000_000, True, F.OP_EVENT, P.MODE_RUN, *args) == F.R_DONE
+    wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
+    assert wall >= 0.029 and cpu > 0.5 * wall  # polled, did not sleep (sleeping: cpu ~ 0)
+    os.write(master, P.encode_frame(P.SENSOR, 1, 1000, [0.0] * 4))
+    r = io(slave, 30_000_000, True, F.OP_EVENT, P.MODE_RUN, *args)
+    assert r & 0xFF == F.R_SENT and fs.st[F.ST_WROTE] == r >> 8
+    assert P.decode_frame(_read_all(master)[:-1]).ref_seq == 1

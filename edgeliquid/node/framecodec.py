@@ -412,10 +412,17 @@ def cfc_frame_step(op, pos, n, now, mode, buf, st, fv, chan, xbuf, fp, ip, work)
 
 
 @njit(inline="always", **_OPTS)
-def _wait_read(fd, wait_ns, buf, st):
+def _wait_read(fd, wait_ns, spin, buf, st):
     """ppoll + read into buf[:RX_SIZE]: bytes read (st[ST_READ], st[ST_READY_NS]), 0 when the
-    wait timed out, -1 when the wait or the read failed or read end of file."""
-    p = poll_in(fd, wait_ns)
+    wait timed out, -1 when the wait or the read failed or read end of file. ``spin``: poll
+    without sleeping for ``wait_ns`` (a dedicated core: the code and data stay warm)."""
+    if spin:
+        end = monotonic_ns() + wait_ns
+        p = poll_in(fd, 0)
+        while p == 0 and monotonic_ns() < end:
+            p = poll_in(fd, 0)
+    else:
+        p = poll_in(fd, wait_ns)
     if p <= 0:
         return p
     n = sys_read(fd, buf, 0, RX_SIZE)
@@ -437,13 +444,14 @@ def _write_step(fd, r, buf, st):
 
 
 @njit(**_OPTS)
-def ltc_frame_io(fd, wait_ns, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
-    """Wait up to ``wait_ns`` for ``fd``, read, :func:`ltc_frame_step` on what was read, and
-    write the ACTUATE when that was the last frame (R_SENT): "frame readable -> command
-    written" without the interpreter. Other returns as :func:`ltc_frame_step` (the bytes read
-    in st[ST_READ], when in st[ST_READY_NS]), R_DONE on a timeout, R_IO on a failed wait or
-    read. Releases the GIL (nogil) while it waits, as ``select`` does."""
-    n = _wait_read(fd, wait_ns, buf, st)
+def ltc_frame_io(fd, wait_ns, spin, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+    """Wait up to ``wait_ns`` for ``fd`` (``spin``: polling, without sleeping), read,
+    :func:`ltc_frame_step` on what was read, and write the ACTUATE when that was the last frame
+    (R_SENT): "frame readable -> command written" without the interpreter. Other returns as
+    :func:`ltc_frame_step` (the bytes read in st[ST_READ], when in st[ST_READY_NS]), R_DONE on
+    a timeout, R_IO on a failed wait or read. Releases the GIL (nogil) while it waits, as
+    ``select`` does."""
+    n = _wait_read(fd, wait_ns, spin, buf, st)
     if n <= 0:
         return R_DONE if n == 0 else R_IO
     r = ltc_frame_step(op, 0, n, st[ST_READY_NS], mode, buf, st, fv, chan, xbuf, fp, ip, work)
@@ -451,9 +459,9 @@ def ltc_frame_io(fd, wait_ns, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
 
 
 @njit(**_OPTS)
-def cfc_frame_io(fd, wait_ns, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
+def cfc_frame_io(fd, wait_ns, spin, op, mode, buf, st, fv, chan, xbuf, fp, ip, work):
     """As :func:`ltc_frame_io`, for a CfC policy."""
-    n = _wait_read(fd, wait_ns, buf, st)
+    n = _wait_read(fd, wait_ns, spin, buf, st)
     if n <= 0:
         return R_DONE if n == 0 else R_IO
     r = cfc_frame_step(op, 0, n, st[ST_READY_NS], mode, buf, st, fv, chan, xbuf, fp, ip, work)
@@ -469,7 +477,7 @@ def _take(fd, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work):
     """Fixed mode: read what the port has (no wait) and keep the newest fresh SENSOR pending;
     R_DONE, or the first return Python must handle (R_IO: a failed read)."""
     while True:
-        n = _wait_read(fd, 0, buf, st)
+        n = _wait_read(fd, 0, False, buf, st)
         if n == 0:
             return R_DONE
         if n < 0:

@@ -203,6 +203,7 @@ class Node:
         self.rare_frames = 0  # frames the compiled call handed to Python (HELLO, not a RUN cycle)
         self._event_mode = cfg.mode == "event"
         self._op = F.OP_EVENT if self._event_mode else F.OP_FIXED
+        self._spin_ns = int(cfg.spin_us * 1000)
         self._bind_policy()
         warm_fused(self.policy, self.maps.chan)
         self.reloader = Reloader(cfg, self.maps.chan)
@@ -230,7 +231,6 @@ class Node:
         self._hold_elapsed = (1.0 / cfg.rate_hz) / cfg.model_dt  # a HOLD cycle: one nominal period
         self._timeout_ns = int(cfg.sensor_timeout_ms * 1e6)
         self._spin_s = cfg.spin_us / 1e6
-        self._spin_ns = int(cfg.spin_us * 1000)
         self._held = realtime.Held()
         self._sleeper = realtime.AbsSleep()
         self.ready = threading.Event()  # set once the port is open and the handshake sent
@@ -548,7 +548,7 @@ class Node:
             # Warm on no descriptor (-1: ppoll ignores it), no wait, nothing pending: no effect.
             if self._event_mode and F.frame_io_kernel(self.policy) is not None:
                 io = F.frame_io_kernel(self.policy)
-                self._kio = compiled_entry(io, (-1, 0, self._op, P.MODE_SAFE, *warm[5:]))
+                self._kio = compiled_entry(io, (-1, 0, self._spin_ns > 0, self._op, P.MODE_SAFE, *warm[5:]))
             elif not self._event_mode and F.frame_tick_kernel(self.policy) is not None:
                 tick = F.frame_tick_kernel(self.policy)
                 self._ktick = compiled_entry(tick, (-1, 0, 0, P.MODE_SAFE, *warm[5:]))
@@ -618,7 +618,7 @@ class Node:
         args, op = self._kargs, self._op
         if self._kio is not None:
             wait_ns = int(wait_s * 1e9) if wait_s > 0 else 0
-            r = self._kio(self._fd, wait_ns, op, self.sup.mode, *args)
+            r = self._kio(self._fd, wait_ns, self._spin_ns > 0, op, self.sup.mode, *args)
             code = r & 0xFF
             if code == F.R_SENT:
                 self._sent_io(r >> 8)
@@ -872,7 +872,9 @@ class Node:
                             next_tick, late = realtime.next_tick_after(now, next_tick, self._period_ns)
                             self.stats.ticks_late += late
                     else:
-                        self._poll(0 if self._spin_s else min(self._timeout_ns / 4e9, 0.05))
+                        # spin_us: poll without sleeping (in the compiled call where it waits)
+                        wait = min(self._timeout_ns / 4e9, 0.05)
+                        self._poll(wait if self._kio is not None or not self._spin_s else 0)
                     now = time.monotonic_ns()
                     self._check_timeout(now)
                     if now >= next_stats:
