@@ -210,7 +210,8 @@ def test_spin_polls_without_sleeping_and_still_steps(policy_cfg, pty):
     wall, cpu = time.monotonic(), time.thread_time()
     assert io(slave, 30_000_000, True, F.OP_EVENT, P.MODE_RUN, *args) == F.R_DONE
     wall, cpu = time.monotonic() - wall, time.thread_time() - cpu
-    assert wall >= 0.029 and cpu > 0.5 * wall  # polled, did not sleep (sleeping: cpu ~ 0)
+    # polled, did not sleep (sleeping: cpu ~ 0; a loaded 2-core machine still gives it > 20 %)
+    assert wall >= 0.029 and cpu > 0.2 * wall
     os.write(master, P.encode_frame(P.SENSOR, 1, 1000, [0.0] * 4))
     r = io(slave, 30_000_000, True, F.OP_EVENT, P.MODE_RUN, *args)
     assert r & 0xFF == F.R_SENT and fs.st[F.ST_WROTE] == r >> 8

@@ -474,17 +474,16 @@ MAX_SLEEP_NS = 50_000_000
 
 @njit(inline="always", **_OPTS)
 def _take(fd, step_fn, mode, buf, st, fv, chan, xbuf, fp, ip, work):
-    """Fixed mode: read what the port has (no wait) and keep the newest fresh SENSOR pending;
-    R_DONE, or the first return Python must handle (R_IO: a failed read)."""
-    while True:
-        n = _wait_read(fd, 0, False, buf, st)
-        if n == 0:
-            return R_DONE
-        if n < 0:
-            return R_IO
-        r = step_fn(OP_FIXED, 0, n, st[ST_READY_NS], mode, buf, st, fv, chan, xbuf, fp, ip, work)
-        if r != R_DONE:
-            return r
+    """Fixed mode: one read of what the port has (no wait) and the newest fresh SENSOR in it
+    kept pending; R_DONE, or the first return Python must handle (R_IO: a failed read). One
+    read, not until the port is empty: a device that never stops sending cannot hold the tick
+    (or the loop's timeouts) back."""
+    n = _wait_read(fd, 0, False, buf, st)
+    if n == 0:
+        return R_DONE
+    if n < 0:
+        return R_IO
+    return step_fn(OP_FIXED, 0, n, st[ST_READY_NS], mode, buf, st, fv, chan, xbuf, fp, ip, work)
 
 
 @njit(inline="always", **_OPTS)
